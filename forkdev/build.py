@@ -1,0 +1,72 @@
+"""invoke build SHA: the thin image of an upstream commit, from a cached mirror of the upstream."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+from invoke import task
+
+from . import config, ui
+from .engine import Engine
+from .errors import Failure
+from .gitrepo import Repo
+from .proc import Runner
+from .ship import Request, ship
+
+
+def mirror(c, run: Runner, url: str) -> Repo:
+    """A bare mirror of `url` under the cache dir, created or refreshed. A failed fetch is an error."""
+    name = hashlib.sha256(url.encode()).hexdigest()[:12]
+    path = config.cache_dir(c) / "mirrors" / f"{os.path.basename(url.rstrip('/')).removesuffix('.git')}-{name}.git"
+    if not path.exists():
+        res = run(["git", "clone", "--mirror", "--quiet", url, str(path)], check=False)
+    else:
+        res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False)
+    if not res.ok and not res.dry:
+        raise Failure(f"cannot fetch upstream '{url}' ({(res.err.splitlines() or ['?'])[-1]}); check upstream.url "
+                      "or your network")
+    if not path.exists():
+        raise Failure(f"dry run stops here: the mirror of '{url}' does not exist yet")
+    return Repo(path, run)
+
+
+@task(
+    default=True,
+    iterable=["tag"],
+    help={
+        "sha": "the upstream commit (full or abbreviated sha, or a branch or tag name)",
+        "base": "base image (default: the upstream image of the commit's merge-base, else the local nightly)",
+        "tag": "an extra tag; repeatable",
+        "push": "push every tag to its registry",
+        "force": "build even when native sources changed",
+        "target": "target profile (default: config target)",
+        "upstream": "upstream URL or path (default: config upstream.url, else the target's)",
+        "dry_run": "show the plan; build nothing",
+        "json": "print one JSON object on stdout",
+    },
+)
+def build(c, sha, base=None, tag=None, push=False, force=False, target=None, upstream=None, dry_run=False,
+          json=False):
+    """Thin image of an upstream commit (fetched into a cached mirror)."""
+    run = Runner(dry_run=config.dry_run(c, dry_run))
+    profile = config.target(target or c.config.target)
+    url = upstream or c.config.upstream.url or profile.upstream
+    repo = mirror(c, run, url)
+    commit = repo.resolve(sha, f"commit (in upstream {url})")
+    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
+    result = ship(c, engine, run, Request(
+        repo=repo,
+        ref=commit,
+        target=profile,
+        source=url,
+        base=base or c.config.dev.base,
+        repository=c.config.dev.repository,
+        tags=tuple(tag or ()),
+        push=push or c.config.dev.push,
+        force=force or c.config.dev.force,
+    ))
+    if json:
+        ui.emit_json(result)
+    else:
+        ui.ok(("would build " if run.dry_run else "") + result["image"])

@@ -1,0 +1,80 @@
+"""Git, read through the process seam. Nothing here writes to a user's checkout; the few writes fork-sync
+needs (a temporary worktree, a fast-forward) live in fork_sync.py and are named there.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import Failure
+from .proc import Runner
+
+
+@dataclass(frozen=True)
+class Change:
+    status: str  # "A", "M", "D", "T" (type change)
+    path: str
+
+
+@dataclass(frozen=True)
+class Repo:
+    path: Path
+    run: Runner
+
+    @classmethod
+    def open(cls, path: str | os.PathLike[str], run: Runner) -> Repo:
+        p = Path(os.path.expanduser(str(path))).resolve()
+        if not p.exists():
+            raise Failure(f"'{path}' does not exist; pass the path of a git checkout")
+        res = run(["git", "-C", str(p), "rev-parse", "--show-toplevel"], mutates=False, check=False)
+        if not res.ok:
+            raise Failure(f"'{path}' is not a git checkout; pass the path of one (e.g. a clone of the upstream)")
+        return cls(Path(res.out), run)
+
+    def git(self, *args: str, check: bool = True, mutates: bool = False, input: bytes | None = None):
+        return self.run(["git", "-C", str(self.path), *args], mutates=mutates, check=check, input=input)
+
+    def out(self, *args: str) -> str:
+        return self.git(*args).out
+
+    def resolve(self, ref: str, what: str = "ref") -> str:
+        res = self.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
+        if not res.ok:
+            raise Failure(f"unknown {what} '{ref}' in {self.path}; check the name or fetch it first")
+        return res.out
+
+    def has_commit(self, sha: str) -> bool:
+        return self.git("cat-file", "-e", f"{sha}^{{commit}}", check=False).ok
+
+    def is_bare(self) -> bool:
+        return self.out("rev-parse", "--is-bare-repository") == "true"
+
+    def changes(self, base: str, ref: str | None) -> list[Change]:
+        """What differs from `base` in `ref`, or (ref None) in the working tree: committed, staged and unstaged
+        edits, deletions, and untracked files git does not ignore. Renames count as delete + add."""
+        args = ["diff", "--name-status", "-z", "--no-renames", "--no-ext-diff", base]
+        if ref is not None:
+            args.append(ref)
+        fields = self.git(*args).stdout.decode("utf-8", "surrogateescape").split("\0")
+        found = {fields[i + 1]: fields[i][0] for i in range(0, len(fields) - 1, 2)}
+        if ref is None:
+            untracked = self.git("ls-files", "--others", "--exclude-standard", "-z").stdout
+            for path in untracked.decode("utf-8", "surrogateescape").split("\0"):
+                if path:
+                    found[path] = "A"
+        return [Change(status, path) for path, status in sorted(found.items())]
+
+    def is_dirty(self) -> bool:
+        return bool(self.git("status", "--porcelain", "--untracked-files=normal").stdout.strip())
+
+    def remote_for(self, url: str) -> str | None:
+        """The remote whose URL is `url` (ignoring a trailing .git), if any."""
+        res = self.git("remote", "-v", check=False)
+        want = url.rstrip("/").removesuffix(".git")
+        for line in res.out.splitlines():
+            name, remote_url, *_ = line.split()
+            if remote_url.rstrip("/").removesuffix(".git") == want:
+                return name
+        return None

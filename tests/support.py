@@ -1,0 +1,212 @@
+"""Real components for tests and benchmarks: a Debian image made from nothing, a vLLM-shaped repository made
+from shared/data's manifest, base images built on the real engine, and a real registry on loopback.
+
+Nothing here is a double: the engine, git, debootstrap and the registry are the real programs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from forkdev.engine import Engine
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = Path(os.environ.get("FORKDEV_SHARED_DATA", ROOT.parent / "shared" / "data"))
+MANIFEST = SHARED_DATA / "vllm-tree-manifest.tsv"
+CACHE = Path(os.path.expanduser(os.environ.get("FORKDEV_TEST_CACHE", "~/.cache/forkdev-tests")))
+OS_IMAGE = "forkdev-test/debian:bookworm"
+SITE = "/usr/local/lib/python3.11/dist-packages"  # Debian's python3 puts pip installs here
+
+
+def sh(*argv: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None, input: bytes | None = None,
+       env: dict[str, str] | None = None) -> str:
+    """Run a fixture command; its failure fails the test with the command's stderr."""
+    res = subprocess.run([str(a) for a in argv], cwd=cwd, input=input, capture_output=True,
+                         env={**os.environ, **(env or {})})
+    if res.returncode != 0:
+        raise RuntimeError(f"{argv!r} failed ({res.returncode}): {res.stderr.decode(errors='replace')[-2000:]}")
+    return res.stdout.decode(errors="replace").strip()
+
+
+# ---- git ---------------------------------------------------------------------------------------------------
+GIT_ENV = {
+    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_CONFIG_NOSYSTEM": "1",
+}
+
+
+def git(repo: Path, *args: str, input: bytes | None = None) -> str:
+    return sh("git", "-C", repo, "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args,
+              input=input, env=GIT_ENV)
+
+
+def commit_all(repo: Path, message: str) -> str:
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "--allow-empty", "-m", message)
+    return git(repo, "rev-parse", "HEAD")
+
+
+def manifest(limit_bytes: int | None = None) -> list[tuple[str, int, int]]:
+    rows = []
+    for line in MANIFEST.read_text().splitlines()[1:]:
+        path, size, mode = line.split("\t")
+        if not size.isdigit():
+            continue  # the manifest has one row with size 'BAD'; a fixture cannot invent its size
+        rows.append((path, min(int(size), limit_bytes) if limit_bytes else int(size), int(mode, 8)))
+    return rows
+
+
+def content(path: str, size: int, salt: str = "") -> bytes:
+    """Deterministic bytes of a given size; .py files stay valid Python."""
+    head = f"# {path} {salt}\nVALUE = {int(hashlib.sha256((path + salt).encode()).hexdigest()[:8], 16)}\n"
+    if not path.endswith(".py"):
+        head = f"{path} {salt}\n"
+    body = head.encode()
+    pad = b"# " + hashlib.sha256(path.encode()).hexdigest().encode() + b"\n"
+    while len(body) < size:
+        body += pad
+    return body[: max(size, len(head.encode()))] if path.endswith(".py") else body[:size]
+
+
+def write_tree(root: Path, limit_bytes: int | None = 2048) -> int:
+    """A checkout shaped like vLLM (same paths, modes; sizes capped at limit_bytes). Returns file count."""
+    rows = manifest(limit_bytes)
+    for path, size, mode in rows:
+        f = root / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(content(path, size))
+        if mode == 0o100755:
+            f.chmod(0o755)
+    (root / ".gitignore").write_text("*.so\n__pycache__/\nbuild/\n")
+    return len(rows)
+
+
+def make_upstream(root: Path, limit_bytes: int | None = 2048) -> str:
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    write_tree(root, limit_bytes)
+    return commit_all(root, "upstream: the tree")
+
+
+# ---- images --------------------------------------------------------------------------------------------------
+def rootfs_tar() -> Path:
+    """A minbase Debian bookworm with python3 and git, made with debootstrap once and cached."""
+    tar = CACHE / "bookworm-python3-git.tar"
+    if tar.exists():
+        return tar
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
+        target = Path(tmp) / "root"
+        sh("debootstrap", "--variant=minbase", "--include=python3,git", "bookworm", target,
+           "http://deb.debian.org/debian")
+        sh("tar", "-C", target, "-cf", Path(tmp) / "rootfs.tar", ".")
+        os.replace(Path(tmp) / "rootfs.tar", tar)
+    return tar
+
+
+def ensure_os_image(engine: Engine) -> str:
+    if subprocess.run([engine.exe, "image", "inspect", OS_IMAGE], capture_output=True).returncode != 0:
+        sh(engine.exe, "import", rootfs_tar(), OS_IMAGE)
+    return OS_IMAGE
+
+
+def build_image(engine: Engine, context: Path, dockerfile: str, tag: str) -> str:
+    (context / "Dockerfile").write_text(dockerfile)
+    sh(engine.exe, "build", "--network", "host", "-q", "-t", tag, context, env=engine.build_env())
+    return tag
+
+
+def build_base(engine: Engine, repo: Path, commit: str, tag: str, *, kind: str = "editable",
+               entrypoint: str | None = None, label: str = "org.opencontainers.image.revision",
+               with_git: bool = False) -> str:
+    """A base image holding `repo` at `commit` the way vLLM images do:
+    kind="editable": the whole source tree at /opt/vllm-source, found through a .pth file;
+    kind="site": only the package, in site-packages (like the official vllm-openai image).
+    Both get a fake compiled extension vllm/_C.abi3.so, as a real build would leave."""
+    ensure_os_image(engine)
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        src = ctx / "src"
+        if with_git:  # the naive way needs a .git inside the base
+            sh("git", "clone", "-q", "--no-checkout", repo, src)
+            sh("git", "-C", src, "checkout", "-q", "--detach", commit)
+        else:
+            src.mkdir()
+            sh("tar", "-x", "-C", src, input=subprocess.run(["git", "-C", str(repo), "archive", commit],
+                                                           capture_output=True, check=True).stdout)
+        so = os.urandom(64 * 1024)
+        if kind == "editable":
+            (src / "vllm" / "_C.abi3.so").write_bytes(so)
+            steps = ["COPY src /opt/vllm-source",
+                     f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth"]
+        else:
+            pkg = ctx / "pkg"
+            shutil.copytree(src / "vllm", pkg)
+            (pkg / "_C.abi3.so").write_bytes(so)
+            shutil.rmtree(src)
+            steps = [f"COPY pkg {SITE}/vllm"]
+        lines = [f"FROM {OS_IMAGE}", *steps]
+        if label:
+            lines.append(f'LABEL {label}="{commit}"')
+        if entrypoint:
+            lines.append(f"ENTRYPOINT {entrypoint}")
+        return build_image(engine, ctx, "\n".join(lines) + "\n", tag)
+
+
+def image_file(engine: Engine, image: str, path: str) -> bytes | None:
+    """The bytes of a file inside an image, or None when it is absent."""
+    res = subprocess.run([engine.exe, "run", "--rm", "--network", "none", "--entrypoint", "cat", image, path],
+                         capture_output=True)
+    return res.stdout if res.returncode == 0 else None
+
+
+# ---- registry ------------------------------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Registry:
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storing into a temporary directory."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.host = f"127.0.0.1:{self.port}"
+        conf = workdir / "registry.yml"
+        conf.write_text(
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
+            f"    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+        )
+        exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
+        self.log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen([exe, "serve", str(conf)], stdout=self.log, stderr=self.log)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.1)
+        self.stop()
+        raise RuntimeError(f"docker-registry did not listen on {self.host}")
+
+    def tags(self, repository: str) -> list[str]:
+        import json
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://{self.host}/v2/{repository}/tags/list", timeout=10) as r:
+            return sorted(json.load(r).get("tags") or [])
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
