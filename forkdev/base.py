@@ -121,13 +121,20 @@ def locate(engine: Engine, run: Runner, ref: str, image_id: str, target: Target,
     if cached.exists():
         data = json.loads(cached.read_text())
         return Location(data["package_dir"], data["root"])
-    res = run(engine.cmd("run", "--rm", "--network", "none", "--entrypoint", "python3", ref, "-c", _FIND_SPEC,
-                         target.package), mutates=False, check=False)
+    res = run(
+        engine.cmd(
+            "run", "--rm", "--network", "none", "--entrypoint", "python3", ref, "-c", _FIND_SPEC, target.package
+        ),
+        mutates=False,
+        check=False,
+    )
     package_dir = json.loads(res.out.splitlines()[-1]) if res.ok and res.out else None
     if not package_dir:
         why = res.err.splitlines()[-1] if res.err else f"python3 there cannot find '{target.package}'"
-        raise Failure(f"cannot locate package '{target.package}' in base '{ref}' ({why}); pass --base with an "
-                      "image that has it installed")
+        raise Failure(
+            f"cannot locate package '{target.package}' in base '{ref}' ({why}); pass --base with an "
+            "image that has it installed"
+        )
     root = None
     suffix = "/" + target.package_path
     if package_dir.endswith(suffix):

@@ -24,8 +24,9 @@ def mirror(c, run: Runner, url: str) -> Repo:
     else:
         res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False)
     if not res.ok and not res.dry:
-        raise Failure(f"cannot fetch upstream '{url}' ({(res.err.splitlines() or ['?'])[-1]}); check upstream.url "
-                      "or your network")
+        raise Failure(
+            f"cannot fetch upstream '{url}' ({(res.err.splitlines() or ['?'])[-1]}); check upstream.url or your network"
+        )
     if not path.exists():
         raise Failure(f"dry run stops here: the mirror of '{url}' does not exist yet")
     return Repo(path, run)
@@ -46,8 +47,7 @@ def mirror(c, run: Runner, url: str) -> Repo:
         "json": "print one JSON object on stdout",
     },
 )
-def build(c, sha, base=None, tag=None, push=False, force=False, target=None, upstream=None, dry_run=False,
-          json=False):
+def build(c, sha, base=None, tag=None, push=False, force=False, target=None, upstream=None, dry_run=False, json=False):
     """Thin image of an upstream commit (fetched into a cached mirror)."""
     run = Runner(dry_run=config.dry_run(c, dry_run))
     profile = config.target(target or c.config.target)
@@ -55,17 +55,22 @@ def build(c, sha, base=None, tag=None, push=False, force=False, target=None, ups
     repo = mirror(c, run, url)
     commit = repo.resolve(sha, f"commit (in upstream {url})")
     engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
-    result = ship(c, engine, run, Request(
-        repo=repo,
-        ref=commit,
-        target=profile,
-        source=url,
-        base=base or c.config.dev.base,
-        repository=c.config.dev.repository,
-        tags=tuple(tag or ()),
-        push=push or c.config.dev.push,
-        force=force or c.config.dev.force,
-    ))
+    result = ship(
+        c,
+        engine,
+        run,
+        Request(
+            repo=repo,
+            ref=commit,
+            target=profile,
+            source=url,
+            base=base or c.config.dev.base,
+            repository=c.config.dev.repository,
+            tags=tuple(tag or ()),
+            push=push or c.config.dev.push,
+            force=force or c.config.dev.force,
+        ),
+    )
     if json:
         ui.emit_json(result)
     else:

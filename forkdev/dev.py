@@ -27,24 +27,28 @@ from .ship import Request, ship
         "json": "print one JSON object on stdout (logs stay on stderr)",
     },
 )
-def dev(c, path, ref=None, base=None, tag=None, push=False, force=False, target=None, dry_run=False,
-        json=False):
+def dev(c, path, ref=None, base=None, tag=None, push=False, force=False, target=None, dry_run=False, json=False):
     """Thin image = base + one layer of the checkout's changed files (uncommitted work included)."""
     run = Runner(dry_run=config.dry_run(c, dry_run))
     profile = config.target(target or c.config.target)
     repo = Repo.open(path, run)
     engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
-    result = ship(c, engine, run, Request(
-        repo=repo,
-        ref=ref,
-        target=profile,
-        source=str(repo.path),
-        base=base or c.config.dev.base,
-        repository=c.config.dev.repository,
-        tags=tuple(tag or ()),
-        push=push or c.config.dev.push,
-        force=force or c.config.dev.force,
-    ))
+    result = ship(
+        c,
+        engine,
+        run,
+        Request(
+            repo=repo,
+            ref=ref,
+            target=profile,
+            source=str(repo.path),
+            base=base or c.config.dev.base,
+            repository=c.config.dev.repository,
+            tags=tuple(tag or ()),
+            push=push or c.config.dev.push,
+            force=force or c.config.dev.force,
+        ),
+    )
     if json:
         ui.emit_json(result)
     else:

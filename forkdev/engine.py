@@ -62,7 +62,8 @@ class Engine:
             # /usr/local/bin here has none: it falls back to the legacy builder). Older clients (20.10)
             # have BuildKit built in, switched on with DOCKER_BUILDKIT=1.
             has_buildx = run([exe, "buildx", "version"], mutates=False, check=False).ok
-            major = int((client_version.split(".")[0] or "0").split("+")[0] or 0) if client_version[0:1].isdigit() else 0
+            head = client_version.split(".")[0]
+            major = int(head) if head.isdigit() else 0
             buildkit = has_buildx or 18 <= major < 23
         return cls(name, exe, client_version, server_version, buildkit, network)
 
@@ -96,6 +97,16 @@ class Engine:
         if not res.ok:
             last = (res.err.splitlines() or ["?"])[-1]
             raise Failure(f"push of '{ref}' failed: {last}; check that the registry is up and you are logged in")
+
+    def commit(self, run: Runner, container: str, tag: str, changes: list[str]) -> str:
+        """Commit a container as `tag` with Dockerfile-style changes; returns the image id ("" under dry-run)."""
+        argv = self.cmd("commit")
+        for change in changes:
+            argv += ["--change", change]
+        res = run([*argv, container, tag])
+        image_id = res.out.splitlines()[-1] if res.out else ""
+        # docker prints sha256:<hex>; podman prints the bare hex (after progress lines on stderr).
+        return image_id if not image_id or image_id.startswith("sha256:") else f"sha256:{image_id}"
 
     def remove_container(self, run: Runner, name: str) -> None:
         run(self.cmd("rm", "-f", name), check=False)

@@ -72,8 +72,9 @@ class Runner:
         argv = tuple(str(a) for a in argv)
         skipped = self.dry_run and mutates
         if self.echo:
-            ui.command(shlex.join(argv) if cwd is None else f"(cd {shlex.quote(str(cwd))}) {shlex.join(argv)}",
-                       skipped=skipped)
+            ui.command(
+                shlex.join(argv) if cwd is None else f"(cd {shlex.quote(str(cwd))}) {shlex.join(argv)}", skipped=skipped
+            )
         if skipped:
             return Result(argv, 0, b"", b"", dry=True)
         try:

@@ -30,8 +30,11 @@ class Request:
 
 def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     upstream_url = c.config.upstream.url or req.target.upstream
-    refs = [req.base] if req.base else bases.candidates(req.target, req.repo, req.ref, upstream_url,
-                                                          c.config.upstream.branch)
+    refs = (
+        [req.base]
+        if req.base
+        else bases.candidates(req.target, req.repo, req.ref, upstream_url, c.config.upstream.branch)
+    )
     with ui.step("base image"):
         base = bases.resolve(engine, run, refs, explicit=bool(req.base), cache=cache_dir(c), target=req.target)
     with ui.step("changes"):
@@ -39,8 +42,10 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         thin.describe(plan, base)
     if plan.native and not req.force:
         listed = ", ".join(plan.native[:20]) + (" ..." if len(plan.native) > 20 else "")
-        raise Failure(f"native sources changed since the base's commit {base.revision[:12]} ({listed}); a thin "
-                      "image would ship stale compiled code: run 'invoke nightly' for a new base, or pass --force")
+        raise Failure(
+            f"native sources changed since the base's commit {base.revision[:12]} ({listed}); a thin "
+            "image would ship stale compiled code: run 'invoke nightly' for a new base, or pass --force"
+        )
     if plan.native:
         ui.warn(f"--force: shipping despite {len(plan.native)} native changes; compiled code is the base's")
 
@@ -50,6 +55,7 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     existing = engine.inspect_image(run, primary)
     reused = existing is not None and engine.labels(existing).get(thin.KEY_LABEL) == key
     if reused:
+        image_id = existing["Id"]
         ui.ok(f"{primary} already holds this state; reusing it")
     else:
         labels = {
@@ -63,18 +69,17 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
             thin.KEY_LABEL: key,
         }
         with ui.step(f"layer -> {primary}"):
-            thin.commit_layer(engine, run, base, plan, plan.proof(base, req.target), primary, labels)
+            image_id = thin.commit_layer(engine, run, base, plan, plan.proof(base, req.target), primary, labels)
     for extra in req.tags:
         engine.tag(run, primary, extra)
     if req.push:
         for ref in (primary, *req.tags):
             with ui.step(f"push {ref}"):
                 engine.push(run, ref)
-    built = None if run.dry_run else engine.inspect_image(run, primary)
     return {
         "image": primary,
         "tags": [primary, *req.tags],
-        "image_id": built["Id"] if built else None,
+        "image_id": image_id or None,
         "revision": plan.revision,
         "dirty": plan.dirty,
         "base": base.ref,

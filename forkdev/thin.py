@@ -1,9 +1,9 @@
 """The thin image: base + exactly one layer holding a checkout's changed files.
 
-The layer is made by extracting a tar of the changed files (and removing deleted ones) in a never-started-
-before container of the base, then committing that container: one layer, deletions as whiteouts, the base's
-compiled files untouched, and no BuildKit needed, so docker (legacy builder or not) and podman take the
-same path. The plan is computed first and is all that --dry-run shows.
+The layer is made by copying a tar of the changed files into a created container of the base (and, only
+when files were deleted, starting it once to remove them), then committing that container: one layer,
+deletions as whiteouts, the base's compiled files untouched, no BuildKit needed, so docker (legacy builder
+or not) and podman take the same path. The plan is computed first and is all that --dry-run shows.
 """
 
 from __future__ import annotations
@@ -15,8 +15,7 @@ import os
 import stat
 import tarfile
 import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field
 
 from . import __version__, ui
 from .base import Base
@@ -66,8 +65,9 @@ class Plan:
         }
 
     def key(self, base: Base) -> str:
-        return hashlib.sha256(f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}"
-                              .encode()).hexdigest()
+        return hashlib.sha256(
+            f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}".encode()
+        ).hexdigest()
 
 
 def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str, tuple[int, bytes]]:
@@ -157,53 +157,49 @@ def layer_tar(plan: Plan, proof: dict) -> bytes:
     return buf.getvalue()
 
 
-def _dockerfile_json(value: list[str] | None) -> str:
-    return json.dumps(value or [])
-
-
-def commit_layer(engine: Engine, run: Runner, base: Base, plan: Plan, proof: dict, tag: str,
-                 labels: dict[str, str]) -> None:
-    """Extract the layer into a fresh container of the base and commit it as `tag`."""
+def commit_layer(
+    engine: Engine, run: Runner, base: Base, plan: Plan, proof: dict, tag: str, labels: dict[str, str]
+) -> str:
+    """Copy the layer's files into a created (not started) container of the base, remove deleted files if
+    any, and commit the container as `tag`. Returns the new image id."""
     name = f"forkdev-layer-{plan.key(base)[:12]}-{os.getpid()}"
-    script = 'tar -xpf - -C / && if [ "$#" -gt 0 ]; then rm -rf -- "$@"; fi'
     user = base.config.get("User") or ""
-    argv = engine.cmd("run", "-i", "--name", name, "--network", "none", "--entrypoint", "/bin/sh")
+    create = engine.cmd("create", "--name", name, "--network", "none", "--entrypoint", "/bin/sh")
     if user not in ("", "root", "0", "0:0"):
-        argv += ["--user", "0:0"]  # the base runs as someone else; its files belong to root
-    argv += [base.id, "-c", script, "forkdev-layer", *plan.deleted]
-    # Running the container overrides its entrypoint, command (and user): commit puts the base's back.
+        create += ["--user", "0:0"]  # the base runs as someone else; the removals need root
+    create += [base.id, "-c", 'rm -rf -- "$@"', "forkdev-layer", *plan.deleted]
+    # The container's entrypoint, command (and user) are ours: commit puts the base's back.
     changes = [
-        f"ENTRYPOINT {_dockerfile_json(base.config.get('Entrypoint'))}",
-        f"CMD {_dockerfile_json(base.config.get('Cmd'))}",
+        f"ENTRYPOINT {json.dumps(base.config.get('Entrypoint') or [])}",
+        f"CMD {json.dumps(base.config.get('Cmd') or [])}",
     ]
     if user not in ("", "root", "0", "0:0"):
         changes.append(f"USER {user}")
     changes += [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())]
     try:
-        run(argv, input=layer_tar(plan, proof))
-        commit = engine.cmd("commit")
-        for change in changes:
-            commit += ["--change", change]
-        run([*commit, name, tag])
+        run(create)
+        # cp from a tar on stdin needs no running container: the engine unpacks into its filesystem, as root.
+        run(engine.cmd("cp", "-", f"{name}:/"), input=layer_tar(plan, proof))
+        if plan.deleted:
+            run(engine.cmd("start", "--attach", name))
+        return engine.commit(run, name, tag, changes)
     finally:
         engine.remove_container(run, name)
 
 
 def describe(plan: Plan, base: Base) -> None:
     size = sum(len(e.data) for e in plan.entries)
-    ui.info(f"base {base.ref} ({base.id[:19]}) at {base.revision[:12]}; package at {base.location.package_dir}"
-            + (f", source tree {base.location.root}" if base.location.root else " (site-packages)"))
-    ui.info(f"layer: {len(plan.entries)} files ({size} bytes), {len(plan.deleted)} deletions"
-            + (f"; not shipped (no place in a site-packages base): {len(plan.skipped)}" if plan.skipped else ""))
+    ui.info(
+        f"base {base.ref} ({base.id[:19]}) at {base.revision[:12]}; package at {base.location.package_dir}"
+        + (f", source tree {base.location.root}" if base.location.root else " (site-packages)")
+    )
+    ui.info(
+        f"layer: {len(plan.entries)} files ({size} bytes), {len(plan.deleted)} deletions"
+        + (f"; not shipped (no place in a site-packages base): {len(plan.skipped)}" if plan.skipped else "")
+    )
     for e in plan.entries[:50]:
         ui.info(f"  + {e.image_path}")
     for d in plan.deleted[:50]:
         ui.info(f"  - {d}")
     if len(plan.entries) + len(plan.deleted) > 100:
         ui.info("  ...")
-
-
-def as_dict(plan: Plan) -> dict:
-    d = asdict(plan)
-    d["entries"] = [e.path for e in plan.entries]
-    return d

@@ -7,7 +7,7 @@ import json as jsonlib
 
 from invoke import task
 
-from . import config, thin, ui
+from . import thin, ui
 from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo
@@ -36,11 +36,16 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
     if info is None:
         raise Failure(f"no image '{image}'; build it with 'invoke dev' or 'invoke build', or pull it first")
     labels = engine.labels(info)
-    res = run(engine.cmd("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", _CHECK,
-                         thin.PROOF_PATH), mutates=False, check=False)
+    res = run(
+        engine.cmd("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", _CHECK, thin.PROOF_PATH),
+        mutates=False,
+        check=False,
+    )
     if not res.ok:
-        raise Failure(f"image '{image}' has no readable proof at {thin.PROOF_PATH}; it was not made by "
-                      "'invoke dev' or 'invoke build'")
+        raise Failure(
+            f"image '{image}' has no readable proof at {thin.PROOF_PATH}; it was not made by "
+            "'invoke dev' or 'invoke build'"
+        )
     found = jsonlib.loads(res.out.splitlines()[-1])
     proof = found["proof"]
     problems = []
@@ -57,9 +62,16 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
     problems += [f"{p} should have been deleted" for p in found["present"]]
     if repo is not None and not proof["dirty"]:
         problems += _against_commit(repo, proof)
-    return {"image": image, "commit": proof["commit"], "dirty": proof["dirty"], "base": proof["base"],
-            "files": len(proof["files"]), "deleted": len(proof["deleted"]), "ok": not problems,
-            "problems": problems}
+    return {
+        "image": image,
+        "commit": proof["commit"],
+        "dirty": proof["dirty"],
+        "base": proof["base"],
+        "files": len(proof["files"]),
+        "deleted": len(proof["deleted"]),
+        "ok": not problems,
+        "problems": problems,
+    }
 
 
 def _against_commit(repo: Repo, proof: dict) -> list[str]:
@@ -95,5 +107,8 @@ def verify(c, image, commit=None, repo=None, json=False):
         ui.warn(p)
     if not result["ok"]:
         raise Failure(f"image '{image}' does not match its proof ({len(result['problems'])} problems above)")
-    ui.ok(f"{image}: commit {result['commit']}" + (" + uncommitted changes" if result["dirty"] else "")
-          + f", {result['files']} files and {result['deleted']} deletions as shipped")
+    ui.ok(
+        f"{image}: commit {result['commit']}"
+        + (" + uncommitted changes" if result["dirty"] else "")
+        + f", {result['files']} files and {result['deleted']} deletions as shipped"
+    )

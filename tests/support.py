@@ -18,18 +18,23 @@ from pathlib import Path
 from forkdev.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
-SHARED_DATA = Path(os.environ.get("FORKDEV_SHARED_DATA", ROOT.parent / "shared" / "data"))
-MANIFEST = SHARED_DATA / "vllm-tree-manifest.tsv"
+DATA = Path(__file__).parent / "data"  # copied from shared/data: facts about the real vLLM tree
+MANIFEST = DATA / "vllm-tree-manifest.tsv"
 CACHE = Path(os.path.expanduser(os.environ.get("FORKDEV_TEST_CACHE", "~/.cache/forkdev-tests")))
 OS_IMAGE = "forkdev-test/debian:bookworm"
 SITE = "/usr/local/lib/python3.11/dist-packages"  # Debian's python3 puts pip installs here
 
 
-def sh(*argv: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None, input: bytes | None = None,
-       env: dict[str, str] | None = None) -> str:
+def sh(
+    *argv: str | os.PathLike[str],
+    cwd: str | os.PathLike[str] | None = None,
+    input: bytes | None = None,
+    env: dict[str, str] | None = None,
+) -> str:
     """Run a fixture command; its failure fails the test with the command's stderr."""
-    res = subprocess.run([str(a) for a in argv], cwd=cwd, input=input, capture_output=True,
-                         env={**os.environ, **(env or {})})
+    res = subprocess.run(
+        [str(a) for a in argv], cwd=cwd, input=input, capture_output=True, env={**os.environ, **(env or {})}
+    )
     if res.returncode != 0:
         raise RuntimeError(f"{argv!r} failed ({res.returncode}): {res.stderr.decode(errors='replace')[-2000:]}")
     return res.stdout.decode(errors="replace").strip()
@@ -37,15 +42,27 @@ def sh(*argv: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,
 
 # ---- git ---------------------------------------------------------------------------------------------------
 GIT_ENV = {
-    "GIT_AUTHOR_NAME": "Test", "GIT_AUTHOR_EMAIL": "test@example.com",
-    "GIT_COMMITTER_NAME": "Test", "GIT_COMMITTER_EMAIL": "test@example.com",
+    "GIT_AUTHOR_NAME": "Test",
+    "GIT_AUTHOR_EMAIL": "test@example.com",
+    "GIT_COMMITTER_NAME": "Test",
+    "GIT_COMMITTER_EMAIL": "test@example.com",
     "GIT_CONFIG_NOSYSTEM": "1",
 }
 
 
 def git(repo: Path, *args: str, input: bytes | None = None) -> str:
-    return sh("git", "-C", repo, "-c", "init.defaultBranch=main", "-c", "commit.gpgsign=false", *args,
-              input=input, env=GIT_ENV)
+    return sh(
+        "git",
+        "-C",
+        repo,
+        "-c",
+        "init.defaultBranch=main",
+        "-c",
+        "commit.gpgsign=false",
+        *args,
+        input=input,
+        env=GIT_ENV,
+    )
 
 
 def commit_all(repo: Path, message: str) -> str:
@@ -105,8 +122,14 @@ def rootfs_tar() -> Path:
     CACHE.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
         target = Path(tmp) / "root"
-        sh("debootstrap", "--variant=minbase", "--include=python3,git", "bookworm", target,
-           "http://deb.debian.org/debian")
+        sh(
+            "debootstrap",
+            "--variant=minbase",
+            "--include=python3,git",
+            "bookworm",
+            target,
+            "http://deb.debian.org/debian",
+        )
         sh("tar", "-C", target, "-cf", Path(tmp) / "rootfs.tar", ".")
         os.replace(Path(tmp) / "rootfs.tar", tar)
     return tar
@@ -124,9 +147,17 @@ def build_image(engine: Engine, context: Path, dockerfile: str, tag: str) -> str
     return tag
 
 
-def build_base(engine: Engine, repo: Path, commit: str, tag: str, *, kind: str = "editable",
-               entrypoint: str | None = None, label: str = "org.opencontainers.image.revision",
-               with_git: bool = False) -> str:
+def build_base(
+    engine: Engine,
+    repo: Path,
+    commit: str,
+    tag: str,
+    *,
+    kind: str = "editable",
+    entrypoint: str | None = None,
+    label: str = "org.opencontainers.image.revision",
+    with_git: bool = False,
+) -> str:
     """A base image holding `repo` at `commit` the way vLLM images do:
     kind="editable": the whole source tree at /opt/vllm-source, found through a .pth file;
     kind="site": only the package, in site-packages (like the official vllm-openai image).
@@ -140,13 +171,22 @@ def build_base(engine: Engine, repo: Path, commit: str, tag: str, *, kind: str =
             sh("git", "-C", src, "checkout", "-q", "--detach", commit)
         else:
             src.mkdir()
-            sh("tar", "-x", "-C", src, input=subprocess.run(["git", "-C", str(repo), "archive", commit],
-                                                           capture_output=True, check=True).stdout)
+            sh(
+                "tar",
+                "-x",
+                "-C",
+                src,
+                input=subprocess.run(
+                    ["git", "-C", str(repo), "archive", commit], capture_output=True, check=True
+                ).stdout,
+            )
         so = os.urandom(64 * 1024)
         if kind == "editable":
             (src / "vllm" / "_C.abi3.so").write_bytes(so)
-            steps = ["COPY src /opt/vllm-source",
-                     f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth"]
+            steps = [
+                "COPY src /opt/vllm-source",
+                f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth",
+            ]
         else:
             pkg = ctx / "pkg"
             shutil.copytree(src / "vllm", pkg)
@@ -163,8 +203,9 @@ def build_base(engine: Engine, repo: Path, commit: str, tag: str, *, kind: str =
 
 def image_file(engine: Engine, image: str, path: str) -> bytes | None:
     """The bytes of a file inside an image, or None when it is absent."""
-    res = subprocess.run([engine.exe, "run", "--rm", "--network", "none", "--entrypoint", "cat", image, path],
-                         capture_output=True)
+    res = subprocess.run(
+        [engine.exe, "run", "--rm", "--network", "none", "--entrypoint", "cat", image, path], capture_output=True
+    )
     return res.stdout if res.returncode == 0 else None
 
 

@@ -1,0 +1,122 @@
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import support  # noqa: E402
+
+from forkdev.engine import Engine  # noqa: E402
+from forkdev.errors import Failure  # noqa: E402
+from forkdev.proc import Runner  # noqa: E402
+
+
+@dataclass
+class Invoked:
+    code: int
+    out: str
+    err: str
+
+    @property
+    def json(self) -> dict:
+        return json.loads(self.out)
+
+    @property
+    def last_error(self) -> str:
+        lines = [line for line in self.err.splitlines() if line.strip()]
+        return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("forkdev-cache")
+
+
+@pytest.fixture(scope="session")
+def invoke(cache_dir):
+    """Run `invoke ARGS` from the project root, as a user would; returns code, stdout, stderr."""
+
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Invoked:
+        full_env = {**os.environ, "INVOKE_CACHE_DIR": str(cache_dir), **(env or {})}
+        full_env.pop("GITHUB_ACTIONS", None)
+        res = subprocess.run(
+            [sys.executable, "-m", "invoke", "--search-root", str(support.ROOT), *args],
+            capture_output=True,
+            text=True,
+            env=full_env,
+            cwd=cwd or support.ROOT,
+            stdin=subprocess.DEVNULL,
+        )
+        return Invoked(res.returncode, res.stdout, res.stderr)
+
+    return run
+
+
+def _engine(name: str) -> Engine:
+    try:
+        return Engine.detect(Runner(echo=False), name, "host")
+    except Failure as exc:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and no {name or 'container'} engine could be used: {exc}")
+        pytest.skip(f"no engine: {exc}")
+
+
+@pytest.fixture(scope="session")
+def engine() -> Engine:
+    return _engine(os.environ.get("FORKDEV_TEST_ENGINE", ""))
+
+
+@pytest.fixture(scope="session")
+def podman() -> Engine:
+    return _engine("podman")
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory):
+    if not Path("/usr/bin/docker-registry").exists():
+        if os.environ.get("CI") == "true":
+            pytest.fail("CI=true and Debian's docker-registry is not installed (.ci/run installs it)")
+        pytest.skip("docker-registry not installed")
+    reg = support.Registry(tmp_path_factory.mktemp("registry"))
+    yield reg
+    reg.stop()
+
+
+@dataclass
+class World:
+    """An upstream repository with history and base images of its first commit."""
+
+    upstream: Path
+    first: str  # the commit inside the bases
+    later: str  # an upstream commit after it, Python-only
+    editable: str  # base: source tree at /opt/vllm-source, ENTRYPOINT like vllm-openai
+    site: str  # base: package in site-packages only
+
+
+@pytest.fixture(scope="session")
+def world(engine, tmp_path_factory) -> World:
+    up = tmp_path_factory.mktemp("upstream") / "vllm"
+    first = support.make_upstream(up)
+    entry = '["python3", "-m", "vllm.entrypoints.openai.api_server"]'
+    editable = support.build_base(engine, up, first, "forkdev-test/vllm-base:editable", entrypoint=entry)
+    site = support.build_base(engine, up, first, "forkdev-test/vllm-base:site", kind="site", entrypoint=entry)
+    (up / "vllm" / "sampling_params.py").write_text("SAMPLING = 'upstream later'\n")
+    (up / "tests" / "test_later.py").write_text("def test_later():\n    assert True\n")
+    later = support.commit_all(up, "upstream: a python-only change")
+    return World(up, first, later, editable, site)
+
+
+@pytest.fixture
+def fork(world, tmp_path) -> Path:
+    """A user's clone of the upstream, checked out at the bases' commit."""
+    path = tmp_path / "vllm"
+    support.sh("git", "clone", "-q", world.upstream, path)
+    support.git(path, "checkout", "-q", "-B", "dev", world.first)
+    return path
