@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from forkdev import build, config, dev, verify
+from forkdev import build, config, dev, fork_sync, verify
 
-ns = Collection(dev, build, verify)
+ns = Collection(dev, build, verify, fork_sync)
 ns.configure(config.DEFAULTS)

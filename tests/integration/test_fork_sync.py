@@ -1,0 +1,291 @@
+"""`invoke fork-sync` on real repositories: an upstream, the fork's remote, and the user's checkout.
+
+After every run, the user's files and refs are compared byte for byte with what they must be.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import support
+from support import commit_all, git
+
+ENV = support.GIT_ENV
+
+
+def write(root: Path, files: dict[str, str | None]) -> None:
+    for path, text in files.items():
+        f = root / path
+        if text is None:
+            f.unlink()
+        else:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+
+
+def snapshot(repo: Path) -> dict:
+    """Everything of the user's that a sync must not lose or change: refs (but our private fetch ref), HEAD,
+    the index, every file in the working tree, the stashes, and any merge in progress."""
+    refs = [
+        r
+        for r in git(repo, "for-each-ref", "--format=%(refname) %(objectname)").splitlines()
+        if not r.startswith("refs/forkdev/")
+    ]
+    files = {
+        str(p.relative_to(repo)): p.read_bytes()
+        for p in sorted(repo.rglob("*"))
+        if p.is_file() and ".git" not in p.relative_to(repo).parts
+    }
+    return {
+        "refs": refs,
+        "head": git(repo, "symbolic-ref", "-q", "HEAD"),
+        "index": git(repo, "ls-files", "-s"),
+        "files": files,
+        "stash": git(repo, "stash", "list"),
+        "merge_head": (repo / ".git" / "MERGE_HEAD").exists(),
+    }
+
+
+@pytest.fixture
+def repos(tmp_path):
+    """upstream (U), the fork's remote (origin, bare) and the user's checkout of the fork (F)."""
+    up, origin, fork = tmp_path / "upstream", tmp_path / "origin.git", tmp_path / "fork"
+    up.mkdir()
+    git(up, "init", "-q")
+    write(
+        up,
+        {
+            "vllm/a.py": "A = 1\n",
+            ".gitignore": "*.so\n",
+            "extras/shared.txt": "upstream v1\n",
+            "README.md": "upstream\n",
+            "vllm/conflict.py": "X = 'base'\n",
+        },
+    )
+    commit_all(up, "upstream 1")
+    support.sh("git", "clone", "-q", "--bare", up, origin)
+    support.sh("git", "clone", "-q", origin, fork)
+    git(fork, "remote", "add", "upstream", str(up))
+    write(
+        fork,
+        {
+            "extras/mine.txt": "fork only\n",
+            "extras/shared.txt": "fork's version\n",
+            ".github/workflows/fork-sync.yml": "name: fork-sync\n",
+            ".gitignore": "*.so\nfork-only/\n",
+        },
+    )
+    commit_all(fork, "fork: tooling")
+    git(fork, "push", "-q", "origin", "main")
+    write(
+        up,
+        {
+            "vllm/a.py": "A = 2\n",
+            "extras/shared.txt": "upstream v2\n",
+            "extras/added.txt": "upstream adds\n",
+            ".gitignore": "*.so\nupstream-only/\n",
+        },
+    )
+    commit_all(up, "upstream 2")
+    return up, origin, fork
+
+
+def sync(invoke, fork: Path, *args: str):
+    return invoke("fork-sync", "--repo", str(fork), *args, env=ENV)
+
+
+def test_merge_keeps_protected_paths_and_unions_gitignore(invoke, repos):
+    up, origin, fork = repos
+    before = git(fork, "rev-parse", "HEAD")
+    res = sync(invoke, fork, "--json")
+    assert res.code == 0, res.err
+    head = git(fork, "rev-parse", "HEAD")
+    assert git(fork, "rev-list", "--parents", "-n1", "HEAD").split()[1:] == [before, git(up, "rev-parse", "HEAD")]
+    assert (fork / "vllm/a.py").read_text() == "A = 2\n"
+    assert (fork / "extras/shared.txt").read_text() == "fork's version\n"
+    assert (fork / "extras/mine.txt").read_text() == "fork only\n"
+    assert not (fork / "extras/added.txt").exists()
+    assert (fork / ".github/workflows/fork-sync.yml").read_text() == "name: fork-sync\n"
+    assert (fork / ".gitignore").read_text().splitlines() == ["*.so", "fork-only/", "upstream-only/"]
+    assert git(fork, "status", "--porcelain") == ""
+    assert res.json["after"] == head and res.json["restored"] == ["extras/"]
+    assert res.json["resolved"] == {".gitignore": "union"}
+
+
+def test_upstream_deleting_a_protected_file_does_not_delete_the_forks(invoke, repos):
+    up, _, fork = repos
+    git(up, "rm", "-q", "extras/shared.txt")
+    commit_all(up, "upstream deletes extras/shared.txt")
+    assert sync(invoke, fork).code == 0
+    assert (fork / "extras/shared.txt").read_text() == "fork's version\n"
+
+
+def test_a_conflict_elsewhere_aborts_and_leaves_everything_as_it_was(invoke, repos):
+    up, _, fork = repos
+    write(fork, {"vllm/conflict.py": "X = 'fork'\n"})
+    commit_all(fork, "fork edits conflict.py")
+    write(up, {"vllm/conflict.py": "X = 'upstream'\n"})
+    commit_all(up, "upstream edits conflict.py")
+    state = snapshot(fork)
+    res = sync(invoke, fork)
+    assert res.code != 0 and "Traceback" not in res.err
+    assert "vllm/conflict.py" in res.last_error and "--strategy" in res.last_error
+    assert snapshot(fork) == state
+    ok = sync(invoke, fork, "--strategy", "vllm/*.py=theirs")
+    assert ok.code == 0, ok.err
+    assert (fork / "vllm/conflict.py").read_text() == "X = 'upstream'\n"
+
+
+def test_a_conflict_in_a_protected_path_keeps_the_forks_side(invoke, repos):
+    up, _, fork = repos
+    write(up, {".github/workflows/fork-sync.yml": "name: upstream's\n"})
+    commit_all(up, "upstream adds a workflow of the same name")
+    assert sync(invoke, fork).code == 0
+    assert (fork / ".github/workflows/fork-sync.yml").read_text() == "name: fork-sync\n"
+
+
+@pytest.mark.parametrize("kind", ["staged", "unstaged", "untracked"])
+def test_a_dirty_tree_is_refused_and_autostash_keeps_every_byte(invoke, repos, kind):
+    _, _, fork = repos
+    if kind == "staged":
+        write(fork, {"vllm/a.py": "A = 'staged'\n"})
+        git(fork, "add", "vllm/a.py")
+        name = "vllm/a.py"
+    elif kind == "unstaged":
+        write(fork, {"README.md": "my notes\n"})
+        name = "README.md"
+    else:
+        write(fork, {"extras/wip.txt": "untracked work\n"})
+        name = "extras/wip.txt"
+    state = snapshot(fork)
+    refused = sync(invoke, fork)
+    assert refused.code != 0 and name in refused.last_error and "--autostash" in refused.last_error
+    assert snapshot(fork) == state
+
+    if kind == "staged":  # upstream changed the same file: the user's version must survive, maybe in the stash
+        res = sync(invoke, fork, "--autostash")
+        assert res.code == 0, res.err
+        kept = (fork / name).read_text() == "A = 'staged'\n" or "A = 'staged'" in git(fork, "stash", "show", "-p")
+        assert kept
+    else:
+        res = sync(invoke, fork, "--autostash")
+        assert res.code == 0, res.err
+        assert (fork / name).read_bytes() == state["files"][name]
+        assert git(fork, "stash", "list") == ""
+    assert (fork / "extras/shared.txt").read_text() == "fork's version\n"
+
+
+def test_a_dirty_checkout_is_not_touched_when_syncing_another_branch(invoke, repos):
+    _, _, fork = repos
+    git(fork, "branch", "-q", "sync-target")
+    write(fork, {"README.md": "my notes\n", "scratch.txt": "mine\n"})
+    files_before = snapshot(fork)["files"]
+    res = sync(invoke, fork, "--into", "sync-target")
+    assert res.code == 0, res.err
+    assert snapshot(fork)["files"] == files_before
+    assert git(fork, "show", "sync-target:vllm/a.py") == "A = 2"
+
+
+def test_a_failed_fetch_is_an_error_and_changes_nothing(invoke, repos, tmp_path):
+    _, _, fork = repos
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--upstream", str(tmp_path / "no-such-upstream"))
+    assert res.code != 0 and "no-such-upstream" in res.last_error and "nothing was changed" in res.last_error
+    assert snapshot(fork) == state
+
+
+def test_push_only_when_ahead_and_a_rejected_push_rewrites_nothing(invoke, repos, tmp_path):
+    up, origin, fork = repos
+    assert sync(invoke, fork, "--push").code == 0
+    assert support.sh("git", "-C", origin, "rev-parse", "main") == git(fork, "rev-parse", "HEAD")
+    again = sync(invoke, fork, "--push")
+    assert again.code == 0 and "nothing to push" in again.err
+
+    other = tmp_path / "other"
+    support.sh("git", "clone", "-q", origin, other)
+    write(other, {"NOTES": "someone else\n"})
+    commit_all(other, "someone else pushes")
+    git(other, "push", "-q", "origin", "main")
+    write(up, {"vllm/a.py": "A = 3\n"})
+    commit_all(up, "upstream 3")
+    remote_before = support.sh("git", "-C", origin, "rev-parse", "main")
+    res = sync(invoke, fork, "--push")
+    assert res.code != 0 and "rejected" in res.last_error and "nothing was rewritten" in res.last_error
+    assert support.sh("git", "-C", origin, "rev-parse", "main") == remote_before
+    assert (fork / "vllm/a.py").read_text() == "A = 3\n", "the merge is kept locally"
+
+
+def test_dry_run_moves_nothing(invoke, repos):
+    _, _, fork = repos
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--dry-run", "--json")
+    assert res.code == 0, res.err
+    assert res.json["after"] != res.json["before"] and res.json["dry_run"] is True
+    assert snapshot(fork) == state
+
+
+def test_bad_input_is_one_line(invoke, repos, tmp_path):
+    _, _, fork = repos
+    assert "malformed --strategy" in sync(invoke, fork, "--strategy", "nonsense").last_error
+    assert "unknown strategy 'mine'" in sync(invoke, fork, "--strategy", "x=mine").last_error
+    assert "no branch 'nope'" in sync(invoke, fork, "--into", "nope").last_error
+    assert "not a git checkout" in sync(invoke, tmp_path).last_error
+    git(fork, "checkout", "-q", "--detach")
+    assert "detached" in sync(invoke, fork).last_error
+
+
+def test_sigint_at_any_moment_loses_nothing(repos):
+    """Interrupt a sync with autostash at several moments; each time the user's edits are in the working tree
+    or in the stash, and the branch is either the old commit or the merge, with a clean checkout of it."""
+    up, _, fork = repos
+    support.write_tree(fork, limit_bytes=512)  # thousands of files make the run long enough to interrupt
+    commit_all(fork, "fork: a big tree")
+    write(up, {f"vllm/gen{i}.py": f"G = {i}\n" for i in range(300)})
+    commit_all(up, "upstream: many files")
+    before = git(fork, "rev-parse", "HEAD")
+    outcomes: set[bool] = set()
+    for delay in (0.15, 0.3, 0.45, 0.6, 0.8, 1.2):
+        write(fork, {"README.md": f"my edit {delay}\n", "notes/wip.txt": f"untracked {delay}\n"})
+        proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "invoke",
+                "--search-root",
+                str(support.ROOT),
+                "fork-sync",
+                "--repo",
+                str(fork),
+                "--autostash",
+            ],
+            env={**os.environ, **ENV},
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        time.sleep(delay)
+        os.killpg(proc.pid, signal.SIGINT)
+        proc.wait(60)
+        head = git(fork, "rev-parse", "HEAD")
+        assert head in (before, *git(fork, "rev-list", "--merges", "-n1", "HEAD").split())
+        outcomes.add(head == before)
+        stash = git(fork, "stash", "list")
+        here = (fork / "README.md").read_text() == f"my edit {delay}\n"
+        assert here or f"my edit {delay}" in git(fork, "stash", "show", "-p", "--include-untracked"), stash
+        assert not (fork / ".git" / "MERGE_HEAD").exists()
+        if not here:
+            git(fork, "stash", "pop", "-q")
+        assert (fork / "notes/wip.txt").read_text() == f"untracked {delay}\n"
+        changed = {line.split(maxsplit=1)[1] for line in git(fork, "status", "--porcelain").splitlines()}
+        assert changed <= {"README.md", "notes/"}, changed
+        if head != before:  # the test's own repository: start the next round from the old commit
+            git(fork, "stash", "push", "-q", "--include-untracked")
+            git(fork, "reset", "-q", "--keep", before)
+            git(fork, "stash", "pop", "-q")
+    assert outcomes == {True, False}, "interrupted both before and after the branch moved"
