@@ -147,9 +147,57 @@ def bench_dev(engine: Engine, work: Path) -> dict:
     }
 
 
+def bench_fork_sync(work: Path, rounds: int = 6) -> dict:
+    """fork-sync against `git fetch upstream main && git merge FETCH_HEAD` on identical clones of a fork 500
+    upstream commits behind, carrying its own extras/ and workflow."""
+    up = work / "upstream"
+    print(f"building a vLLM-sized upstream with {HISTORY} commits ...", file=sys.stderr)
+    support.make_upstream(up, limit_bytes=None)
+    history(up, HISTORY)
+    seed = work / "seed"
+    support.sh("git", "clone", "-q", up, seed)
+    support.git(seed, "checkout", "-q", "-B", "main", "HEAD~500")  # the benchmark's own fresh clone
+    (seed / "extras").mkdir()
+    (seed / "extras" / "fork.txt").write_text("fork only\n")
+    (seed / ".github" / "workflows").mkdir(parents=True, exist_ok=True)
+    (seed / ".github" / "workflows" / "fork-sync.yml").write_text("name: fork-sync\n")
+    support.commit_all(seed, "fork: tooling")
+    ours, plain = [], []
+    for i in range(rounds):
+        a, b = work / f"a{i}", work / f"b{i}"
+        for clone in (a, b):
+            support.sh("git", "clone", "-q", seed, clone)
+            support.git(clone, "remote", "add", "upstream", str(up))
+
+        def run_ours(a=a):
+            start = time.perf_counter()
+            invoke("fork-sync", "--repo", str(a), cache=work / "cache")
+            ours.append(time.perf_counter() - start)
+
+        def run_plain(b=b):
+            start = time.perf_counter()
+            support.git(b, "fetch", "-q", "upstream", "main")
+            support.git(b, "merge", "-q", "--no-edit", "FETCH_HEAD")
+            plain.append(time.perf_counter() - start)
+
+        for step in (run_ours, run_plain) if i % 2 == 0 else (run_plain, run_ours):  # neither gets a warm cache
+            step()
+        assert support.git(a, "rev-parse", "HEAD^{tree}") == support.git(b, "rev-parse", "HEAD^{tree}")
+    startup = statistics.median(invoke("--list", cache=work / "cache")[0] for _ in range(5))
+    return {
+        "startup_seconds": startup,
+        "files": len(support.git(up, "ls-files").splitlines()),
+        "commits": HISTORY + 1,
+        "merged_commits": 500,
+        "fork_sync_seconds": statistics.median(ours),
+        "git_merge_seconds": statistics.median(plain),
+        "ratio": statistics.median(ours) / statistics.median(plain),
+    }
+
+
 def main() -> None:
-    parts = sys.argv[1:] or ["dev"]
-    engine = Engine.detect(Runner(echo=False))
+    parts = sys.argv[1:] or ["dev", "fork-sync"]
+    engine = Engine.detect(Runner(echo=False)) if "dev" in parts else None
     keep = os.environ.get("BENCH_WORKDIR")  # keep the generated trees there, to look at or profile
     if keep:
         shutil.rmtree(keep, ignore_errors=True)
@@ -174,6 +222,23 @@ def main() -> None:
                 "(target <= 0.5 s)"
             )
             print(json.dumps({"dev": r}))
+        if "fork-sync" in parts:
+            r = bench_fork_sync(Path(tmp) / "fork-sync")
+            print(
+                f"\ninvoke fork-sync of {r['merged_commits']} upstream commits into a fork ({r['files']} files, "
+                f"{r['commits']} commits):"
+            )
+            print(
+                f"  invoke fork-sync     {r['fork_sync_seconds']:>10.2f} s      git fetch + git merge "
+                f"{r['git_merge_seconds']:.2f} s   ratio {r['ratio']:.2f}x (target <= 1.5x); medians of 6, "
+                "same merged tree"
+            )
+            rest = (r["fork_sync_seconds"] - r["startup_seconds"]) / r["git_merge_seconds"]
+            print(
+                f"  of which interpreter + invoke startup ('invoke --list') {r['startup_seconds']:.2f} s; "
+                f"without it {rest:.2f}x"
+            )
+            print(json.dumps({"fork_sync": r}))
 
 
 if __name__ == "__main__":

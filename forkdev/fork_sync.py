@@ -85,9 +85,9 @@ class Sync:
         return entries
 
     def in_progress(self) -> str | None:
+        git_dir = os.path.join(self.repo.path, self.repo.out("rev-parse", "--git-dir"))
         for name in ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge", "rebase-apply"):
-            path = self.repo.out("rev-parse", "--git-path", name)
-            if os.path.exists(os.path.join(self.repo.path, path)):
+            if os.path.exists(os.path.join(git_dir, name)):
                 return name
         return None
 
@@ -136,17 +136,18 @@ class Sync:
 
         with tempfile.TemporaryDirectory(prefix="forkdev-sync-") as tmp:
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-            git = lambda *a, input=None: self.run(  # noqa: E731
-                ["git", "-C", str(self.repo.path), *a], mutates=False, env=env, input=input
+            git = lambda *a, input=None, check=True: self.run(  # noqa: E731
+                ["git", "-C", str(self.repo.path), *a], mutates=False, env=env, input=input, check=check
             )
             git("read-tree", tree)
-            for path in protect:
-                if self._differs(ours, tree, path):
-                    out.restored.append(path)
-                present = git("ls-files", "-z", "--", path).stdout
+            if protect:  # every protected path takes the fork's entries, whatever the merge made of them
+                out.restored = sorted(
+                    p for p in protect if git("diff-tree", "-r", "--quiet", ours, tree, "--", p, check=False).returncode
+                )
+                present = git("ls-files", "-z", "--", *protect).stdout
                 if present:
                     git("update-index", "-z", "--force-remove", "--stdin", input=present)
-                listing = git("ls-tree", "-r", "-z", ours, "--", path).stdout
+                listing = git("ls-tree", "-r", "-z", ours, "--", *protect).stdout
                 if listing:
                     git("update-index", "-z", "--index-info", input=listing)
             for path, st in sorted(stages.items()):
@@ -170,11 +171,6 @@ class Sync:
             mutates=False,
         )
         return commit.out
-
-    def _differs(self, ours: str, tree: str, path: str) -> bool:
-        a = self.repo.git("ls-tree", "-r", ours, "--", path).out
-        b = self.repo.git("ls-tree", "-r", tree, "--", path).out
-        return a != b
 
     def _resolve(self, path: str, st: dict[int, tuple[str, str]], strategy: str | None, tmp: str):
         """(mode, oid) or "delete" for a conflicted path under `strategy`, or None when it stays conflicted."""
