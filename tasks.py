@@ -2,7 +2,7 @@
 
 from invoke import Collection
 
-from forkdev import build, config, dev, fork_sync, verify
+from forkdev import build, config, dev, fork_sync, overlay, patches, verify
 
-ns = Collection(dev, build, verify, fork_sync)
+ns = Collection(dev, build, verify, fork_sync, overlay, patches)
 ns.configure(config.DEFAULTS)

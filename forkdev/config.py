@@ -90,11 +90,12 @@ DEFAULTS: dict[str, Any] = {
     "overlay": {
         "repo": ".",
         "definitions": "extras/overlay.txt",
-        "dest": "build/overlay",
+        "dest": "",  # "" = a directory under cache_dir; inside the checkout it must be git-ignored
     },
     "patches": {
         "repo": ".",
         "registry": "extras/patches/patches.json",
+        "into": "worktree",  # worktree | overlay | checkout | a directory
     },
 }
 
