@@ -24,6 +24,7 @@ def lint(session: nox.Session) -> None:
         session.run("hadolint", *dockerfiles)
     workflows = sorted(glob.glob(".github/workflows/*.yml"))
     session.run("check-jsonschema", "--builtin-schema", "vendor.github-workflows", *workflows)
+    session.run("zizmor", "--offline", ".github/workflows")
 
 
 @nox.session
