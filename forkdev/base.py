@@ -26,6 +26,17 @@ class Location:
     package_dir: str  # the package directory in the image
     root: str | None  # an editable source tree holding the whole repository, or None for site-packages
 
+    @classmethod
+    def of(cls, package_dir: str, package_path: str) -> Location:
+        """An editable source tree when the package directory ends with its repository path somewhere other
+        than site-packages (e.g. /sgl-workspace/sglang/python/sglang); else a site-packages install."""
+        suffix = "/" + package_path
+        if package_dir.endswith(suffix):
+            root = package_dir[: -len(suffix)] or "/"
+            if posixpath.basename(root) not in ("site-packages", "dist-packages"):
+                return cls(package_dir, root)
+        return cls(package_dir, None)
+
     def image_path(self, repo_path: str, package_path: str) -> str | None:
         if self.root is not None:
             return posixpath.join(self.root, repo_path)
@@ -135,13 +146,7 @@ def locate(engine: Engine, run: Runner, ref: str, image_id: str, target: Target,
             f"cannot locate package '{target.package}' in base '{ref}' ({why}); pass --base with an "
             "image that has it installed"
         )
-    root = None
-    suffix = "/" + target.package_path
-    if package_dir.endswith(suffix):
-        candidate = package_dir[: -len(suffix)] or "/"
-        if posixpath.basename(candidate) not in ("site-packages", "dist-packages"):
-            root = candidate  # an editable source tree: tests/, examples/ ... map too
-    location = Location(package_dir, root)
+    location = Location.of(package_dir, target.package_path)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({"package_dir": location.package_dir, "root": location.root}))
     return location

@@ -7,12 +7,11 @@ import os
 
 from invoke import task
 
-from . import config, ui
-from .engine import Engine
+from . import config
 from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
-from .ship import Request, ship
+from .ship import ship_task
 
 
 def mirror(c, run: Runner, url: str) -> Repo:
@@ -54,24 +53,4 @@ def build(c, sha, base=None, tag=None, push=False, force=False, target=None, ups
     url = upstream or c.config.upstream.url or profile.upstream
     repo = mirror(c, run, url)
     commit = repo.resolve(sha, f"commit (in upstream {url})")
-    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
-    result = ship(
-        c,
-        engine,
-        run,
-        Request(
-            repo=repo,
-            ref=commit,
-            target=profile,
-            source=url,
-            base=base or c.config.dev.base,
-            repository=c.config.dev.repository,
-            tags=tuple(tag or ()),
-            push=push or c.config.dev.push,
-            force=force or c.config.dev.force,
-        ),
-    )
-    if json:
-        ui.emit_json(result)
-    else:
-        ui.ok(("would build " if run.dry_run else "") + result["image"])
+    ship_task(c, run, repo, commit, profile, url, base=base, tags=tag, push=push, force=force, json=json)

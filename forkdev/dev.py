@@ -4,11 +4,10 @@ from __future__ import annotations
 
 from invoke import task
 
-from . import config, ui
-from .engine import Engine
+from . import config
 from .gitrepo import Repo
 from .proc import Runner
-from .ship import Request, ship
+from .ship import ship_task
 
 
 @task(
@@ -32,24 +31,4 @@ def dev(c, path, ref=None, base=None, tag=None, push=False, force=False, target=
     run = Runner(dry_run=config.dry_run(c, dry_run))
     profile = config.target(target or c.config.target)
     repo = Repo.open(path, run)
-    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
-    result = ship(
-        c,
-        engine,
-        run,
-        Request(
-            repo=repo,
-            ref=ref,
-            target=profile,
-            source=str(repo.path),
-            base=base or c.config.dev.base,
-            repository=c.config.dev.repository,
-            tags=tuple(tag or ()),
-            push=push or c.config.dev.push,
-            force=force or c.config.dev.force,
-        ),
-    )
-    if json:
-        ui.emit_json(result)
-    else:
-        ui.ok(("would build " if run.dry_run else "") + result["image"])
+    ship_task(c, run, repo, ref, profile, str(repo.path), base=base, tags=tag, push=push, force=force, json=json)

@@ -91,3 +91,38 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         "skipped": plan.skipped,
         "dry_run": run.dry_run,
     }
+
+
+def ship_task(
+    c: Any,
+    run: Runner,
+    repo: Repo,
+    ref: str | None,
+    target: Target,
+    source: str,
+    *,
+    base: str | None,
+    tags: list[str] | None,
+    push: bool,
+    force: bool,
+    json: bool,
+) -> None:
+    """What `invoke dev` and `invoke build` do once they know the repository state: flags over config, then
+    the image, then one JSON object on stdout or a line on stderr."""
+    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
+    request = Request(
+        repo=repo,
+        ref=ref,
+        target=target,
+        source=source,
+        base=base or c.config.dev.base,
+        repository=c.config.dev.repository,
+        tags=tuple(tags or ()),
+        push=push or c.config.dev.push,
+        force=force or c.config.dev.force,
+    )
+    result = ship(c, engine, run, request)
+    if json:
+        ui.emit_json(result)
+    else:
+        ui.ok(("would build " if run.dry_run else "") + result["image"])

@@ -51,6 +51,21 @@ def test_an_editable_tree_maps_every_path_and_site_packages_only_the_package():
     assert site.image_path("vllm_other/x.py", "vllm") is None
 
 
+@pytest.mark.parametrize(
+    ("package_dir", "package_path", "root"),
+    [
+        ("/opt/vllm-source/vllm", "vllm", "/opt/vllm-source"),
+        ("/usr/local/lib/python3.12/dist-packages/vllm", "vllm", None),
+        ("/usr/lib/python3/site-packages/vllm", "vllm", None),
+        ("/sgl-workspace/sglang/python/sglang", "python/sglang", "/sgl-workspace/sglang"),
+        ("/usr/local/lib/python3.10/dist-packages/sglang", "python/sglang", None),
+        ("/vllm", "vllm", "/"),
+    ],
+)
+def test_where_the_repository_lands_is_read_from_the_package_directory(package_dir, package_path, root):
+    assert Location.of(package_dir, package_path).root == root
+
+
 def test_revision_comes_from_oci_label_then_vllm_label_then_env():
     assert revision_of({"Config": {"Labels": {"org.opencontainers.image.revision": "a"}}}) == "a"
     assert revision_of({"Config": {"Labels": {"ai.vllm.build.commit": "b"}}}) == "b"
