@@ -16,6 +16,7 @@ from .proc import Runner
 class Change:
     status: str  # "A", "M", "D", "T" (type change)
     path: str
+    untracked: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,16 +59,17 @@ class Repo:
         if ref is not None:
             args.append(ref)
         fields = self.git(*args).stdout.decode("utf-8", "surrogateescape").split("\0")
-        found = {fields[i + 1]: fields[i][0] for i in range(0, len(fields) - 1, 2)}
+        found = {fields[i + 1]: Change(fields[i][0], fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
         if ref is None:
             untracked = self.git("ls-files", "--others", "--exclude-standard", "-z").stdout
             for path in untracked.decode("utf-8", "surrogateescape").split("\0"):
                 if path:
-                    found[path] = "A"
-        return [Change(status, path) for path, status in sorted(found.items())]
+                    found[path] = Change("A", path, untracked=True)
+        return [found[path] for path in sorted(found)]
 
-    def is_dirty(self) -> bool:
-        return bool(self.git("status", "--porcelain", "--untracked-files=normal").stdout.strip())
+    def is_dirty(self, untracked: bool) -> bool:
+        """Whether the working tree differs from HEAD; `untracked`: whether changes() found untracked files."""
+        return untracked or not self.git("diff", "--quiet", "HEAD", "--", check=False).ok
 
     def remote_for(self, url: str) -> str | None:
         """The remote whose URL is `url` (ignoring a trailing .git), if any."""

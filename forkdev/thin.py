@@ -128,7 +128,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target) -> Plan:
         digest.update(f"-{d}\n".encode())
     return Plan(
         revision=revision,
-        dirty=ref is None and repo.is_dirty(),
+        dirty=ref is None and repo.is_dirty(untracked=any(c.untracked for c in changes)),
         entries=entries,
         deleted=deleted,
         skipped=skipped,

@@ -1,6 +1,7 @@
 """Presentation only. Logs go to stderr (stdout is kept for --json); CI changes how things look, never what runs.
 
-On GitHub Actions a step is folded with ::group::; on a TTY rich colours it; elsewhere (cron logs) plain lines.
+On a TTY rich colours the lines; elsewhere (cron logs, CI) they are plain, and rich is not even imported. On
+GitHub Actions a step is folded with ::group::.
 """
 
 from __future__ import annotations
@@ -11,46 +12,56 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from functools import cache
 
-from rich.console import Console
-
-_console = Console(stderr=True, highlight=False, soft_wrap=True)
 _github = os.environ.get("GITHUB_ACTIONS") == "true"
+
+
+@cache
+def _console():
+    if not sys.stderr.isatty():
+        return None
+    from rich.console import Console
+
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def _line(text: str, style: str | None = None) -> None:
+    console = _console()
+    if console is None:
+        print(text, file=sys.stderr, flush=True)
+    else:
+        console.print(text, style=style, markup=False)
 
 
 def command(text: str, *, skipped: bool = False) -> None:
     """The echo of one external command, before it runs."""
-    suffix = "   [dry-run: not run]" if skipped else ""
-    _console.print(f"+ {text}{suffix}", style="dim" if not skipped else "yellow", markup=False)
+    _line(f"+ {text}" + ("   [dry-run: not run]" if skipped else ""), "yellow" if skipped else "dim")
 
 
 def info(text: str) -> None:
-    _console.print(text, markup=False)
+    _line(text)
 
 
 def warn(text: str) -> None:
-    _console.print(f"warning: {text}", style="yellow", markup=False)
+    _line(f"warning: {text}", "yellow")
 
 
 def ok(text: str) -> None:
-    _console.print(text, style="green", markup=False)
+    _line(text, "green")
 
 
 @contextlib.contextmanager
 def step(title: str) -> Iterator[None]:
     """A named step with its wall time; folded on GitHub."""
     start = time.monotonic()
-    if _github:
-        print(f"::group::{title}", file=sys.stderr, flush=True)
-    else:
-        _console.print(f"» {title}", style="bold", markup=False)
+    _line(f"::group::{title}" if _github else f"» {title}", None if _github else "bold")
     try:
         yield
     finally:
-        took = time.monotonic() - start
         if _github:
-            print("::endgroup::", file=sys.stderr, flush=True)
-        _console.print(f"  {title}: {took:.2f}s", style="dim", markup=False)
+            _line("::endgroup::")
+        _line(f"  {title}: {time.monotonic() - start:.2f}s", "dim")
 
 
 def emit_json(obj: object) -> None:
