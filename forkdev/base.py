@@ -141,7 +141,7 @@ def locate(engine: Engine, run: Runner, ref: str, image_id: str, target: Target,
     )
     package_dir = json.loads(res.out.splitlines()[-1]) if res.ok and res.out else None
     if not package_dir:
-        why = res.err.splitlines()[-1] if res.err else f"python3 there cannot find '{target.package}'"
+        why = res.reason if res.err else f"python3 there cannot find '{target.package}'"
         raise Failure(
             f"cannot locate package '{target.package}' in base '{ref}' ({why}); pass --base with an "
             "image that has it installed"

@@ -23,9 +23,7 @@ def mirror(c, run: Runner, url: str) -> Repo:
     else:
         res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False)
     if not res.ok and not res.dry:
-        raise Failure(
-            f"cannot fetch upstream '{url}' ({(res.err.splitlines() or ['?'])[-1]}); check upstream.url or your network"
-        )
+        raise Failure(f"cannot fetch upstream '{url}' ({res.reason}); check upstream.url or your network")
     if not path.exists():
         raise Failure(f"dry run stops here: the mirror of '{url}' does not exist yet")
     return Repo(path, run)
@@ -52,5 +50,8 @@ def build(c, sha, base=None, tag=None, push=False, force=False, target=None, ups
     profile = config.target(target or c.config.target)
     url = upstream or c.config.upstream.url or profile.upstream
     repo = mirror(c, run, url)
-    commit = repo.resolve(sha, f"commit (in upstream {url})")
+    found = repo.git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}", check=False)
+    if not found.ok:
+        raise Failure(f"unknown commit '{sha}' in upstream {url} (just fetched); check the sha or pass --upstream")
+    commit = found.out
     ship_task(c, run, repo, commit, profile, url, base=base, tags=tag, push=push, force=force, json=json)

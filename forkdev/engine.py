@@ -39,7 +39,7 @@ class Engine:
                 continue
             probe = run([exe, "version", "--format", "{{json .}}"], mutates=False, check=False)
             if not probe.ok:
-                reasons.append(f"'{name} version' failed: {(probe.err.splitlines() or ['?'])[-1]}")
+                reasons.append(f"'{name} version' failed: {probe.reason}")
                 continue
             info = json.loads(probe.out)
             return cls._from_version(run, name, exe, info, network)
@@ -95,8 +95,7 @@ class Engine:
             extra = ["--tls-verify=false"]
         res = run(self.cmd("push", *extra, ref), check=False)
         if not res.ok:
-            last = (res.err.splitlines() or ["?"])[-1]
-            raise Failure(f"push of '{ref}' failed: {last}; check that the registry is up and you are logged in")
+            raise Failure(f"push of '{ref}' failed: {res.reason}; check that the registry is up and you are logged in")
 
     def commit(self, run: Runner, container: str, tag: str, changes: list[str]) -> str:
         """Commit a container as `tag` with Dockerfile-style changes; returns the image id ("" under dry-run)."""

@@ -110,9 +110,8 @@ class Sync:
             check=False,
         )
         if not res.ok:
-            last = (res.err.splitlines() or ["?"])[-1]
             raise Failure(
-                f"fetching branch '{branch}' of upstream '{upstream}' failed ({last}); check the remote "
+                f"fetching branch '{branch}' of upstream '{upstream}' failed ({res.reason}); check the remote "
                 "name or URL and your network; nothing was changed"
             )
         return self.repo.out("rev-parse", f"{FETCHED}/{branch}")
@@ -123,7 +122,7 @@ class Sync:
     ) -> str | None:
         res = self.repo.git("merge-tree", "--write-tree", "-z", "--no-messages", ours, theirs, check=False)
         if res.returncode not in (0, 1):
-            raise Failure(f"git merge-tree failed ({res.err}); git 2.38 or newer is needed")
+            raise Failure(f"git merge-tree failed ({res.reason}); fork-sync needs git 2.38 or newer")
         fields = res.stdout.decode("utf-8", "surrogateescape").split("\0")
         tree = fields[0]
         stages: dict[str, dict[int, tuple[str, str]]] = {}
@@ -287,9 +286,8 @@ def _push(repo: Repo, run: Runner, branch: str) -> bool:
         "push", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{remote_branch}", mutates=True, check=False
     )
     if not res.ok:
-        last = (res.err.splitlines() or ["?"])[-1]
         raise Failure(
-            f"push of '{branch}' to {remote} was rejected ({last}); the merge is kept locally and "
+            f"push of '{branch}' to {remote} was rejected ({res.reason}); the merge is kept locally and "
             f"nothing was rewritten: fetch {remote}, merge, and push again"
         )
     return not res.dry

@@ -38,14 +38,20 @@ class Result:
         return self.stderr.decode("utf-8", "replace").strip()
 
     @property
+    def reason(self) -> str:
+        """The line that says why it failed: git's first 'fatal:'/'error:' line, else the last line."""
+        lines = [line.strip() for line in self.err.splitlines() if line.strip()]
+        return next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "?")
+
+    @property
     def ok(self) -> bool:
         return self.returncode == 0
 
 
 class CommandFailed(Failure):
     def __init__(self, result: Result) -> None:
-        last = result.err.splitlines()[-1] if result.err else "see its output above"
-        super().__init__(f"'{shlex.join(result.argv)}' failed with exit {result.returncode}: {last}")
+        why = result.reason if result.err else "see its output above"
+        super().__init__(f"'{shlex.join(result.argv)}' failed with exit {result.returncode}: {why}")
         self.result = result
 
 
