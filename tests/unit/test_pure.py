@@ -150,3 +150,21 @@ def test_a_missing_program_and_a_failed_command_are_one_sentence():
         Runner(echo=False)(["no-such-program-x"])
     with pytest.raises(Failure, match=r"'sh -c 'echo boom >&2; exit 3'' failed with exit 3: boom"):
         Runner(echo=False)(["sh", "-c", "echo boom >&2; exit 3"])
+
+
+@pytest.mark.parametrize(
+    ("stderr", "reason"),
+    [
+        (
+            b"fatal: 'x' does not appear to be a git repository\nfatal: Could not read\n\nand the repository exists.\n",
+            "fatal: 'x' does not appear to be a git repository",
+        ),
+        (b"warning: a\nerror: pathspec 'y' did not match\n", "error: pathspec 'y' did not match"),
+        (b"Cannot connect to the Docker daemon\n", "Cannot connect to the Docker daemon"),
+        (b"", "?"),
+    ],
+)
+def test_the_reason_of_a_failure_is_the_line_that_says_why(stderr, reason):
+    from forkdev.proc import Result
+
+    assert Result(("git",), 1, b"", stderr).reason == reason
