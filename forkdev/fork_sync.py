@@ -10,9 +10,13 @@ an interrupt before that point leaves branch, index and working tree exactly as 
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import fnmatch
 import os
+import signal
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from invoke import task
@@ -251,9 +255,30 @@ def sync(
     return out
 
 
+@contextlib.contextmanager
+def _uninterruptible() -> Iterator[None]:
+    """Hold a Ctrl-C until the block is done, then raise it: stash, fast-forward and restore happen whole.
+    (The block's git commands run shielded, so the signal sent to our process group does not reach them.)"""
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if received:
+        raise KeyboardInterrupt
+
+
 def _advance(
     repo: Repo, run: Runner, branch: str, before: str, new: str, checked_out: bool, stash: bool, out: Outcome
 ) -> None:
+    """Move the branch to the merge: the only step that touches the user's checkout, done as one piece."""
+    repo = dataclasses.replace(repo, run=dataclasses.replace(run, shielded=True))
+    with _uninterruptible():
+        _move(repo, branch, before, new, checked_out, stash, out)
+
+
+def _move(repo: Repo, branch: str, before: str, new: str, checked_out: bool, stash: bool, out: Outcome) -> None:
     if not checked_out:
         repo.git("update-ref", "-m", "fork-sync", f"refs/heads/{branch}", new, before, mutates=True)
         return
@@ -340,7 +365,11 @@ def fork_sync(
             autostash or cfg.autostash,
         )
     except KeyboardInterrupt:
-        raise Failure("interrupted; the branch, index and working tree are as they were", code=130) from None
+        raise Failure(
+            "interrupted; your work is where it was (if the branch had already moved, it moved whole, "
+            "with your changes restored on top)",
+            code=130,
+        ) from None
     if json:
         ui.emit_json(out.__dict__ | {"dry_run": run.dry_run})
     if out.conflicts:

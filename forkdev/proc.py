@@ -59,6 +59,7 @@ class CommandFailed(Failure):
 class Runner:
     dry_run: bool = False
     echo: bool = True
+    shielded: bool = False  # children in their own session: a Ctrl-C to our process group does not reach them
 
     def __call__(
         self,
@@ -94,6 +95,7 @@ class Runner:
             stderr=subprocess.PIPE if capture else None,
             cwd=str(cwd) if cwd is not None else None,
             env=full_env,
+            new_session=self.shielded,
         )
         out, err = proc.communicate(input)
         result = Result(argv, proc.returncode, out or b"", err or b"")
