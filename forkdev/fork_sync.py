@@ -196,7 +196,6 @@ class Sync:
 
 
 def sync(
-    c,
     run: Runner,
     repo_path: str,
     upstream: str,
@@ -353,7 +352,6 @@ def fork_sync(
     strategies = parse_strategies(dict(cfg.strategies)) | parse_strategies(list(strategy or []))
     try:
         out = sync(
-            c,
             run,
             repo or cfg.repo,
             upstream or cfg.upstream,
