@@ -35,7 +35,7 @@ def invoke(*args: str, cache: Path) -> tuple[float, subprocess.CompletedProcess]
     env = {**os.environ, "INVOKE_CACHE_DIR": str(cache)}
     start = time.perf_counter()
     res = subprocess.run(
-        [sys.executable, "-m", "invoke", "--search-root", str(support.ROOT), *args],
+        support.invoke_argv(*args),
         capture_output=True,
         text=True,
         env=env,

@@ -74,7 +74,7 @@ def candidates(target: Target, repo: Repo, ref: str | None, upstream_url: str, b
     tips = [f"refs/remotes/{r}/{branch}" for r in remotes]
     if repo.is_bare():
         tips.append(f"refs/heads/{branch}")  # a mirror: the upstream's branches are its own
-    tip = next((t for t in tips if repo.git("rev-parse", "--verify", "--quiet", t, check=False).ok), None)
+    tip = next((t for t in tips if repo.rev(t)), None)
     if target.published_base and tip:
         res = repo.git("merge-base", ref or "HEAD", tip, check=False)
         if res.ok and res.out:
@@ -132,20 +132,14 @@ def locate(engine: Engine, run: Runner, ref: str, image_id: str, target: Target,
     if cached.exists():
         data = json.loads(cached.read_text())
         return Location(data["package_dir"], data["root"])
-    res = run(
-        engine.cmd(
-            "run", "--rm", "--network", "none", "--entrypoint", "python3", ref, "-c", _FIND_SPEC, target.package
-        ),
-        mutates=False,
-        check=False,
+    package_dir = engine.python(
+        run,
+        ref,
+        _FIND_SPEC,
+        target.package,
+        failure=f"cannot locate package '{target.package}' in base '{ref}' ({{why}}); pass --base with an image "
+        "that has it installed",
     )
-    package_dir = json.loads(res.out.splitlines()[-1]) if res.ok and res.out else None
-    if not package_dir:
-        why = res.reason if res.err else f"python3 there cannot find '{target.package}'"
-        raise Failure(
-            f"cannot locate package '{target.package}' in base '{ref}' ({why}); pass --base with an "
-            "image that has it installed"
-        )
     location = Location.of(package_dir, target.package_path)
     cached.parent.mkdir(parents=True, exist_ok=True)
     cached.write_text(json.dumps({"package_dir": location.package_dir, "root": location.root}))

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import os
-
 from invoke import task
 
 from . import config
@@ -16,8 +13,7 @@ from .ship import ship_task
 
 def mirror(c, run: Runner, url: str) -> Repo:
     """A bare mirror of `url` under the cache dir, created or refreshed. A failed fetch is an error."""
-    name = hashlib.sha256(url.encode()).hexdigest()[:12]
-    path = config.cache_dir(c) / "mirrors" / f"{os.path.basename(url.rstrip('/')).removesuffix('.git')}-{name}.git"
+    path = config.cache_path(c, "mirrors", url)
     if not path.exists():
         res = run(["git", "clone", "--mirror", "--quiet", url, str(path)], check=False)
     else:
@@ -50,8 +46,7 @@ def build(c, sha, base=None, tag=None, push=False, force=False, target=None, ups
     profile = config.target(target or c.config.target)
     url = upstream or c.config.upstream.url or profile.upstream
     repo = mirror(c, run, url)
-    found = repo.git("rev-parse", "--verify", "--quiet", f"{sha}^{{commit}}", check=False)
-    if not found.ok:
+    commit = repo.rev(f"{sha}^{{commit}}")
+    if commit is None:
         raise Failure(f"unknown commit '{sha}' in upstream {url} (just fetched); check the sha or pass --upstream")
-    commit = found.out
     ship_task(c, run, repo, commit, profile, url, base=base, tags=tag, push=push, force=force, json=json)

@@ -4,6 +4,7 @@ variables and flags can override any key; tasks read their settings through `set
 
 from __future__ import annotations
 
+import hashlib
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,12 @@ def cache_dir(c: Any) -> Path:
     path = Path(os.path.expanduser(c.config.cache_dir))
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def cache_path(c: Any, kind: str, key: str) -> Path:
+    """A per-repository place in the cache: <cache_dir>/<kind>/<name>-<hash of key>."""
+    name = os.path.basename(key.rstrip("/")).removesuffix(".git") or "root"
+    return cache_dir(c) / kind / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def dry_run(c: Any, flag: bool | None) -> bool:

@@ -97,6 +97,16 @@ class Engine:
         if not res.ok:
             raise Failure(f"push of '{ref}' failed: {res.reason}; check that the registry is up and you are logged in")
 
+    def python(self, run: Runner, image: str, script: str, *args: str, failure: str) -> Any:
+        """Run `script` with the image's own python3 (its entrypoint set aside, no network) and return the JSON
+        of its last line of output; when that fails or is null, raise `failure` with {why} filled in."""
+        argv = self.cmd("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", script, *args)
+        res = run(argv, mutates=False, check=False)
+        value = json.loads(res.out.splitlines()[-1]) if res.ok and res.out else None
+        if value is None:
+            raise Failure(failure.format(why=res.reason if res.err else "it found nothing"))
+        return value
+
     def commit(self, run: Runner, container: str, tag: str, changes: list[str]) -> str:
         """Commit a container as `tag` with Dockerfile-style changes; returns the image id ("" under dry-run)."""
         argv = self.cmd("commit")
@@ -119,10 +129,6 @@ class Engine:
     def env(image: dict[str, Any]) -> dict[str, str]:
         pairs = (image.get("Config") or {}).get("Env") or []
         return dict(p.split("=", 1) for p in pairs if "=" in p)
-
-    @staticmethod
-    def layers(image: dict[str, Any]) -> list[str]:
-        return list((image.get("RootFS") or {}).get("Layers") or [])
 
 
 def _loopback_registry(ref: str) -> bool:

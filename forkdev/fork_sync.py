@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fnmatch
+import functools
 import os
 import signal
 import tempfile
@@ -97,20 +98,14 @@ class Sync:
 
     def fetch(self, upstream: str, branch: str) -> str:
         # Fetching writes objects and our private ref only, so it runs under --dry-run too: the plan needs it.
-        res = self.run(
-            [
-                "git",
-                "-C",
-                str(self.repo.path),
-                "fetch",
-                "--quiet",
-                "--no-tags",
-                "--no-write-fetch-head",
-                "--refmap=",
-                upstream,
-                f"+refs/heads/{branch}:{FETCHED}/{branch}",
-            ],
-            mutates=False,
+        res = self.repo.git(
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "--no-write-fetch-head",
+            "--refmap=",
+            upstream,
+            f"+refs/heads/{branch}:{FETCHED}/{branch}",
             check=False,
         )
         if not res.ok:
@@ -139,9 +134,7 @@ class Sync:
 
         with tempfile.TemporaryDirectory(prefix="forkdev-sync-") as tmp:
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
-            git = lambda *a, input=None, check=True: self.run(  # noqa: E731
-                ["git", "-C", str(self.repo.path), *a], mutates=False, env=env, input=input, check=check
-            )
+            git = functools.partial(self.repo.git, env=env)  # the temporary index, never the user's
             git("read-tree", tree)
             if protect:  # every protected path takes the fork's entries, whatever the merge made of them
                 out.restored = sorted(
@@ -169,11 +162,7 @@ class Sync:
             if out.conflicts:
                 return None
             result_tree = git("write-tree").out
-        commit = self.run(
-            ["git", "-C", str(self.repo.path), "commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message],
-            mutates=False,
-        )
-        return commit.out
+        return self.repo.out("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message)
 
     def _resolve(self, path: str, st: dict[int, tuple[str, str]], strategy: str | None, tmp: str):
         """(mode, oid) or "delete" for a conflicted path under `strategy`, or None when it stays conflicted."""
@@ -214,7 +203,7 @@ def sync(
     target = into or current
     if not target:
         raise Failure(f"HEAD of '{repo.path}' is detached; check out the fork's branch or pass --into BRANCH")
-    before = repo.git("rev-parse", "--verify", "--quiet", f"refs/heads/{target}", check=False).out
+    before = repo.rev(f"refs/heads/{target}")
     if not before:
         raise Failure(f"no branch '{target}' in '{repo.path}'; pass --into with an existing branch")
     checked_out = target == current
@@ -301,8 +290,8 @@ def _move(repo: Repo, branch: str, before: str, new: str, checked_out: bool, sta
 def _push(repo: Repo, run: Runner, branch: str) -> bool:
     tracking = repo.git("rev-parse", "--abbrev-ref", "--symbolic-full-name", f"{branch}@{{upstream}}", check=False)
     remote, remote_branch = tracking.out.split("/", 1) if tracking.ok else ("origin", branch)
-    known = repo.git("rev-parse", "--verify", "--quiet", f"refs/remotes/{remote}/{remote_branch}", check=False)
-    ahead = int(repo.out("rev-list", "--count", f"{known.out}..{branch}" if known.ok else branch))
+    known = repo.rev(f"refs/remotes/{remote}/{remote_branch}")
+    ahead = int(repo.out("rev-list", "--count", f"{known}..{branch}" if known else branch))
     if ahead == 0:
         ui.info(f"'{branch}' is not ahead of {remote}/{remote_branch}; nothing to push")
         return False

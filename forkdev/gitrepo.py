@@ -34,17 +34,29 @@ class Repo:
             raise Failure(f"'{path}' is not a git checkout; pass the path of one (e.g. a clone of the upstream)")
         return cls(Path(res.out), run)
 
-    def git(self, *args: str, check: bool = True, mutates: bool = False, input: bytes | None = None):
-        return self.run(["git", "-C", str(self.path), *args], mutates=mutates, check=check, input=input)
+    def git(
+        self,
+        *args: str,
+        check: bool = True,
+        mutates: bool = False,
+        input: bytes | None = None,
+        env: dict[str, str] | None = None,
+    ):
+        return self.run(["git", "-C", str(self.path), *args], mutates=mutates, check=check, input=input, env=env)
 
     def out(self, *args: str) -> str:
         return self.git(*args).out
 
+    def rev(self, ref: str) -> str | None:
+        """The object `ref` names, or None when it names nothing here."""
+        res = self.git("rev-parse", "--verify", "--quiet", ref, check=False)
+        return res.out if res.ok else None
+
     def resolve(self, ref: str, what: str = "ref") -> str:
-        res = self.git("rev-parse", "--verify", "--quiet", f"{ref}^{{commit}}", check=False)
-        if not res.ok:
+        sha = self.rev(f"{ref}^{{commit}}")
+        if sha is None:
             raise Failure(f"unknown {what} '{ref}' in {self.path}; check the name or fetch it first")
-        return res.out
+        return sha
 
     def has_commit(self, sha: str) -> bool:
         return self.git("cat-file", "-e", f"{sha}^{{commit}}", check=False).ok

@@ -11,7 +11,6 @@ whole. The checkout is only read.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 from collections.abc import Callable
@@ -149,14 +148,9 @@ def _apply(d: Definition, path: Path, data: bytes, rel_dest: str) -> bytes:
     return new.encode("utf-8")
 
 
-def default_dest(c, repo: Path) -> Path:
-    name = f"{repo.name}-{hashlib.sha256(str(repo).encode()).hexdigest()[:8]}"
-    return config.cache_dir(c) / "overlay" / name
-
-
 def resolve_dest(c, repo: Repo, dest: str | None) -> Path:
     """The overlay directory. Inside the checkout it must be ignored by git, so `git status` stays unchanged."""
-    path = Path(os.path.expanduser(dest)).resolve() if dest else default_dest(c, repo.path)
+    path = Path(os.path.expanduser(dest)).resolve() if dest else config.cache_path(c, "overlay", str(repo.path))
     real = os.path.realpath(path)
     if os.path.commonpath([str(repo.path), real]) == str(repo.path):
         rel = os.path.relpath(real, repo.path)

@@ -25,7 +25,7 @@ from . import config, ui
 from .errors import Failure
 from .fsutil import inside, replace_files
 from .gitrepo import Repo
-from .overlay import default_dest
+from .overlay import resolve_dest
 from .proc import Runner
 
 DIFF_PATH = re.compile(r"^(?:---|\+\+\+) (?:[ab]/)?(?P<path>\S+)", re.M)
@@ -187,14 +187,12 @@ def resolve_into(c, repo: Repo, into: str, run: Runner) -> tuple[Path, bool]:
     if into == "checkout":
         return repo.path, False
     if into == "overlay":
-        return Path(os.path.expanduser(c.config.overlay.dest)) if c.config.overlay.dest else default_dest(
-            c, repo.path
-        ), True
+        return resolve_dest(c, repo, c.config.overlay.dest), True
     if into == "worktree" and run.dry_run:
         ui.info("--check: checking against the checkout's files (a worktree of HEAD is made only to apply)")
         return repo.path, False
     if into == "worktree":
-        path = config.cache_dir(c) / "worktrees" / default_dest(c, repo.path).name
+        path = config.cache_path(c, "worktrees", str(repo.path))
         if path.exists():
             repo.git("worktree", "remove", "--force", str(path), mutates=True, check=False)
         repo.git("worktree", "prune", mutates=True)

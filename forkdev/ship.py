@@ -59,12 +59,12 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         ui.ok(f"{primary} already holds this state; reusing it")
     else:
         labels = {
-            "org.opencontainers.image.revision": plan.revision,
+            bases.REVISION_LABELS[0]: plan.revision,
             "org.opencontainers.image.source": req.source,
             "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "org.opencontainers.image.base.name": base.ref,
             "org.opencontainers.image.base.digest": base.digest,
-            "dev.forkdev.base.revision": base.revision,
+            thin.BASE_REVISION_LABEL: base.revision,
             "dev.forkdev.dirty": str(plan.dirty).lower(),
             thin.KEY_LABEL: key,
         }

@@ -27,6 +27,7 @@ from .proc import Runner
 
 PROOF_PATH = "/etc/forkdev/proof.json"
 KEY_LABEL = "dev.forkdev.key"
+BASE_REVISION_LABEL = "dev.forkdev.base.revision"
 
 
 @dataclass(frozen=True)
@@ -164,8 +165,9 @@ def commit_layer(
     any, and commit the container as `tag`. Returns the new image id."""
     name = f"forkdev-layer-{plan.key(base)[:12]}-{os.getpid()}"
     user = base.config.get("User") or ""
+    other_user = user not in ("", "root", "0", "0:0")
     create = engine.cmd("create", "--name", name, "--network", "none", "--entrypoint", "/bin/sh")
-    if user not in ("", "root", "0", "0:0"):
+    if other_user:
         create += ["--user", "0:0"]  # the base runs as someone else; the removals need root
     create += [base.id, "-c", 'rm -rf -- "$@"', "forkdev-layer", *plan.deleted]
     # The container's entrypoint, command (and user) are ours: commit puts the base's back.
@@ -173,7 +175,7 @@ def commit_layer(
         f"ENTRYPOINT {json.dumps(base.config.get('Entrypoint') or [])}",
         f"CMD {json.dumps(base.config.get('Cmd') or [])}",
     ]
-    if user not in ("", "root", "0", "0:0"):
+    if other_user:
         changes.append(f"USER {user}")
     changes += [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())]
     try:

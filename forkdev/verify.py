@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import hashlib
-import json as jsonlib
 
 from invoke import task
 
 from . import thin, ui
+from .base import REVISION_LABELS
 from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo
@@ -36,25 +36,22 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
     if info is None:
         raise Failure(f"no image '{image}'; build it with 'invoke dev' or 'invoke build', or pull it first")
     labels = engine.labels(info)
-    res = run(
-        engine.cmd("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", _CHECK, thin.PROOF_PATH),
-        mutates=False,
-        check=False,
+    found = engine.python(
+        run,
+        image,
+        _CHECK,
+        thin.PROOF_PATH,
+        failure=f"image '{image}' has no readable proof at {thin.PROOF_PATH} ({{why}}); it was not made by "
+        "'invoke dev' or 'invoke build'",
     )
-    if not res.ok:
-        raise Failure(
-            f"image '{image}' has no readable proof at {thin.PROOF_PATH}; it was not made by "
-            "'invoke dev' or 'invoke build'"
-        )
-    found = jsonlib.loads(res.out.splitlines()[-1])
     proof = found["proof"]
     problems = []
-    revision = labels.get("org.opencontainers.image.revision")
+    revision = labels.get(REVISION_LABELS[0])
     if revision != proof["commit"]:
         problems.append(f"label revision {revision} != proof commit {proof['commit']}")
     if commit and not proof["commit"].startswith(commit.lower()):
         problems.append(f"image holds commit {proof['commit'][:12]}, not {commit}")
-    if labels.get("dev.forkdev.base.revision") != proof["base"]["revision"]:
+    if labels.get(thin.BASE_REVISION_LABEL) != proof["base"]["revision"]:
         problems.append("label base revision differs from the proof's")
     for f in proof["files"]:
         if found["files"].get(f["image_path"]) != f["sha256"]:

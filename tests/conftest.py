@@ -47,7 +47,7 @@ def invoke(cache_dir):
         full_env = {**os.environ, "INVOKE_CACHE_DIR": str(cache_dir), **(env or {})}
         full_env.pop("GITHUB_ACTIONS", None)
         res = subprocess.run(
-            [sys.executable, "-m", "invoke", "--search-root", str(support.ROOT), *args],
+            support.invoke_argv(*args),
             capture_output=True,
             text=True,
             env=full_env,

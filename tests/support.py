@@ -11,6 +11,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -38,6 +39,11 @@ def sh(
     if res.returncode != 0:
         raise RuntimeError(f"{argv!r} failed ({res.returncode}): {res.stderr.decode(errors='replace')[-2000:]}")
     return res.stdout.decode(errors="replace").strip()
+
+
+def invoke_argv(*args: str) -> list[str]:
+    """`invoke ARGS` run from the project, as a user runs it (the interpreter of the tests)."""
+    return [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]
 
 
 # ---- git ---------------------------------------------------------------------------------------------------

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -253,17 +252,7 @@ def test_sigint_at_any_moment_loses_nothing(repos):
     for delay in (0.15, 0.3, 0.4, 0.45, 0.5, 0.55, 0.6, 0.65, 0.7, 0.8, 1.0, 1.2):
         write(fork, {"README.md": f"my edit {delay}\n", "notes/wip.txt": f"untracked {delay}\n"})
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "invoke",
-                "--search-root",
-                str(support.ROOT),
-                "fork-sync",
-                "--repo",
-                str(fork),
-                "--autostash",
-            ],
+            support.invoke_argv("fork-sync", "--repo", str(fork), "--autostash"),
             env={**os.environ, **ENV},
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
