@@ -1,8 +1,5 @@
-"""Assembles the task collection and declares every config default (see forkdev/config.py); nothing else."""
+"""Assembles the task collection (forkdev/cli.py; the `forkdev` console script runs the same one)."""
 
-from invoke import Collection
+from forkdev.cli import namespace
 
-from forkdev import build, config, dev, fork_sync, overlay, patches, verify
-
-ns = Collection(dev, build, verify, fork_sync, overlay, patches)
-ns.configure(config.DEFAULTS)
+ns = namespace()

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import support  # noqa: E402
 
-from forkdev.engine import Engine  # noqa: E402
-from forkdev.proc import Runner  # noqa: E402
+from forkdev.core.engine import Engine  # noqa: E402
+from forkdev.core.proc import Runner  # noqa: E402
 
 HISTORY = int(os.environ.get("BENCH_COMMITS", "3000"))
 CHANGED = 30

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from invoke import task
-
-from . import config
-from .errors import Failure
-from .gitrepo import Repo
-from .proc import Runner
-from .ship import ship_task
+from .core import config
+from .core.errors import Failure
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.ship import ship_task
+from .core.tasking import task
 
 
 def mirror(c, run: Runner, url: str) -> Repo:
@@ -26,7 +25,6 @@ def mirror(c, run: Runner, url: str) -> Repo:
 
 
 @task(
-    default=True,
     iterable=["tag"],
     help={
         "sha": "the upstream commit (full or abbreviated sha, or a branch or tag name)",

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from invoke import task
-
-from . import config
-from .gitrepo import Repo
-from .proc import Runner
-from .ship import ship_task
+from .core import config
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.ship import ship_task
+from .core.tasking import task
 
 
 @task(
-    default=True,
     positional=["path"],
     iterable=["tag"],
     help={

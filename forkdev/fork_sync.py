@@ -20,12 +20,11 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from invoke import task
-
-from . import config, ui
-from .errors import Failure
-from .gitrepo import Repo
-from .proc import Runner
+from .core import config, ui
+from .core.errors import Failure
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.tasking import task
 
 STRATEGIES = ("ours", "theirs", "union")
 FETCHED = "refs/forkdev/upstream"  # a private ref: the user's remote-tracking refs are left alone
@@ -307,7 +306,6 @@ def _push(repo: Repo, run: Runner, branch: str) -> bool:
 
 
 @task(
-    default=True,
     iterable=["protect", "strategy"],
     help={
         "repo": "the fork's checkout (default: config fork_sync.repo, '.')",

@@ -17,13 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from invoke import task
-
-from . import config, ui
-from .errors import Failure
-from .fsutil import inside, write_tree_atomically
-from .gitrepo import Repo
-from .proc import Runner
+from .core import config, ui
+from .core.errors import Failure
+from .core.fsutil import inside, write_tree_atomically
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.tasking import task
 
 LINE = re.compile(
     r"^(?P<src>[^\s#]+)"
@@ -163,7 +162,6 @@ def resolve_dest(c, repo: Repo, dest: str | None) -> Path:
 
 
 @task(
-    default=True,
     help={
         "repo": "the checkout (default: config overlay.repo, '.')",
         "definitions": "the definitions file (default: config overlay.definitions, relative to the repo)",

@@ -19,14 +19,13 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from invoke import task
-
-from . import config, ui
-from .errors import Failure
-from .fsutil import inside, replace_files
-from .gitrepo import Repo
+from .core import config, ui
+from .core.errors import Failure
+from .core.fsutil import inside, replace_files
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.tasking import task
 from .overlay import resolve_dest
-from .proc import Runner
 
 DIFF_PATH = re.compile(r"^(?:---|\+\+\+) (?:[ab]/)?(?P<path>\S+)", re.M)
 
@@ -205,7 +204,6 @@ def resolve_into(c, repo: Repo, into: str, run: Runner) -> tuple[Path, bool]:
 
 
 @task(
-    default=True,
     help={
         "repo": "the checkout (default: config patches.repo, '.')",
         "registry": "the registry JSON (default: config patches.registry, relative to the repo)",

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import hashlib
 
-from invoke import task
-
-from . import thin, ui
-from .base import REVISION_LABELS
-from .engine import Engine
-from .errors import Failure
-from .gitrepo import Repo
-from .proc import Runner
+from .core import thin, ui
+from .core.base import REVISION_LABELS
+from .core.engine import Engine
+from .core.errors import Failure
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.tasking import task
 
 # Runs in the image with its own python3 (the entrypoint is overridden, so an ENTRYPOINT does not interfere).
 _CHECK = """
@@ -85,7 +84,6 @@ def _against_commit(repo: Repo, proof: dict) -> list[str]:
 
 
 @task(
-    default=True,
     help={
         "image": "the image to check",
         "commit": "the commit it must hold (full or abbreviated sha)",

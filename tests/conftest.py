@@ -13,9 +13,9 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import support  # noqa: E402
 
-from forkdev.engine import Engine  # noqa: E402
-from forkdev.errors import Failure  # noqa: E402
-from forkdev.proc import Runner  # noqa: E402
+from forkdev.core.engine import Engine  # noqa: E402
+from forkdev.core.errors import Failure  # noqa: E402
+from forkdev.core.proc import Runner  # noqa: E402
 
 
 @dataclass

@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from forkdev.engine import Engine
+from forkdev.core.engine import Engine
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"  # copied from shared/data: facts about the real vLLM tree

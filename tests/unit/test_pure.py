@@ -8,10 +8,10 @@ import tarfile
 
 import pytest
 
-from forkdev import config, engine, thin
-from forkdev.base import Location, revision_of
-from forkdev.errors import Failure
-from forkdev.proc import Runner
+from forkdev.core import config, engine, thin
+from forkdev.core.base import Location, revision_of
+from forkdev.core.errors import Failure
+from forkdev.core.proc import Runner
 
 
 @pytest.mark.parametrize(
@@ -165,6 +165,6 @@ def test_a_missing_program_and_a_failed_command_are_one_sentence():
     ],
 )
 def test_the_reason_of_a_failure_is_the_line_that_says_why(stderr, reason):
-    from forkdev.proc import Result
+    from forkdev.core.proc import Result
 
     assert Result(("git",), 1, b"", stderr).reason == reason

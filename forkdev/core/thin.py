@@ -17,7 +17,8 @@ import tarfile
 import time
 from dataclasses import dataclass, field
 
-from . import __version__, ui
+from .. import __version__
+from . import ui
 from .base import Base
 from .config import Target
 from .engine import Engine

@@ -39,9 +39,13 @@ class Result:
 
     @property
     def reason(self) -> str:
-        """The line that says why it failed: git's first 'fatal:'/'error:' line, else the last line."""
-        lines = [line.strip() for line in self.err.splitlines() if line.strip()]
-        return next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1] if lines else "?")
+        """The line that says why it failed: git's first 'fatal:'/'error:' line, else the last line of stderr,
+        else of stdout (some git commands report there), else the exit status."""
+        for text in (self.err, self.out):
+            lines = [line.strip() for line in text.splitlines() if line.strip()]
+            if lines:
+                return next((line for line in lines if line.startswith(("fatal:", "error:"))), lines[-1])
+        return f"exit status {self.returncode}, no output"
 
     @property
     def ok(self) -> bool:
@@ -50,7 +54,7 @@ class Result:
 
 class CommandFailed(Failure):
     def __init__(self, result: Result) -> None:
-        why = result.reason if result.err else "see its output above"
+        why = result.reason
         super().__init__(f"'{shlex.join(result.argv)}' failed with exit {result.returncode}: {why}")
         self.result = result
 

@@ -1,0 +1,20 @@
+"""The task collection, for `invoke` in this directory (tasks.py) and the `forkdev` console script alike."""
+
+from __future__ import annotations
+
+from invoke import Collection, Program
+
+from . import __version__, build, dev, fork_sync, overlay, patches, verify
+from .core import config
+
+
+def namespace() -> Collection:
+    """Every task at the top (a verb per module); every config default declared once."""
+    ns = Collection()
+    for t in (dev.dev, build.build, verify.verify, fork_sync.fork_sync, overlay.overlay, patches.patches):
+        ns.add_task(t)
+    ns.configure(config.DEFAULTS)
+    return ns
+
+
+program = Program(namespace=namespace(), name="forkdev", binary="forkdev", version=__version__)

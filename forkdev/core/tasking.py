@@ -1,0 +1,46 @@
+"""How every task is declared: one decorator, the flags all tasks share, and flags over config.
+
+Short flags are off everywhere (invoke would otherwise give `-d` to --dry-run in one task and to --dest in
+another). A boolean that config can switch on has a `--no-X` twin, so the command line always wins.
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import invoke
+
+from . import config
+from .errors import Failure
+from .proc import Runner
+
+SHARED_HELP = {
+    "dry_run": "show the plan; change nothing (read-only probes still run)",
+    "json": "print one JSON object on stdout (logs stay on stderr)",
+    "quiet": "do not echo the commands that are run",
+}
+
+
+def task(help: dict[str, str] | None = None, **kwargs: Any):
+    """invoke.task without automatic short flags; the shared flags' help is filled in where the task has them."""
+    kwargs.setdefault("auto_shortflags", False)
+
+    def declare(fn):
+        params = inspect.signature(fn).parameters
+        merged = {k: v for k, v in SHARED_HELP.items() if k in params} | dict(help or {})
+        return invoke.task(help=merged, **kwargs)(fn)
+
+    return declare
+
+
+def toggle(name: str, on: bool, off: bool, configured: Any) -> bool:
+    """--X / --no-X over the config value."""
+    if on and off:
+        raise Failure(f"--{name} and --no-{name} contradict each other; pass one of them")
+    return True if on else False if off else bool(configured)
+
+
+def runner(c: Any, dry_run: bool = False, quiet: bool = False) -> Runner:
+    """The process seam for a task: dry-run from the flag or invoke's --dry; echo unless --quiet."""
+    return Runner(dry_run=config.dry_run(c, dry_run), echo=not quiet)
