@@ -1,32 +1,127 @@
-"""invoke dev: a thin image of a local checkout, in seconds."""
+"""invoke dev: a thin image of a local checkout, in well under a second."""
 
 from __future__ import annotations
 
-from .core import config
+import dataclasses
+import re
+from typing import Any
+
+from .core import base as bases
+from .core import config, ship, ui, validate
+from .core.engine import Engine
 from .core.gitrepo import Repo
 from .core.proc import Runner
-from .core.ship import ship_task
-from .core.tasking import task
+from .core.tasking import runner, task, toggle
+
+HELP = {
+    "base": "base image (default: the upstream image of the merge-base, else the target's nightly)",
+    "tag": "an extra tag for the image; repeatable; pushed with --push",
+    "push": "push the --tag references, and the primary tag when dev.repository names a registry",
+    "no_push": "do not push, whatever config dev.push says",
+    "force": "build even when native sources changed (ships the base's compiled code)",
+    "no_force": "refuse native changes, whatever config dev.force says",
+    "target": "target profile: vllm, sglang, mlc-llm (default: config target)",
+}
+
+
+def thin_image(
+    c: Any,
+    run: Runner,
+    repo: Repo,
+    ref: str | None,
+    *,
+    target: str | None,
+    source: str | None,
+    base: str | None,
+    tags: list[str] | None,
+    push: bool,
+    no_push: bool,
+    force: bool,
+    no_force: bool,
+    json: bool,
+) -> dict[str, Any]:
+    """What `invoke dev` and `invoke build` share once they know the repository state: flags over config, the
+    image, then the result: its reference on stdout (or one JSON object), logs on stderr."""
+    profile = config.of(c, target)
+    explicit = base or c.config.dev.base
+    if explicit:
+        validate.image_ref(explicit, "--base")
+    upstream = c.config.upstream.url or profile.upstream
+    request = ship.Request(
+        repo=repo,
+        ref=ref,
+        target=profile,
+        source=source,
+        bases=(explicit,) if explicit else (),
+        explicit_base=bool(explicit),
+        repository=str(c.config.dev.repository).format(target=profile.name),
+        tags=tuple(tags or ()),
+        push=toggle("push", push, no_push, c.config.dev.push),
+        force=toggle("force", force, no_force, c.config.dev.force),
+        cache=config.cache_dir(c),
+        registry=config.registry_policy(c),
+        epoch=config.epoch(),
+    )
+    ship.check(request)  # bad tags and pushes are refused before the engine is even asked
+    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
+    if not explicit:
+        candidates = bases.candidates(profile, repo, ref, upstream, c.config.upstream.branch)
+        request = dataclasses.replace(request, bases=tuple(candidates))
+    result = ship.ship(engine, run, request)
+    if json:
+        ui.emit_json(result)
+    else:
+        ui.result(result["image"])
+    return result
+
+
+def source_url(repo: Repo) -> str | None:
+    """The checkout's origin as an image source label, when it is a URL (a local path says nothing elsewhere)."""
+    url = repo.url("origin")
+    return url if url and re.match(r"^(https?|ssh|git)://|^[\w.-]+@[\w.-]+:", url) else None
 
 
 @task(
-    positional=["path"],
+    positional=["repo"],
     iterable=["tag"],
     help={
-        "path": "the checkout, e.g. ~/vllm (invoke has no optional positionals: always give it)",
+        "repo": "the checkout, e.g. ~/vllm (positional, or --repo)",
         "ref": "a commit of the checkout to ship instead of its working tree",
-        "base": "base image (default: the upstream image of the merge-base, else the local nightly)",
-        "tag": "an extra tag for the image; repeatable",
-        "push": "push every tag to its registry",
-        "force": "build even when native sources changed (ships the base's compiled code)",
-        "target": "target profile: vllm, sglang, mlc-llm (default: config target)",
-        "dry_run": "show the plan; build, tag and push nothing",
-        "json": "print one JSON object on stdout (logs stay on stderr)",
+        **HELP,
     },
 )
-def dev(c, path, ref=None, base=None, tag=None, push=False, force=False, target=None, dry_run=False, json=False):
+def dev(
+    c,
+    repo,
+    ref=None,
+    base=None,
+    tag=None,
+    push=False,
+    no_push=False,
+    force=False,
+    no_force=False,
+    target=None,
+    dry_run=False,
+    json=False,
+    quiet=False,
+):
     """Thin image = base + one layer of the checkout's changed files (uncommitted work included)."""
-    run = Runner(dry_run=config.dry_run(c, dry_run))
-    profile = config.target(target or c.config.target)
-    repo = Repo.open(path, run)
-    ship_task(c, run, repo, ref, profile, str(repo.path), base=base, tags=tag, push=push, force=force, json=json)
+    run = runner(c, dry_run, quiet)
+    checkout = Repo.open(validate.plain(repo, "the checkout path"), run)
+    if ref is not None:
+        validate.git_ref(ref, "--ref")
+    thin_image(
+        c,
+        run,
+        checkout,
+        ref,
+        target=target,
+        source=source_url(checkout),
+        base=base,
+        tags=tag,
+        push=push,
+        no_push=no_push,
+        force=force,
+        no_force=no_force,
+        json=json,
+    )

@@ -149,7 +149,11 @@ def _apply(d: Definition, path: Path, data: bytes, rel_dest: str) -> bytes:
 
 def resolve_dest(c, repo: Repo, dest: str | None) -> Path:
     """The overlay directory. Inside the checkout it must be ignored by git, so `git status` stays unchanged."""
-    path = Path(os.path.expanduser(dest)).resolve() if dest else config.cache_path(c, "overlay", str(repo.path))
+    path = (
+        Path(os.path.expanduser(dest)).resolve()
+        if dest
+        else config.cache_path(config.cache_dir(c), "overlay", str(repo.path))
+    )
     real = os.path.realpath(path)
     if os.path.commonpath([str(repo.path), real]) == str(repo.path):
         rel = os.path.relpath(real, repo.path)

@@ -191,7 +191,7 @@ def resolve_into(c, repo: Repo, into: str, run: Runner) -> tuple[Path, bool]:
         ui.info("--check: checking against the checkout's files (a worktree of HEAD is made only to apply)")
         return repo.path, False
     if into == "worktree":
-        path = config.cache_path(c, "worktrees", str(repo.path))
+        path = config.cache_path(config.cache_dir(c), "worktrees", str(repo.path))
         if path.exists():
             repo.git("worktree", "remove", "--force", str(path), mutates=True, check=False)
         repo.git("worktree", "prune", mutates=True)

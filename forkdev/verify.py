@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import os
 
-from .core import thin, ui
-from .core.base import REVISION_LABELS
+from .core import labels as L
+from .core import ui, validate
+from .core.base import COMPARED, image_config
 from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import Repo
@@ -39,25 +41,26 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
         run,
         image,
         _CHECK,
-        thin.PROOF_PATH,
-        failure=f"image '{image}' has no readable proof at {thin.PROOF_PATH} ({{why}}); it was not made by "
+        L.PROOF_PATH,
+        failure=f"image '{image}' has no readable proof at {L.PROOF_PATH} ({{why}}); it was not made by "
         "'invoke dev' or 'invoke build'",
     )
     proof = found["proof"]
     problems = []
-    revision = labels.get(REVISION_LABELS[0])
+    revision = labels.get(L.REVISION)
     if revision != proof["commit"]:
         problems.append(f"label revision {revision} != proof commit {proof['commit']}")
     if commit and not proof["commit"].startswith(commit.lower()):
         problems.append(f"image holds commit {proof['commit'][:12]}, not {commit}")
-    if labels.get(thin.BASE_REVISION_LABEL) != proof["base"]["revision"]:
+    if labels.get(L.BASE_REVISION) != proof["base"]["revision"]:
         problems.append("label base revision differs from the proof's")
     for f in proof["files"]:
         if found["files"].get(f["image_path"]) != f["sha256"]:
             problems.append(f"{f['image_path']} differs from what was shipped")
     problems += [f"{p} should have been deleted" for p in found["present"]]
-    if repo is not None and not proof["dirty"]:
-        problems += _against_commit(repo, proof)
+    problems += _against_base(engine, run, info, proof)
+    if repo is not None:
+        problems += _against_checkout(repo, proof) if proof["dirty"] else _against_commit(repo, proof)
     return {
         "image": image,
         "commit": proof["commit"],
@@ -68,6 +71,33 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
         "ok": not problems,
         "problems": problems,
     }
+
+
+def _against_base(engine: Engine, run: Runner, info: dict, proof: dict) -> list[str]:
+    """How the image runs (entrypoint, cmd, user, env, workdir) must be exactly the base's."""
+    base = engine.inspect_image(run, proof["base"]["id"])
+    if base is None:
+        return [f"base {proof['base']['id'][:19]} ({proof['base']['ref']}) is not here to compare with; pull it"]
+    mine, theirs = image_config(info), image_config(base)
+    return [
+        f"{key} is {mine.get(key)!r}, the base's is {theirs.get(key)!r}"
+        for key in COMPARED
+        if (mine.get(key) or None) != (theirs.get(key) or None)
+    ]
+
+
+def _against_checkout(repo: Repo, proof: dict) -> list[str]:
+    """A dirty image holds uncommitted work: its bytes must still be the checkout's files."""
+    problems = []
+    for f in proof["files"]:
+        path = repo.path / f["path"]
+        try:
+            data = os.readlink(path).encode("utf-8", "surrogateescape") if path.is_symlink() else path.read_bytes()
+        except OSError:
+            data = None
+        if data is None or hashlib.sha256(data).hexdigest() != f["sha256"]:
+            problems.append(f"{f['path']} differs from the checkout's (it changed after the image was built)")
+    return problems
 
 
 def _against_commit(repo: Repo, proof: dict) -> list[str]:
@@ -87,23 +117,31 @@ def _against_commit(repo: Repo, proof: dict) -> list[str]:
     help={
         "image": "the image to check",
         "commit": "the commit it must hold (full or abbreviated sha)",
-        "repo": "a checkout holding that commit: also compare the shipped bytes with it",
-        "json": "print one JSON object on stdout",
+        "repo": "the checkout: compare the shipped bytes with its commit (or, for an image of uncommitted work, "
+        "with its files)",
     },
 )
-def verify(c, image, commit=None, repo=None, json=False):
-    """Check that an image's labels, proof file and shipped files agree with its commit."""
-    run = Runner(dry_run=False)  # verify only reads
+def verify(c, image, commit=None, repo=None, json=False, quiet=False):
+    """Check that an image's labels, proof, files and run config agree with its commit and its base."""
+    run = Runner(dry_run=False, echo=not quiet)  # verify only reads
+    validate.image_ref(image, "IMAGE")
+    if commit is not None:
+        validate.git_ref(commit, "--commit")
+    checkout = Repo.open(validate.plain(repo, "--repo"), run) if repo else None
     engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
-    result = check(engine, run, image, commit, Repo.open(repo, run) if repo else None)
+    result = check(engine, run, image, commit, checkout)
     if json:
         ui.emit_json(result)
     for p in result["problems"]:
         ui.warn(p)
     if not result["ok"]:
         raise Failure(f"image '{image}' does not match its proof ({len(result['problems'])} problems above)")
-    ui.ok(
+    summary = (
         f"{image}: commit {result['commit']}"
         + (" + uncommitted changes" if result["dirty"] else "")
-        + f", {result['files']} files and {result['deleted']} deletions as shipped"
+        + f", {result['files']} files and {result['deleted']} deletions as shipped, run config as the base's"
     )
+    if json:
+        ui.ok(summary)
+    else:
+        ui.result(summary)

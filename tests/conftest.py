@@ -41,13 +41,19 @@ def cache_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def invoke(cache_dir):
-    """Run `invoke ARGS` from the project root, as a user would; returns code, stdout, stderr."""
+    """Run `invoke ARGS` from the project root, as a user would; returns code, stdout, stderr. Images the tasks
+    make go to the tests' own repository (forkdev-test/...), which the session removes at its end."""
 
-    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> Invoked:
-        full_env = {**os.environ, "INVOKE_CACHE_DIR": str(cache_dir), **(env or {})}
+    def run(*args: str, env: dict[str, str] | None = None, cwd: Path | None = None, argv=None) -> Invoked:
+        full_env = {
+            **os.environ,
+            "INVOKE_CACHE_DIR": str(cache_dir),
+            "INVOKE_DEV_REPOSITORY": "forkdev-test/{target}-dev",
+            **(env or {}),
+        }
         full_env.pop("GITHUB_ACTIONS", None)
         res = subprocess.run(
-            support.invoke_argv(*args),
+            (argv or support.invoke_argv)(*args),
             capture_output=True,
             text=True,
             env=full_env,
@@ -65,17 +71,29 @@ def _engine(name: str) -> Engine:
     except Failure as exc:
         if os.environ.get("CI") == "true":
             pytest.fail(f"CI=true and no {name or 'container'} engine could be used: {exc}")
-        pytest.skip(f"no engine: {exc}")
+        pytest.skip(f"no {name} engine: {exc}")
 
 
-@pytest.fixture(scope="session")
-def engine() -> Engine:
-    return _engine(os.environ.get("FORKDEV_TEST_ENGINE", ""))
+ENGINES = [e for e in os.environ.get("FORKDEV_TEST_ENGINES", "docker,podman").split(",") if e]
 
 
-@pytest.fixture(scope="session")
-def podman() -> Engine:
-    return _engine("podman")
+@pytest.fixture(scope="session", params=ENGINES)
+def engine(request) -> Engine:
+    """Each engine-backed test runs on docker and on podman; what the session built is removed at its end."""
+    e = _engine(request.param)
+    yield e
+    if os.environ.get("FORKDEV_TEST_KEEP") != "1":
+        support.remove_test_images(e)
+
+
+@pytest.fixture
+def tool(invoke, engine):
+    """`invoke ARGS` with the engine under test chosen (engine.name), as a user of that engine would run it."""
+
+    def run(*args: str, env: dict[str, str] | None = None, **kw) -> Invoked:
+        return invoke(*args, env={"INVOKE_ENGINE_NAME": engine.kind, **(env or {})}, **kw)
+
+    return run
 
 
 @pytest.fixture(scope="session")
@@ -91,26 +109,44 @@ def registry(tmp_path_factory):
 
 @dataclass
 class World:
-    """An upstream repository with history and base images of its first commit."""
+    """An upstream repository with history and base images of its first commit, on one engine."""
 
     upstream: Path
     first: str  # the commit inside the bases
     later: str  # an upstream commit after it, Python-only
-    editable: str  # base: source tree at /opt/vllm-source, ENTRYPOINT like vllm-openai
-    site: str  # base: package in site-packages only
+    bare: str  # source tree at /opt/vllm-source, byte-compiled, no ENTRYPOINT and no CMD
+    editable: str  # the same with an ENTRYPOINT like vllm-openai's
+    user: str  # the same run as a non-root USER with an ENTRYPOINT
+    site: str  # package in site-packages only, ENTRYPOINT
 
 
 @pytest.fixture(scope="session")
-def world(engine, tmp_path_factory) -> World:
+def upstream(tmp_path_factory) -> tuple[Path, str, str]:
     up = tmp_path_factory.mktemp("upstream") / "vllm"
     first = support.make_upstream(up)
-    entry = '["python3", "-m", "vllm.entrypoints.openai.api_server"]'
-    editable = support.build_base(engine, up, first, "forkdev-test/vllm-base:editable", entrypoint=entry)
-    site = support.build_base(engine, up, first, "forkdev-test/vllm-base:site", kind="site", entrypoint=entry)
     (up / "vllm" / "sampling_params.py").write_text("SAMPLING = 'upstream later'\n")
     (up / "tests" / "test_later.py").write_text("def test_later():\n    assert True\n")
     later = support.commit_all(up, "upstream: a python-only change")
-    return World(up, first, later, editable, site)
+    return up, first, later
+
+
+@pytest.fixture(scope="session")
+def world(engine, upstream) -> World:
+    up, first, later = upstream
+    entry = '["python3", "-m", "vllm.entrypoints.openai.api_server"]'
+    bare = support.build_base(engine, up, first, "forkdev-test/vllm-base:bare", compile_bytecode=True)
+    editable = support.derive_image(engine, bare, "forkdev-test/vllm-base:editable", f"ENTRYPOINT {entry}")
+    user = support.derive_image(
+        engine,
+        bare,
+        "forkdev-test/vllm-base:user",
+        "RUN useradd --uid 1000 --create-home vllm && chown -R vllm /opt/vllm-source",
+        "USER vllm",
+        "WORKDIR /opt/vllm-source",
+        f"ENTRYPOINT {entry}",
+    )
+    site = support.build_base(engine, up, first, "forkdev-test/vllm-base:site", kind="site", entrypoint=entry)
+    return World(up, first, later, bare, editable, user, site)
 
 
 @pytest.fixture

@@ -149,8 +149,23 @@ def ensure_os_image(engine: Engine) -> str:
 
 def build_image(engine: Engine, context: Path, dockerfile: str, tag: str) -> str:
     (context / "Dockerfile").write_text(dockerfile)
-    sh(engine.exe, "build", "--network", "host", "-q", "-t", tag, context, env=engine.build_env())
+    sh(engine.exe, "build", "--network", "host", "-q", "-t", tag, context, env=engine.build_env(buildkit=False))
     return tag
+
+
+def remove_test_images(engine: Engine, keep: tuple[str, ...] = ()) -> None:
+    """Remove every image the tests made (their names start with forkdev-test/ or a loopback registry)."""
+    listing = sh(engine.exe, "images", "--format", "{{.Repository}}:{{.Tag}}")
+    mine = [
+        ref
+        for ref in listing.splitlines()
+        if ref.split("/", 1)[0] in ("forkdev-test", "forkdev-bench")
+        or ref.startswith(("localhost/forkdev-test/", "localhost/forkdev-bench/", "127.0.0.1:"))
+    ]
+    mine = [ref for ref in mine if ref not in keep and ref.removeprefix("localhost/") not in keep]
+    if mine:
+        subprocess.run([engine.exe, "image", "rm", "-f", *mine], capture_output=True)
+    subprocess.run([engine.exe, "image", "prune", "-f"], capture_output=True)
 
 
 def build_base(
@@ -163,11 +178,14 @@ def build_base(
     entrypoint: str | None = None,
     label: str = "org.opencontainers.image.revision",
     with_git: bool = False,
+    compile_bytecode: bool = False,
 ) -> str:
     """A base image holding `repo` at `commit` the way vLLM images do:
     kind="editable": the whole source tree at /opt/vllm-source, found through a .pth file;
     kind="site": only the package, in site-packages (like the official vllm-openai image).
-    Both get a fake compiled extension vllm/_C.abi3.so, as a real build would leave."""
+    Both get a fake compiled extension vllm/_C.abi3.so, as a real build would leave. Files keep the commit's
+    time as their mtime (git archive sets it, COPY keeps it); compile_bytecode=True byte-compiles the package
+    as an image build does, so its .pyc files record those mtimes."""
     ensure_os_image(engine)
     with tempfile.TemporaryDirectory() as tmp:
         ctx = Path(tmp)
@@ -193,12 +211,16 @@ def build_base(
                 "COPY src /opt/vllm-source",
                 f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth",
             ]
+            package = "/opt/vllm-source/vllm"
         else:
             pkg = ctx / "pkg"
             shutil.copytree(src / "vllm", pkg)
             (pkg / "_C.abi3.so").write_bytes(so)
             shutil.rmtree(src)
             steps = [f"COPY pkg {SITE}/vllm"]
+            package = f"{SITE}/vllm"
+        if compile_bytecode:
+            steps.append(f"RUN python3 -m compileall -q {package}/envs.py {package}/sampling_params.py")
         lines = [f"FROM {OS_IMAGE}", *steps]
         if label:
             lines.append(f'LABEL {label}="{commit}"')
@@ -207,12 +229,31 @@ def build_base(
         return build_image(engine, ctx, "\n".join(lines) + "\n", tag)
 
 
+def derive_image(engine: Engine, parent: str, tag: str, *lines: str) -> str:
+    """A metadata-only image on top of `parent` (USER, ENTRYPOINT, ...): cheap, no copy of the tree."""
+    with tempfile.TemporaryDirectory() as tmp:
+        return build_image(engine, Path(tmp), "\n".join([f"FROM {parent}", *lines]) + "\n", tag)
+
+
 def image_file(engine: Engine, image: str, path: str) -> bytes | None:
     """The bytes of a file inside an image, or None when it is absent."""
     res = subprocess.run(
-        [engine.exe, "run", "--rm", "--network", "none", "--entrypoint", "cat", image, path], capture_output=True
+        [engine.exe, "run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "cat", image, path],
+        capture_output=True,
     )
     return res.stdout if res.returncode == 0 else None
+
+
+def in_image(engine: Engine, image: str, *argv: str, entrypoint: str | None = None) -> str:
+    """Run a command in a container of `image` (its own entrypoint unless one is given); its stdout."""
+    override = ["--entrypoint", entrypoint] if entrypoint else []
+    return sh(engine.exe, "run", "--rm", "--network", "none", *override, image, *argv)
+
+
+def inspect(engine: Engine, ref: str) -> dict:
+    import json
+
+    return json.loads(sh(engine.exe, "image", "inspect", ref))[0]
 
 
 # ---- registry ------------------------------------------------------------------------------------------------

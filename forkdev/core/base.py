@@ -1,13 +1,16 @@
-"""Base images: which one, which commit it holds, and where the target's package lives inside it."""
+"""Base images: which one, which commit it holds, where the target's package lives inside it, and the parts of
+its config a thin image copies."""
 
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import labels as L
 from . import ui
 from .config import Target
 from .engine import Engine
@@ -15,8 +18,24 @@ from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
 
-REVISION_LABELS = ("org.opencontainers.image.revision", "ai.vllm.build.commit")
-REVISION_ENV = ("VLLM_BUILD_COMMIT",)
+# The image config fields a derived image keeps exactly as the base has them (docker's inspect also shows
+# container-only fields such as Hostname or AttachStdin; those are not part of an image).
+CONFIG_FIELDS = (
+    "User",
+    "ExposedPorts",
+    "Env",
+    "Entrypoint",
+    "Cmd",
+    "Volumes",
+    "WorkingDir",
+    "Labels",
+    "StopSignal",
+    "Healthcheck",
+    "OnBuild",
+    "Shell",
+    "ArgsEscaped",
+)
+COMPARED = ("Entrypoint", "Cmd", "User", "Env", "WorkingDir")  # what `invoke verify` holds equal to the base's
 
 
 @dataclass(frozen=True)
@@ -40,31 +59,57 @@ class Location:
     def image_path(self, repo_path: str, package_path: str) -> str | None:
         if self.root is not None:
             return posixpath.join(self.root, repo_path)
+        if repo_path == package_path:
+            return self.package_dir
         if repo_path.startswith(package_path + "/"):
             return posixpath.join(self.package_dir, repo_path[len(package_path) + 1 :])
         return None  # e.g. tests/ in a site-packages install: nothing to map it to
+
+    def mapped_root(self, package_path: str) -> str:
+        """The repository path whose directory exists in the image whatever the change (the tree, or the package)."""
+        return "" if self.root is not None else package_path
+
+
+@dataclass(frozen=True)
+class Facts:
+    """What a base's own Python says (asked once per image id and cached: an image never changes)."""
+
+    location: Location
+    cache_tag: str | None  # sys.implementation.cache_tag, e.g. cpython-311: names the base's bytecode files
 
 
 @dataclass(frozen=True)
 class Base:
     ref: str
-    id: str
+    id: str  # sha256:<hex>
     revision: str
-    digest: str
-    config: dict[str, Any]
-    location: Location
+    digest: str  # a registry digest when the base came from one, else its id
+    config: dict[str, Any]  # CONFIG_FIELDS as the base has them
+    diff_ids: tuple[str, ...]
+    platform: dict[str, str]  # architecture, os, variant
+    image: dict[str, Any]  # the whole inspect output (history for docker is asked when an image is written)
+    facts: Facts
+
+    @property
+    def location(self) -> Location:
+        return self.facts.location
 
 
 def revision_of(image: dict[str, Any]) -> str | None:
     labels = Engine.labels(image)
-    for key in REVISION_LABELS:
+    for key in L.REVISION_LABELS:
         if labels.get(key):
             return labels[key]
     env = Engine.env(image)
-    for key in REVISION_ENV:
+    for key in L.REVISION_ENV:
         if env.get(key):
             return env[key]
     return None
+
+
+def image_config(image: dict[str, Any]) -> dict[str, Any]:
+    raw = image.get("Config") or {}
+    return {k: raw[k] for k in CONFIG_FIELDS if k in raw}
 
 
 def candidates(target: Target, repo: Repo, ref: str | None, upstream_url: str, branch: str) -> list[str]:
@@ -76,10 +121,10 @@ def candidates(target: Target, repo: Repo, ref: str | None, upstream_url: str, b
         tips.append(f"refs/heads/{branch}")  # a mirror: the upstream's branches are its own
     tip = next((t for t in tips if repo.rev(t)), None)
     if target.published_base and tip:
-        res = repo.git("merge-base", ref or "HEAD", tip, check=False)
+        res = repo.git("merge-base", "--end-of-options", ref or "HEAD", tip, check=False)
         if res.ok and res.out:
             found.append(target.published_base.format(sha=res.out))
-    found.append(target.nightly_image)
+    found.append(f"{target.nightly_image}:nightly")
     return found
 
 
@@ -88,6 +133,11 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
     for ref in refs:
         image = engine.inspect_image(run, ref)
         if image is None and not run.dry_run:
+            if engine.other_has(run, ref):
+                raise Failure(
+                    f"base '{ref}' is in {engine.other}'s image store, not {engine.kind}'s; move it with "
+                    f"'{engine.other} save {ref} | {engine.kind} load', or set engine.name={engine.other}"
+                )
             ui.info(f"base '{ref}' is not present locally; pulling it")
             if engine.pull(run, ref):
                 image = engine.inspect_image(run, ref)
@@ -102,17 +152,25 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
     revision = revision_of(image)
     if not revision:
         raise Failure(
-            f"base image '{ref}' has no revision label ({REVISION_LABELS[0]}); rebuild it with "
+            f"base image '{ref}' has no revision label ({L.REVISION}); rebuild it with "
             "'invoke nightly' or pass --base with an image that has one"
         )
+    image_id = Engine.image_id(image)
     digests = image.get("RepoDigests") or []
     return Base(
         ref=ref,
-        id=image["Id"],
+        id=image_id,
         revision=revision,
-        digest=digests[0] if digests else image["Id"],
-        config=image.get("Config") or {},
-        location=locate(engine, run, ref, image["Id"], target, cache),
+        digest=digests[0] if digests else image_id,
+        config=image_config(image),
+        diff_ids=tuple((image.get("RootFS") or {}).get("Layers") or ()),
+        platform={
+            k: str(image[key])
+            for k, key in (("architecture", "Architecture"), ("os", "Os"), ("variant", "Variant"))
+            if image.get(key)
+        },
+        image=image,
+        facts=facts(engine, run, ref, image_id, target, cache),
     )
 
 
@@ -121,18 +179,21 @@ import importlib.util, json, os, sys
 spec = importlib.util.find_spec(sys.argv[1])
 locs = list(spec.submodule_search_locations or []) if spec else []
 where = locs[0] if locs else (os.path.dirname(spec.origin) if spec and spec.origin else None)
-print(json.dumps(os.path.realpath(where) if where else None))
+tag = sys.implementation.cache_tag
+print(json.dumps({"package_dir": os.path.realpath(where), "cache_tag": tag} if where else None))
 """
 
 
-def locate(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, cache: Path) -> Location:
-    """Ask the image's own Python where the package is, without importing it (its imports want a GPU).
-    Cached per image id: an image never changes."""
-    cached = cache / "locate" / f"{image_id.split(':')[-1]}-{target.package}.json"
-    if cached.exists():
+def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, cache: Path) -> Facts:
+    """Ask the image's own Python where the package is, without importing it (its imports want a GPU), and
+    which bytecode tag it uses. Cached per image id."""
+    cached = cache / "bases" / f"{image_id.split(':')[-1]}-{target.package}.json"
+    try:
         data = json.loads(cached.read_text())
-        return Location(data["package_dir"], data["root"])
-    package_dir = engine.python(
+        return Facts(Location(data["package_dir"], data["root"]), data.get("cache_tag"))
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    found = engine.python(
         run,
         ref,
         _FIND_SPEC,
@@ -140,7 +201,10 @@ def locate(engine: Engine, run: Runner, ref: str, image_id: str, target: Target,
         failure=f"cannot locate package '{target.package}' in base '{ref}' ({{why}}); pass --base with an image "
         "that has it installed",
     )
-    location = Location.of(package_dir, target.package_path)
-    cached.parent.mkdir(parents=True, exist_ok=True)
-    cached.write_text(json.dumps({"package_dir": location.package_dir, "root": location.root}))
-    return location
+    location = Location.of(found["package_dir"], target.package_path)
+    if not run.dry_run:
+        cached.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cached.with_name(f"{cached.name}.{os.getpid()}")
+        tmp.write_text(json.dumps({"package_dir": location.package_dir, "root": location.root, **found}))
+        os.replace(tmp, cached)
+    return Facts(location, found.get("cache_tag"))

@@ -1,16 +1,23 @@
-"""Target profiles and every config default. tasks.py hands DEFAULTS to invoke, so invoke.yaml, INVOKE_*
-variables and flags can override any key; tasks read their settings through `settings(c)`.
+"""Target profiles and every config default.
+
+The collection hands DEFAULTS to invoke, so `invoke.yaml`, `INVOKE_*` variables and flags can override any key.
+Task modules read `c.config`; shared layers take plain values (a `Target`, a path, a number), never the context.
+A fork changes a profile from config: `targets: {vllm: {native: [...], build_args: {...}}}` is merged over the
+built-in profile of that name, and a new name defines a new target.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import os
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .errors import Failure
+from .registry import Policy
 
 
 @dataclass(frozen=True)
@@ -21,7 +28,11 @@ class Target:
     package_path: str  # where the package lives in the repository
     native: tuple[str, ...]  # a change under these means the base must be recompiled ("dir/" or a file)
     published_base: str | None  # an upstream image per commit; "{sha}" is the full commit
-    nightly_image: str  # what `invoke nightly` tags locally
+    nightly_image: str  # the repository `invoke nightly` tags (`:nightly`, `:nightly-<sha>`)
+    dockerfile: str = "docker/Dockerfile"  # in the upstream repository, for full builds
+    stage: str = ""  # the Dockerfile's target stage ("" = the last)
+    build_args: Mapping[str, str] = field(default_factory=dict)
+    version_env: str = "SETUPTOOLS_SCM_PRETEND_VERSION"  # how a build without .git learns its version
 
     def is_native(self, path: str) -> bool:
         return any(path.startswith(p) if p.endswith("/") else path == p for p in self.native)
@@ -38,7 +49,9 @@ TARGETS: dict[str, Target] = {
             native=("csrc/", "CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml", "requirements/", "rust/"),
             # vLLM publishes an image per main commit: vllm/vllm-openai:nightly-<full sha>.
             published_base="vllm/vllm-openai:nightly-{sha}",
-            nightly_image="forkdev/vllm:nightly",
+            nightly_image="forkdev/vllm",
+            dockerfile="docker/Dockerfile",
+            stage="vllm-openai",
         ),
         Target(
             name="sglang",
@@ -47,7 +60,8 @@ TARGETS: dict[str, Target] = {
             package_path="python/sglang",
             native=("sgl-kernel/", "python/pyproject.toml", "docker/"),
             published_base=None,
-            nightly_image="forkdev/sglang:nightly",
+            nightly_image="forkdev/sglang",
+            dockerfile="docker/Dockerfile",
         ),
         Target(
             name="mlc-llm",
@@ -56,17 +70,24 @@ TARGETS: dict[str, Target] = {
             package_path="python/mlc_llm",
             native=("cpp/", "3rdparty/", "CMakeLists.txt", "cmake/", "python/setup.py", "python/requirements.txt"),
             published_base=None,
-            nightly_image="forkdev/mlc-llm:nightly",
+            nightly_image="forkdev/mlc-llm",
+            dockerfile="docker/Dockerfile",
         ),
     )
 }
 
 DEFAULTS: dict[str, Any] = {
     "target": "vllm",
+    "targets": {},  # per-target overrides of the profiles above (any field of Target)
     "cache_dir": "~/.cache/forkdev",
     "engine": {
-        "name": "",  # docker | podman | "" (auto: docker, then podman)
+        "name": "",  # docker | podman | "" (auto: DOCKER_HOST/CONTAINER_HOST if set, else docker, then podman)
         "network": "host",  # for steps that need the network; builds here have no bridge
+    },
+    "registry": {
+        "timeout": 300,  # seconds: the most one registry call or push may take, retries included
+        "retries": 3,  # retries of a registry call answered 429/5xx or timed out
+        "insecure": [],  # registries spoken to over plain HTTP besides loopback ones (host:port)
     },
     "upstream": {
         "url": "",  # "" = the target's upstream; a local path works (offline, tests)
@@ -74,7 +95,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "dev": {
         "base": "",  # "" = the target's published image for the merge-base, else its nightly image
-        "repository": "forkdev/{target}-dev",  # local-<sha12> tags go here
+        "repository": "forkdev/{target}-dev",  # local-<sha12> tags go here; pushed only if it names a registry
         "push": False,
         "force": False,
     },
@@ -100,12 +121,53 @@ DEFAULTS: dict[str, Any] = {
     },
 }
 
+_FIELDS = {f.name: f for f in dataclasses.fields(Target)}
 
-def target(name: str) -> Target:
+
+def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
+    """The profile `name`, with config `targets.<name>` merged over it (a new name must give every field)."""
+    if not isinstance(name, str) or not name:
+        raise Failure(f"target {name!r} is not a name; choose one of {', '.join(sorted(TARGETS))}")
+    extra = dict((overrides or {}).get(name) or {})
+    unknown = sorted(set(extra) - set(_FIELDS))
+    if unknown:
+        raise Failure(f"config targets.{name} has unknown keys {', '.join(unknown)}; known: {', '.join(_FIELDS)}")
+    if name not in TARGETS and not extra:
+        raise Failure(f"unknown target '{name}'; choose one of {', '.join(sorted(TARGETS))} or define it in config")
+    values = dataclasses.asdict(TARGETS[name]) if name in TARGETS else {"name": name}
+    for key, value in extra.items():
+        values[key] = tuple(value) if key == "native" else dict(value) if key == "build_args" else value
+    missing = sorted(k for k, f in _FIELDS.items() if k not in values and f.default is dataclasses.MISSING)
+    missing = [k for k in missing if _FIELDS[k].default_factory is dataclasses.MISSING]  # type: ignore[misc]
+    if missing:
+        raise Failure(f"config targets.{name} defines a new target but lacks {', '.join(missing)}")
     try:
-        return TARGETS[name]
-    except KeyError:
-        raise Failure(f"unknown target '{name}'; choose one of {', '.join(sorted(TARGETS))}") from None
+        return Target(**values)
+    except TypeError as exc:
+        raise Failure(f"config targets.{name} is malformed ({exc})") from None
+
+
+def of(c: Any, name: str | None) -> Target:
+    """The target a task runs for: --target, else config `target`, with config overrides applied."""
+    return target(name or c.config.target, c.config.get("targets") or {})
+
+
+def registry_policy(c: Any) -> Policy:
+    cfg = c.config.registry
+    try:
+        return Policy(float(cfg.timeout), int(cfg.retries), tuple(str(h) for h in cfg.insecure or ()))
+    except (TypeError, ValueError):
+        raise Failure("config registry.timeout / registry.retries must be numbers; fix invoke.yaml") from None
+
+
+def epoch() -> int | None:
+    """SOURCE_DATE_EPOCH (reproducible-builds.org), when set: the time every layer file and image carries."""
+    raw = os.environ.get("SOURCE_DATE_EPOCH", "").strip()
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise Failure(f"SOURCE_DATE_EPOCH '{raw[:40]}' is not a number of seconds; unset it or fix it")
+    return int(raw)
 
 
 def cache_dir(c: Any) -> Path:
@@ -114,10 +176,11 @@ def cache_dir(c: Any) -> Path:
     return path
 
 
-def cache_path(c: Any, kind: str, key: str) -> Path:
-    """A per-repository place in the cache: <cache_dir>/<kind>/<name>-<hash of key>."""
+def cache_path(cache: Path, kind: str, key: str) -> Path:
+    """A per-repository place in the cache: <cache>/<kind>/<name>-<hash of key>."""
     name = os.path.basename(key.rstrip("/")).removesuffix(".git") or "root"
-    return cache_dir(c) / kind / f"{name}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:60]
+    return cache / kind / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def dry_run(c: Any, flag: bool | None) -> bool:

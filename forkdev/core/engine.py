@@ -1,124 +1,188 @@
 """The container engine as a frozen value, probed once (after pypa/cibuildwheel's oci_container.py).
 
 Every quirk of docker or podman is a comment next to the one line that handles it; nothing else in the
-project branches on the engine's name.
+project branches on the engine's kind.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
+from . import ui
 from .errors import Failure
-from .proc import Runner
+from .proc import Result, Runner
+
+Kind = Literal["docker", "podman"]
+KINDS: tuple[Kind, ...] = ("docker", "podman")
+HOST_ENV: dict[Kind, str] = {"docker": "DOCKER_HOST", "podman": "CONTAINER_HOST"}
 
 
 @dataclass(frozen=True)
 class Engine:
-    name: str  # "docker" or "podman"
+    kind: Kind
     exe: str
     client_version: str
     server_version: str
-    buildkit: bool  # whether `RUN --mount` builds are available
     network: str  # for steps that need the network
+    _buildkit: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.kind
 
     # ---- probing -------------------------------------------------------------------------------------
     @classmethod
     def detect(cls, run: Runner, preferred: str = "", network: str = "host") -> Engine:
-        names = [preferred] if preferred else ["docker", "podman"]
+        """The engine configured, else the one a DOCKER_HOST / CONTAINER_HOST names, else docker, then podman.
+        An engine that is named (by config or by its host variable) and does not answer is an error, never a
+        silent switch to the other one."""
+        if preferred and preferred not in KINDS:
+            raise Failure(f"unknown engine '{preferred}' in engine.name; use docker or podman")
+        named = [k for k in KINDS if os.environ.get(HOST_ENV[k])]
+        kinds: list[Kind] = [preferred] if preferred else named[:1] or list(KINDS)  # type: ignore[list-item]
         reasons = []
-        for name in names:
-            if name not in ("docker", "podman"):
-                raise Failure(f"unknown engine '{name}' in engine.name; use docker or podman")
-            exe = shutil.which(name)
+        for kind in kinds:
+            exe = shutil.which(kind)
             if not exe:
-                reasons.append(f"{name} is not installed")
+                reasons.append(f"{kind} is not installed")
                 continue
             probe = run([exe, "version", "--format", "{{json .}}"], mutates=False, check=False)
-            if not probe.ok:
-                reasons.append(f"'{name} version' failed: {probe.reason}")
+            info = _json(probe.out) if probe.ok else None
+            if info is None:
+                host = os.environ.get(HOST_ENV[kind])
+                where = f" at {HOST_ENV[kind]}={host}" if host else ""
+                reasons.append(f"'{kind} version'{where} failed: {probe.reason}")
                 continue
-            info = json.loads(probe.out)
-            return cls._from_version(run, name, exe, info, network)
+            engine = cls._from_version(kind, exe, info, network)
+            if not preferred:
+                why = f"{HOST_ENV[kind]} is set" if named else "auto-detected"
+                ui.info(f"engine: {kind} {engine.server_version} ({why}; set engine.name to choose)")
+            return engine
+        if named and not preferred:
+            raise Failure(
+                f"{HOST_ENV[kinds[0]]}={os.environ[HOST_ENV[kinds[0]]]} does not answer ({'; '.join(reasons)}); "
+                f"start that engine, or unset {HOST_ENV[kinds[0]]}"
+            )
         raise Failure(
             "no container engine answers (" + "; ".join(reasons) + "); start one (e.g. "
             "'dockerd --bridge=none --iptables=false', see README) or set engine.name"
         )
 
     @classmethod
-    def _from_version(cls, run: Runner, name: str, exe: str, info: dict[str, Any], network: str) -> Engine:
+    def _from_version(cls, kind: Kind, exe: str, info: dict[str, Any], network: str) -> Engine:
         client = info.get("Client") or {}
         server = info.get("Server") or {}
         client_version = str(client.get("Version", "?"))
         server_version = str(server.get("Version", client_version) if server else client_version)
-        if name == "podman":
-            # podman builds with buildah, which supports RUN --mount itself.
-            buildkit = True
-        else:
-            # A docker client >= 23 builds with BuildKit only through the buildx plugin (the 28.x client in
-            # /usr/local/bin here has none: it falls back to the legacy builder). Older clients (20.10)
-            # have BuildKit built in, switched on with DOCKER_BUILDKIT=1.
-            has_buildx = run([exe, "buildx", "version"], mutates=False, check=False).ok
-            head = client_version.split(".")[0]
+        return cls(kind, exe, client_version, server_version, network)
+
+    def buildkit(self, run: Runner) -> bool:
+        """Whether builds can use BuildKit features (`RUN --mount`); asked only when a build needs to know."""
+        if self.kind == "podman":
+            return True  # podman builds with buildah, which supports RUN --mount itself
+        if "ok" not in self._buildkit:
+            # A docker client >= 23 builds with BuildKit only through the buildx plugin (a 28.x client without
+            # it falls back to the legacy builder). Older clients (20.10) have BuildKit built in, switched on
+            # with DOCKER_BUILDKIT=1.
+            has_buildx = run([self.exe, "buildx", "version"], mutates=False, check=False).ok
+            head = self.client_version.split(".")[0]
             major = int(head) if head.isdigit() else 0
-            buildkit = has_buildx or 18 <= major < 23
-        return cls(name, exe, client_version, server_version, buildkit, network)
+            self._buildkit["ok"] = has_buildx or 18 <= major < 23
+        return self._buildkit["ok"]
 
     # ---- argv and small operations --------------------------------------------------------------------
     def cmd(self, *args: str) -> list[str]:
         return [self.exe, *args]
 
-    def build_env(self) -> dict[str, str]:
-        # docker 20.10 needs DOCKER_BUILDKIT=1 to use its built-in BuildKit; with buildx it is the default.
-        return {"DOCKER_BUILDKIT": "1" if self.buildkit else "0"} if self.name == "docker" else {}
+    def build_env(self, run: Runner | None = None, *, buildkit: bool | None = None) -> dict[str, str]:
+        """The environment of a `build`: docker 20.10 needs DOCKER_BUILDKIT=1 to use its built-in BuildKit, and
+        a client without buildx needs DOCKER_BUILDKIT=0 to use the legacy builder without failing."""
+        if self.kind != "docker":
+            return {}
+        use = buildkit if buildkit is not None else (self.buildkit(run) if run else False)
+        return {"DOCKER_BUILDKIT": "1" if use else "0"}
 
     def inspect_image(self, run: Runner, ref: str) -> dict[str, Any] | None:
-        res = run(self.cmd("image", "inspect", ref), mutates=False, check=False)
-        if not res.ok:
-            return None
-        data = json.loads(res.out)
+        res = run(self.cmd("image", "inspect", "--", ref), mutates=False, check=False)
+        data = _json(res.out) if res.ok else None
         return data[0] if data else None
 
-    def pull(self, run: Runner, ref: str) -> bool:
-        return run(self.cmd("pull", ref), check=False, capture=False).ok
+    def history(self, run: Runner, image: dict[str, Any]) -> list[dict[str, Any]]:
+        """The image's history as OCI config entries (created, created_by, comment, empty_layer), oldest first."""
+        if self.kind == "podman":
+            return list(image.get("History") or [])  # podman's inspect carries the config's history as is
+        # docker's inspect has no history; `docker history` lists it newest first, with sizes in bytes.
+        res = run(
+            self.cmd("history", "--no-trunc", "--human=false", "--format", "{{json .}}", "--", image["Id"]),
+            mutates=False,
+        )
+        rows = [json.loads(line) for line in res.out.splitlines() if line.strip()][::-1]
+        layers = len((image.get("RootFS") or {}).get("Layers") or [])
+        empty_needed = len(rows) - layers  # entries that made no layer; zero-size rows are the candidates
+        entries = []
+        for row in rows:
+            entry = {"created": row.get("CreatedAt", ""), "created_by": row.get("CreatedBy", "")}
+            if row.get("Comment"):
+                entry["comment"] = row["Comment"]
+            if empty_needed > 0 and str(row.get("Size", "0")) == "0":
+                entry["empty_layer"] = True
+                empty_needed -= 1
+            entries.append(entry)
+        return entries
+
+    @property
+    def archive_format(self) -> str:
+        # docker 20.10 loads a docker-archive that lists the base's layers without carrying them (it looks the
+        # layer chain up and skips what it has); podman refuses that ("Some layer tarfiles are missing") but
+        # loads an oci-archive whose manifest names the base's layers by their uncompressed digests, and names
+        # the image after the index's org.opencontainers.image.ref.name annotation.
+        return "docker-archive" if self.kind == "docker" else "oci-archive"
+
+    def load(self, run: Runner, archive: bytes) -> Result:
+        """Load an image archive from stdin (both engines read it there); not ok when the engine refuses it."""
+        return run(self.cmd("load", "--quiet"), input=archive, check=False)
+
+    def pull(self, run: Runner, ref: str, timeout: float | None = None) -> bool:
+        return run(self.cmd("pull", *self._tls(ref), "--", ref), check=False, capture=False, timeout=timeout).ok
 
     def tag(self, run: Runner, source: str, ref: str) -> None:
-        run(self.cmd("tag", source, ref))
+        run(self.cmd("tag", "--", source, ref))
 
-    def push(self, run: Runner, ref: str) -> None:
-        extra = []
-        if self.name == "podman" and _loopback_registry(ref):
-            # podman insists on TLS unless told; docker trusts 127.0.0.0/8 registries over plain HTTP.
-            extra = ["--tls-verify=false"]
-        res = run(self.cmd("push", *extra, ref), check=False)
+    def push(self, run: Runner, ref: str, timeout: float | None = None) -> None:
+        res = run(self.cmd("push", *self._tls(ref), "--", ref), check=False, timeout=timeout)
         if not res.ok:
             raise Failure(f"push of '{ref}' failed: {res.reason}; check that the registry is up and you are logged in")
 
+    def remove_image(self, run: Runner, ref: str) -> bool:
+        return run(self.cmd("image", "rm", "--", ref), check=False).ok
+
+    def _tls(self, ref: str) -> list[str]:
+        # podman insists on TLS unless told; docker trusts 127.0.0.0/8 registries over plain HTTP.
+        return ["--tls-verify=false"] if self.kind == "podman" and loopback_registry(ref) else []
+
     def python(self, run: Runner, image: str, script: str, *args: str, failure: str) -> Any:
-        """Run `script` with the image's own python3 (its entrypoint set aside, no network) and return the JSON
-        of its last line of output; when that fails or is null, raise `failure` with {why} filled in."""
-        argv = self.cmd("run", "--rm", "--network", "none", "--entrypoint", "python3", image, "-c", script, *args)
-        res = run(argv, mutates=False, check=False)
-        value = json.loads(res.out.splitlines()[-1]) if res.ok and res.out else None
+        """Run `script` with the image's own python3 (its entrypoint set aside, as root, no network) and return
+        the JSON of its last line of output; when that fails or is null, raise `failure` with {why} filled in."""
+        argv = self.cmd("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "python3")
+        res = run([*argv, "--", image, "-c", script, *args], mutates=False, check=False)
+        value = _json(res.out.splitlines()[-1]) if res.ok and res.out else None
         if value is None:
             raise Failure(failure.format(why=res.reason if res.err else "it found nothing"))
         return value
 
-    def commit(self, run: Runner, container: str, tag: str, changes: list[str]) -> str:
-        """Commit a container as `tag` with Dockerfile-style changes; returns the image id ("" under dry-run)."""
-        argv = self.cmd("commit")
-        for change in changes:
-            argv += ["--change", change]
-        res = run([*argv, container, tag])
-        image_id = res.out.splitlines()[-1] if res.out else ""
-        # docker prints sha256:<hex>; podman prints the bare hex (after progress lines on stderr).
-        return image_id if not image_id or image_id.startswith("sha256:") else f"sha256:{image_id}"
+    @property
+    def other(self) -> Kind:
+        return "podman" if self.kind == "docker" else "docker"
 
-    def remove_container(self, run: Runner, name: str) -> None:
-        run(self.cmd("rm", "-f", name), check=False)
+    def other_has(self, run: Runner, ref: str) -> bool:
+        """Whether the other engine on this machine has `ref` (to say how to move it across)."""
+        exe = shutil.which(self.other)
+        return bool(exe) and run([exe, "image", "inspect", "--", ref], mutates=False, check=False).ok
 
     @staticmethod
     def labels(image: dict[str, Any]) -> dict[str, str]:
@@ -130,12 +194,25 @@ class Engine:
         pairs = (image.get("Config") or {}).get("Env") or []
         return dict(p.split("=", 1) for p in pairs if "=" in p)
 
+    @staticmethod
+    def image_id(image: dict[str, Any]) -> str:
+        # docker's Id is "sha256:<hex>"; podman's is the bare hex.
+        raw = str(image.get("Id", ""))
+        return raw if raw.startswith("sha256:") else f"sha256:{raw}"
 
-def _loopback_registry(ref: str) -> bool:
+
+def loopback_registry(ref: str) -> bool:
     host = ref.split("/", 1)[0].rsplit(":", 1)[0] if "/" in ref else ""
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

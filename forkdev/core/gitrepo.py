@@ -1,5 +1,7 @@
-"""Git, read through the process seam. Nothing here writes to a user's checkout; the few writes fork-sync
-needs (a temporary worktree, a fast-forward) live in fork_sync.py and are named there.
+"""Git, read through the process seam, and the cached bare mirror of an upstream.
+
+Nothing here writes to a user's checkout; the few writes fork-sync needs live in fork_sync.py and are named
+there. User values reach git after `--end-of-options` (refs) or `--` (paths, repositories).
 """
 
 from __future__ import annotations
@@ -8,6 +10,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import validate
 from .errors import Failure
 from .proc import Runner
 
@@ -49,7 +52,7 @@ class Repo:
 
     def rev(self, ref: str) -> str | None:
         """The object `ref` names, or None when it names nothing here."""
-        res = self.git("rev-parse", "--verify", "--quiet", ref, check=False)
+        res = self.git("rev-parse", "--verify", "--quiet", "--end-of-options", ref, check=False)
         return res.out if res.ok else None
 
     def resolve(self, ref: str, what: str = "ref") -> str:
@@ -59,7 +62,7 @@ class Repo:
         return sha
 
     def has_commit(self, sha: str) -> bool:
-        return self.git("cat-file", "-e", f"{sha}^{{commit}}", check=False).ok
+        return self.git("cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}", check=False).ok
 
     def is_bare(self) -> bool:
         return self.out("rev-parse", "--is-bare-repository") == "true"
@@ -67,9 +70,10 @@ class Repo:
     def changes(self, base: str, ref: str | None) -> list[Change]:
         """What differs from `base` in `ref`, or (ref None) in the working tree: committed, staged and unstaged
         edits, deletions, and untracked files git does not ignore. Renames count as delete + add."""
-        args = ["diff", "--name-status", "-z", "--no-renames", "--no-ext-diff", base]
+        args = ["diff", "--name-status", "-z", "--no-renames", "--no-ext-diff", "--end-of-options", base]
         if ref is not None:
             args.append(ref)
+        args.append("--")
         fields = self.git(*args).stdout.decode("utf-8", "surrogateescape").split("\0")
         found = {fields[i + 1]: Change(fields[i][0], fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
         if ref is None:
@@ -83,6 +87,21 @@ class Repo:
         """Whether the working tree differs from HEAD; `untracked`: whether changes() found untracked files."""
         return untracked or not self.git("diff", "--quiet", "HEAD", "--", check=False).ok
 
+    def commit_time(self, sha: str) -> int:
+        """The committer time of `sha`, in seconds since the epoch."""
+        return int(self.out("show", "-s", "--format=%ct", "--end-of-options", sha))
+
+    def existing_dirs(self, commit: str, dirs: list[str]) -> set[str]:
+        """Which of `dirs` (repository paths) are directories in `commit`."""
+        if not dirs:
+            return set()
+        res = self.git("ls-tree", "-d", "-z", "--name-only", "--end-of-options", commit, "--", *dirs)
+        return set(filter(None, res.stdout.decode("utf-8", "surrogateescape").split("\0")))
+
+    def url(self, remote: str = "origin") -> str | None:
+        res = self.git("config", "--get", f"remote.{remote}.url", check=False)
+        return res.out or None
+
     def remote_for(self, url: str) -> str | None:
         """The remote whose URL is `url` (ignoring a trailing .git), if any."""
         res = self.git("remote", "-v", check=False)
@@ -92,3 +111,18 @@ class Repo:
             if remote_url.rstrip("/").removesuffix(".git") == want:
                 return name
         return None
+
+
+def mirror(path: Path, url: str, run: Runner) -> Repo:
+    """A bare mirror of `url` at `path` (a place in the tool's cache), created or refreshed. A failed fetch is
+    an error; under dry-run an existing mirror is used as it is."""
+    validate.source(url, "upstream")
+    if not path.exists():
+        res = run(["git", "clone", "--mirror", "--quiet", "--", url, str(path)], check=False)
+    else:
+        res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False)
+    if not res.ok and not res.dry:
+        raise Failure(f"cannot fetch upstream '{url}' ({res.reason}); check upstream.url or your network")
+    if not path.exists():
+        raise Failure(f"dry run stops here: the mirror of '{url}' does not exist yet")
+    return Repo(path, run)

@@ -1,15 +1,18 @@
 """The one process seam: every external command the tool runs goes through `Runner.__call__`.
 
-It echoes `+ argv` (quoted once, with shlex.join) before running, skips commands that change something when
-dry-run is on (read-only probes still run, so a dry run can show a real plan), and turns a missing
-executable or a failed command into a `Failure` sentence. plumbum is used here, and only here, to find and
-spawn executables; the rest of the code hands argv lists to this runner.
+It echoes `+ argv` (quoted once, with shlex.join; an argument that is a multi-line script shows as one short
+placeholder) before running, skips commands that change something when dry-run is on (read-only probes still
+run, so a dry run can show a real plan), and turns a missing executable, a failed command or one that ran past
+its timeout into a `Failure` sentence. Values that must never be shown (secrets) travel in `secret_env`: the
+child gets them in its environment, the echo never contains them. plumbum is used here, and only here, to find
+executables; the rest of the code hands argv lists to this runner.
 """
 
 from __future__ import annotations
 
 import os
 import shlex
+import signal
 import subprocess
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -52,11 +55,29 @@ class Result:
         return self.returncode == 0
 
 
+def shown(argv: Sequence[str]) -> str:
+    """argv as echoed: shell-quoted, a multi-line script argument shortened to one placeholder."""
+    parts = []
+    for arg in argv:
+        if "\n" in arg:
+            lines = [line for line in arg.splitlines() if line.strip()]
+            arg = f"<{len(lines)}-line script>"
+        parts.append(arg)
+    return shlex.join(parts)
+
+
 class CommandFailed(Failure):
     def __init__(self, result: Result) -> None:
-        why = result.reason
-        super().__init__(f"'{shlex.join(result.argv)}' failed with exit {result.returncode}: {why}")
+        super().__init__(f"'{shown(result.argv)}' failed with exit {result.returncode}: {result.reason}")
         self.result = result
+
+
+class TimedOut(Failure):
+    def __init__(self, argv: Sequence[str], timeout: float) -> None:
+        super().__init__(
+            f"'{shown(argv)}' did not finish within {timeout:g}s and was stopped; check that what it talks to "
+            "answers, or raise the timeout (config registry.timeout for registry calls)"
+        )
 
 
 @dataclass(frozen=True)
@@ -75,34 +96,75 @@ class Runner:
         input: bytes | None = None,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
+        secret_env: Mapping[str, str] | None = None,
+        timeout: float | None = None,
+        interactive: bool = False,
     ) -> Result:
         """Run argv. `mutates=False` marks a read-only probe, which runs even under dry-run.
 
-        With capture=False the command's output goes to our stderr (stdout stays clean for --json).
+        capture=False: the command's output goes to our stderr (stdout stays clean for --json).
+        interactive=True: the command gets our terminal (stdin, stdout, stderr and their TTY) and its exit code
+        is returned as is; nothing is captured.
         """
         argv = tuple(str(a) for a in argv)
         skipped = self.dry_run and mutates
         if self.echo:
-            ui.command(
-                shlex.join(argv) if cwd is None else f"(cd {shlex.quote(str(cwd))}) {shlex.join(argv)}", skipped=skipped
-            )
+            text = shown(argv)
+            ui.command(text if cwd is None else f"(cd {shlex.quote(str(cwd))}) {text}", skipped=skipped)
         if skipped:
             return Result(argv, 0, b"", b"", dry=True)
         try:
-            program = local[argv[0]]
+            exe = local.which(argv[0]) if "/" not in argv[0] else argv[0]
         except CommandNotFound:
             raise Failure(f"'{argv[0]}' is not installed or not on PATH; install it and retry") from None
-        full_env = {**os.environ, **env} if env is not None else dict(os.environ)
-        proc = program[argv[1:]].popen(
-            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
-            stdout=subprocess.PIPE if capture else 2,
-            stderr=subprocess.PIPE if capture else None,
-            cwd=str(cwd) if cwd is not None else None,
-            env=full_env,
-            new_session=self.shielded,
-        )
-        out, err = proc.communicate(input)
+        full_env = {**os.environ, **(env or {}), **(secret_env or {})}
+        if interactive:
+            stdin, stdout, stderr = None, None, None
+        else:
+            stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+            stdout = subprocess.PIPE if capture else 2
+            stderr = subprocess.PIPE if capture else None
+        try:
+            proc = subprocess.Popen(
+                [str(exe), *argv[1:]],
+                stdin=stdin,
+                stdout=stdout,
+                stderr=stderr,
+                cwd=str(cwd) if cwd is not None else None,
+                env=full_env,
+                start_new_session=self.shielded,
+            )
+        except OSError as exc:
+            raise Failure(
+                f"cannot start '{argv[0]}' ({exc.strerror}); check that it is installed and runnable"
+            ) from None
+        # An interactive child owns the terminal: Ctrl-C is its to handle (docker/podman forward it to the
+        # container), so we wait it out instead of dying first and leaving it behind.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if interactive else None
+        try:
+            out, err = proc.communicate(input, timeout=timeout)
+        except subprocess.TimeoutExpired:
+            _stop(proc)
+            raise TimedOut(argv, timeout or 0) from None
+        except BaseException:
+            _stop(proc)
+            raise
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
         result = Result(argv, proc.returncode, out or b"", err or b"")
         if check and not result.ok:
             raise CommandFailed(result)
         return result
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """End a child we no longer wait for: politely, then for sure."""
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(5)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()

@@ -1,18 +1,26 @@
-"""From a repository state to a tagged thin image: what `invoke dev` and `invoke build` share."""
+"""The thin-image pipeline, from values to an image: plan -> write -> tag/push.
+
+`ship` takes a `Request` (plain values; no invoke context) and returns the result as a dict. Everything that can
+be refused is refused before anything is built: tags and repository are validated first, native changes stop
+the run after the plan, and `--push` must have somewhere to push to.
+"""
 
 from __future__ import annotations
 
-import datetime as dt
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from .. import __version__
 from . import base as bases
-from . import thin, ui
-from .config import Target, cache_dir
+from . import image, thin, ui, validate
+from . import labels as L
+from .config import Target
 from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
+from .registry import Policy, Ref, Registry
 
 
 @dataclass(frozen=True)
@@ -20,25 +28,47 @@ class Request:
     repo: Repo
     ref: str | None  # None: the working tree
     target: Target
-    source: str  # org.opencontainers.image.source
-    base: str  # "" = the target's defaults
-    repository: str
-    tags: tuple[str, ...]
+    source: str | None  # org.opencontainers.image.source (a URL), or None
+    bases: tuple[str, ...]  # candidate base images, best first
+    explicit_base: bool  # the user named the base (changes the remedy when it is missing)
+    repository: str  # where local-<sha12> tags go
+    tags: tuple[str, ...]  # extra tags; pushed with --push
     push: bool
     force: bool
+    cache: Path
+    registry: Policy
+    epoch: int | None = None  # SOURCE_DATE_EPOCH, when set
 
 
-def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
-    upstream_url = c.config.upstream.url or req.target.upstream
-    refs = (
-        [req.base]
-        if req.base
-        else bases.candidates(req.target, req.repo, req.ref, upstream_url, c.config.upstream.branch)
-    )
+def pushed_refs(req: Request, primary: str) -> list[str]:
+    """Exactly what --push pushes: the extra tags, and the primary tag only when its repository names a
+    registry (the default `forkdev/...` would mean Docker Hub's namespace of that name: never pushed)."""
+    refs = list(req.tags)
+    if validate.registry_host(req.repository):
+        refs.insert(0, primary)
+    return refs
+
+
+def check(req: Request) -> None:
+    """Refuse bad tags, a bad repository and a --push with nowhere to go, before anything is built."""
+    validate.repository(req.repository, "dev.repository")
+    for tag in req.tags:
+        validate.image_ref(tag, "--tag")
+    if req.push and not pushed_refs(req, f"{req.repository}:x"):
+        raise Failure(
+            f"--push has nothing to push: '{req.repository}' names no registry; pass --tag REGISTRY/NAME:TAG or set "
+            "dev.repository to REGISTRY/NAME (docker.io/you/name for Docker Hub)"
+        )
+
+
+def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
+    check(req)
     with ui.step("base image"):
-        base = bases.resolve(engine, run, refs, explicit=bool(req.base), cache=cache_dir(c), target=req.target)
+        base = bases.resolve(
+            engine, run, list(req.bases), explicit=req.explicit_base, cache=req.cache, target=req.target
+        )
     with ui.step("changes"):
-        plan = thin.plan(req.repo, req.ref, base, req.target)
+        plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch)
         thin.describe(plan, base)
     if plan.native and not req.force:
         listed = ", ".join(plan.native[:20]) + (" ..." if len(plan.native) > 20 else "")
@@ -51,34 +81,34 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
 
     key = plan.key(base)
     suffix = f"-dirty-{plan.diff_hash[:12]}" if plan.dirty else ""
-    primary = f"{req.repository.format(target=req.target.name)}:local-{plan.revision[:12]}{suffix}"
+    primary = f"{req.repository}:local-{plan.revision[:12]}{suffix}"
     existing = engine.inspect_image(run, primary)
-    reused = existing is not None and engine.labels(existing).get(thin.KEY_LABEL) == key
+    reused = existing is not None and engine.labels(existing).get(L.KEY) == key
     if reused:
-        image_id = existing["Id"]
+        image_id = Engine.image_id(existing)
         ui.ok(f"{primary} already holds this state; reusing it")
     else:
-        labels = {
-            bases.REVISION_LABELS[0]: plan.revision,
-            "org.opencontainers.image.source": req.source,
-            "org.opencontainers.image.created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "org.opencontainers.image.base.name": base.ref,
-            "org.opencontainers.image.base.digest": base.digest,
-            thin.BASE_REVISION_LABEL: base.revision,
-            "dev.forkdev.dirty": str(plan.dirty).lower(),
-            thin.KEY_LABEL: key,
-        }
+        content = image.Content(
+            files=plan.files(base, req.target),
+            deleted=plan.deleted + plan.bytecode,
+            dirs=[*plan.new_dirs, "/etc/forkdev"],
+            labels=thin_labels(plan, base, req.source, key),
+            epoch=plan.epoch,
+            created_by=f"forkdev {__version__}: {plan.revision[:12]}{' + uncommitted work' if plan.dirty else ''}",
+        )
         with ui.step(f"layer -> {primary}"):
-            image_id = thin.commit_layer(engine, run, base, plan, plan.proof(base, req.target), primary, labels)
+            image_id = image.write(engine, run, base, content, primary)
     for extra in req.tags:
         engine.tag(run, primary, extra)
-    if req.push:
-        for ref in (primary, *req.tags):
-            with ui.step(f"push {ref}"):
-                engine.push(run, ref)
+    pushed = pushed_refs(req, primary) if req.push else []
+    for ref in pushed:
+        with ui.step(f"push {ref}"):
+            Registry(Ref.parse(ref).host, req.registry, run).check()
+            engine.push(run, ref, timeout=req.registry.timeout)
     return {
         "image": primary,
         "tags": [primary, *req.tags],
+        "pushed": pushed,
         "image_id": image_id or None,
         "revision": plan.revision,
         "dirty": plan.dirty,
@@ -93,36 +123,17 @@ def ship(c: Any, engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     }
 
 
-def ship_task(
-    c: Any,
-    run: Runner,
-    repo: Repo,
-    ref: str | None,
-    target: Target,
-    source: str,
-    *,
-    base: str | None,
-    tags: list[str] | None,
-    push: bool,
-    force: bool,
-    json: bool,
-) -> None:
-    """What `invoke dev` and `invoke build` do once they know the repository state: flags over config, then
-    the image, then one JSON object on stdout or a line on stderr."""
-    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
-    request = Request(
-        repo=repo,
-        ref=ref,
-        target=target,
-        source=source,
-        base=base or c.config.dev.base,
-        repository=c.config.dev.repository,
-        tags=tuple(tags or ()),
-        push=push or c.config.dev.push,
-        force=force or c.config.dev.force,
-    )
-    result = ship(c, engine, run, request)
-    if json:
-        ui.emit_json(result)
-    else:
-        ui.ok(("would build " if run.dry_run else "") + result["image"])
+def thin_labels(plan: thin.Plan, base: bases.Base, source: str | None, key: str) -> dict[str, str]:
+    """Our labels on a thin image; all of them follow from the inputs, so the image id is reproducible."""
+    labels = {
+        L.REVISION: plan.revision,
+        L.CREATED: image.rfc3339(plan.epoch),
+        L.BASE_NAME: base.ref,
+        L.BASE_DIGEST: base.digest,
+        L.BASE_REVISION: base.revision,
+        L.DIRTY: str(plan.dirty).lower(),
+        L.KEY: key,
+    }
+    if source:
+        labels[L.SOURCE] = source
+    return labels

@@ -1,34 +1,26 @@
-"""The thin image: base + exactly one layer holding a checkout's changed files.
+"""The plan of a thin image: which files of a repository state differ from the base's commit, and where they go.
 
-The layer is made by copying a tar of the changed files into a created container of the base (and, only
-when files were deleted, starting it once to remove them), then committing that container: one layer,
-deletions as whiteouts, the base's compiled files untouched, no BuildKit needed, so docker (legacy builder
-or not) and podman take the same path. The plan is computed first and is all that --dry-run shows.
+A plan is pure data: it is what --dry-run shows and what the image writer (image.py) turns into one layer. It
+holds the changed files' bytes and modes, the deletions, the base's bytecode of every changed or deleted module
+(deleted too, so a stale .pyc can never pass as fresh), and the directories the layer must create.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import os
+import posixpath
 import stat
-import tarfile
-import time
 from dataclasses import dataclass, field
 
 from .. import __version__
+from . import labels as L
 from . import ui
 from .base import Base
 from .config import Target
-from .engine import Engine
 from .errors import Failure
 from .gitrepo import Change, Repo
-from .proc import Runner
-
-PROOF_PATH = "/etc/forkdev/proof.json"
-KEY_LABEL = "dev.forkdev.key"
-BASE_REVISION_LABEL = "dev.forkdev.base.revision"
 
 
 @dataclass(frozen=True)
@@ -49,9 +41,12 @@ class Plan:
     dirty: bool
     entries: list[Entry]
     deleted: list[str]  # image paths
+    bytecode: list[str]  # image paths of the base's .pyc files of changed or deleted modules
+    new_dirs: list[str]  # image paths of directories the base does not have
     skipped: list[str]  # repo paths with no place in the image
     native: list[str]
     diff_hash: str
+    epoch: int  # the time every file and the image carry: SOURCE_DATE_EPOCH, else the commit's time
 
     def proof(self, base: Base, target: Target) -> dict:
         return {
@@ -68,8 +63,13 @@ class Plan:
 
     def key(self, base: Base) -> str:
         return hashlib.sha256(
-            f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}".encode()
+            f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}\0{self.epoch}".encode()
         ).hexdigest()
+
+    def files(self, base: Base, target: Target) -> list[tuple[str, int, bytes]]:
+        """(image path, mode, bytes) of every file the layer holds: the changes, then the proof."""
+        proof = json.dumps(self.proof(base, target), indent=1, sort_keys=True).encode()
+        return [(e.image_path, e.mode, e.data) for e in self.entries] + [(L.PROOF_PATH, 0o100644, proof)]
 
 
 def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str, tuple[int, bytes]]:
@@ -79,17 +79,20 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
     if ref is None:
         for path in wanted:
             full = repo.path / path
-            st = os.lstat(full)
-            if stat.S_ISLNK(st.st_mode):
-                found[path] = (0o120000, os.readlink(full).encode())
-            elif stat.S_ISREG(st.st_mode):
-                found[path] = (0o100755 if st.st_mode & 0o111 else 0o100644, full.read_bytes())
+            try:
+                st = os.lstat(full)
+                if stat.S_ISLNK(st.st_mode):
+                    found[path] = (0o120000, os.readlink(full).encode("utf-8", "surrogateescape"))
+                elif stat.S_ISREG(st.st_mode):
+                    found[path] = (0o100755 if st.st_mode & 0o111 else 0o100644, full.read_bytes())
+            except FileNotFoundError:
+                continue  # deleted between git's listing and now: shipped as a deletion
         return found
     if not wanted:
         return found
-    listing = repo.git("ls-tree", "-r", "-z", ref, "--", *wanted).stdout.decode("utf-8", "surrogateescape")
+    listing = repo.git("ls-tree", "-r", "-z", "--end-of-options", ref, "--", *wanted).stdout
     blobs = []
-    for item in filter(None, listing.split("\0")):
+    for item in filter(None, listing.decode("utf-8", "surrogateescape").split("\0")):
         meta, path = item.split("\t", 1)
         mode, kind, sha = meta.split()
         if kind == "blob":
@@ -104,7 +107,7 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
     return found
 
 
-def plan(repo: Repo, ref: str | None, base: Base, target: Target) -> Plan:
+def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | None = None) -> Plan:
     if not repo.has_commit(base.revision):
         raise Failure(
             f"the base's commit {base.revision[:12]} (image '{base.ref}') is not in {repo.path}; fetch it: "
@@ -113,81 +116,59 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target) -> Plan:
     revision = repo.resolve(ref, "REF") if ref is not None else repo.resolve("HEAD", "HEAD")
     changes = repo.changes(base.revision, ref)
     contents = read_entries(repo, ref, changes)
-    entries, deleted, skipped = [], [], []
+    location, package_path = base.location, target.package_path
+    entries, deleted, skipped, bytecode = [], [], [], []
     for change in changes:
-        image_path = base.location.image_path(change.path, target.package_path)
+        image_path = location.image_path(change.path, package_path)
         if image_path is None:
             skipped.append(change.path)
-        elif change.status == "D" or change.path not in contents:
+            continue
+        if change.status == "D" or change.path not in contents:
             deleted.append(image_path)
         else:
             mode, data = contents[change.path]
             entries.append(Entry(change.path, image_path, mode, data))
+        if change.status != "A" and change.path.endswith(".py") and base.facts.cache_tag:
+            bytecode += _bytecode(image_path, base.facts.cache_tag)
     digest = hashlib.sha256()
     for e in entries:
-        digest.update(f"{e.image_path}\0{e.mode:o}\0{e.sha256}\n".encode())
+        digest.update(f"{e.image_path}\0{e.mode:o}\0{e.sha256}\n".encode("utf-8", "surrogateescape"))
     for d in deleted:
-        digest.update(f"-{d}\n".encode())
+        digest.update(f"-{d}\n".encode("utf-8", "surrogateescape"))
     return Plan(
         revision=revision,
         dirty=ref is None and repo.is_dirty(untracked=any(c.untracked for c in changes)),
         entries=entries,
         deleted=deleted,
+        bytecode=sorted(set(bytecode)),
+        new_dirs=_new_dirs(repo, base, package_path, [c for c in changes if c.status == "A"]),
         skipped=skipped,
         native=[c.path for c in changes if target.is_native(c.path)],
         diff_hash=digest.hexdigest(),
+        epoch=epoch if epoch is not None else repo.commit_time(revision),
     )
 
 
-def layer_tar(plan: Plan, proof: dict) -> bytes:
-    """The layer's files, owned by root. mtime is now, so a base .pyc recorded for an older source is
-    never taken as fresh."""
-    buf = io.BytesIO()
-    now = time.time()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        items = [(e.image_path, e.mode, e.data) for e in plan.entries]
-        items.append((PROOF_PATH, 0o100644, json.dumps(proof, indent=1, sort_keys=True).encode()))
-        for image_path, mode, data in items:
-            info = tarfile.TarInfo(image_path.lstrip("/"))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = now, 0, 0, "root", "root"
-            if mode == 0o120000:
-                info.type, info.linkname = tarfile.SYMTYPE, data.decode("utf-8", "surrogateescape")
-                tar.addfile(info)
-            else:
-                info.mode, info.size = mode & 0o7777, len(data)
-                tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+def _bytecode(image_path: str, cache_tag: str) -> list[str]:
+    """Where Python caches the bytecode of the module at `image_path` (every optimization level)."""
+    folder, name = posixpath.split(image_path)
+    stem = name[: -len(".py")]
+    return [f"{folder}/__pycache__/{stem}.{cache_tag}{opt}.pyc" for opt in ("", ".opt-1", ".opt-2")]
 
 
-def commit_layer(
-    engine: Engine, run: Runner, base: Base, plan: Plan, proof: dict, tag: str, labels: dict[str, str]
-) -> str:
-    """Copy the layer's files into a created (not started) container of the base, remove deleted files if
-    any, and commit the container as `tag`. Returns the new image id."""
-    name = f"forkdev-layer-{plan.key(base)[:12]}-{os.getpid()}"
-    user = base.config.get("User") or ""
-    other_user = user not in ("", "root", "0", "0:0")
-    create = engine.cmd("create", "--name", name, "--network", "none", "--entrypoint", "/bin/sh")
-    if other_user:
-        create += ["--user", "0:0"]  # the base runs as someone else; the removals need root
-    create += [base.id, "-c", 'rm -rf -- "$@"', "forkdev-layer", *plan.deleted]
-    # The container's entrypoint, command (and user) are ours: commit puts the base's back.
-    changes = [
-        f"ENTRYPOINT {json.dumps(base.config.get('Entrypoint') or [])}",
-        f"CMD {json.dumps(base.config.get('Cmd') or [])}",
-    ]
-    if other_user:
-        changes.append(f"USER {user}")
-    changes += [f"LABEL {json.dumps(k)}={json.dumps(v)}" for k, v in sorted(labels.items())]
-    try:
-        run(create)
-        # cp from a tar on stdin needs no running container: the engine unpacks into its filesystem, as root.
-        run(engine.cmd("cp", "-", f"{name}:/"), input=layer_tar(plan, proof))
-        if plan.deleted:
-            run(engine.cmd("start", "--attach", name))
-        return engine.commit(run, name, tag, changes)
-    finally:
-        engine.remove_container(run, name)
+def _new_dirs(repo: Repo, base: Base, package_path: str, added: list[Change]) -> list[str]:
+    """Image paths of the directories that added files need and the base's commit does not have: the layer
+    creates them (root-owned, 0755) rather than leaving it to the engine, which would make them 0600."""
+    top = base.location.mapped_root(package_path)
+    wanted: set[str] = set()
+    for change in added:
+        parent = posixpath.dirname(change.path)
+        while parent and parent != top and (not top or parent.startswith(top + "/")):
+            wanted.add(parent)
+            parent = posixpath.dirname(parent)
+    have = repo.existing_dirs(base.revision, sorted(wanted))
+    mapped = (base.location.image_path(d, package_path) for d in sorted(wanted - have))
+    return [d for d in mapped if d]
 
 
 def describe(plan: Plan, base: Base) -> None:

@@ -64,6 +64,12 @@ def step(title: str) -> Iterator[None]:
         _line(f"  {title}: {time.monotonic() - start:.2f}s", "dim")
 
 
+def result(text: str) -> None:
+    """The task's result (an image reference, a path) on stdout, so that IMAGE=$(invoke dev ...) holds it."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
+
+
 def emit_json(obj: object) -> None:
     """The one machine-readable object a task prints on stdout."""
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")

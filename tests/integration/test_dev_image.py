@@ -1,10 +1,15 @@
-"""`invoke dev`, `invoke build` and `invoke verify`, end to end on the real engine, real git, a real registry."""
+"""`invoke dev`, `invoke build` and `invoke verify`, end to end on the real engines (each test runs on docker and
+on podman), real git and a real registry."""
 
 from __future__ import annotations
 
 import hashlib
-import json
+import os
 import re
+import struct
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import support
@@ -12,15 +17,12 @@ import support
 pytestmark = pytest.mark.engine
 
 EDIT = "vllm/envs.py"  # exists in the vLLM tree
+SRC = "/opt/vllm-source/"
 
 
-def committed(res) -> bool:
-    """Whether the run committed a layer (its echoed commands say so)."""
-    return re.search(r"^\+ \S+ commit ", res.err, re.M) is not None
-
-
-def inspect(engine, ref: str) -> dict:
-    return json.loads(support.sh(engine.exe, "image", "inspect", ref))[0]
+def loaded(res) -> bool:
+    """Whether the run handed the engine a new image (its echoed commands say so)."""
+    return re.search(r"^\+ \S+ (load|build) ", res.err, re.M) is not None
 
 
 def sha(data: bytes | None) -> str | None:
@@ -37,32 +39,35 @@ def user_work(fork):
     (fork / "vllm" / "_C.abi3.so").write_bytes(b"stale editable build")  # ignored: must never ship
 
 
-def test_dev_ships_the_checkout_state_in_one_layer_over_an_editable_base(engine, world, fork, invoke):
+def test_dev_ships_the_checkout_state_in_one_layer_over_an_editable_base(engine, world, fork, tool):
     user_work(fork)
-    res = invoke("dev", str(fork), "--base", world.editable, "--json")
+    res = tool("dev", str(fork), "--base", world.editable, "--json")
     assert res.code == 0, res.err
     out = res.json
     assert out["reused"] is False and out["dirty"] is True
     assert out["revision"] == support.git(fork, "rev-parse", "HEAD")
     assert out["base_revision"] == world.first
-    assert out["image"].startswith(f"forkdev/vllm-dev:local-{out['revision'][:12]}-dirty-")
+    assert out["image"].startswith(f"forkdev-test/vllm-dev:local-{out['revision'][:12]}-dirty-")
+    assert not re.search(r"^\+ \S+ (create|commit|start|cp) ", res.err, re.M), "no container on this path"
+    runs = re.findall(r"^\+ \S+ run .*", res.err, re.M)
+    assert all("--rm" in r and "--entrypoint python3" in r for r in runs), "only the base's one-time probe runs"
 
     image, base = out["image"], world.editable
-    src = "/opt/vllm-source/"
-    assert support.image_file(engine, image, src + "vllm/sampling_params.py") == b"SAMPLING = 'committed'\n"
-    assert support.image_file(engine, image, src + EDIT) == b"ENVS = 'uncommitted'\n"
-    assert support.image_file(engine, image, src + "vllm/brand_new.py") == b"NEW = 'untracked'\n"
-    assert support.image_file(engine, image, src + "vllm/logger.py") is None
-    so = src + "vllm/_C.abi3.so"
+    assert support.image_file(engine, image, SRC + "vllm/sampling_params.py") == b"SAMPLING = 'committed'\n"
+    assert support.image_file(engine, image, SRC + EDIT) == b"ENVS = 'uncommitted'\n"
+    assert support.image_file(engine, image, SRC + "vllm/brand_new.py") == b"NEW = 'untracked'\n"
+    assert support.image_file(engine, image, SRC + "vllm/logger.py") is None
+    so = SRC + "vllm/_C.abi3.so"
     assert sha(support.image_file(engine, image, so)) == sha(support.image_file(engine, base, so)) is not None
 
-    got, was = inspect(engine, image), inspect(engine, base)
+    got, was = support.inspect(engine, image), support.inspect(engine, base)
     assert got["RootFS"]["Layers"][:-1] == was["RootFS"]["Layers"], "exactly one layer on top of the base"
-    assert got["Config"]["Entrypoint"] == was["Config"]["Entrypoint"]
+    assert out["image_id"].split(":")[-1] == got["Id"].split(":")[-1]
+    for key in ("Entrypoint", "Cmd", "User", "Env", "WorkingDir"):
+        assert got["Config"].get(key) == was["Config"].get(key), key
     labels = got["Config"]["Labels"]
     assert labels["org.opencontainers.image.revision"] == out["revision"]
     assert labels["org.opencontainers.image.base.name"] == base
-    assert labels["org.opencontainers.image.base.digest"] == was["Id"]
     assert labels["org.opencontainers.image.created"]
 
     layer_bytes = got["Size"] - was["Size"]
@@ -71,96 +76,234 @@ def test_dev_ships_the_checkout_state_in_one_layer_over_an_editable_base(engine,
     )
     assert layer_bytes <= shipped * 1.05 + 64 * 1024, "the layer holds only the changed files and the proof"
 
-    ok = invoke("verify", image, "--commit", out["revision"][:10])
+    ok = tool("verify", image, "--commit", out["revision"][:10], "--repo", str(fork))
     assert ok.code == 0, ok.err
-    wrong = invoke("verify", image, "--commit", world.later)
+    wrong = tool("verify", image, "--commit", world.later)
     assert wrong.code != 0 and "not match" in wrong.last_error
+    (fork / EDIT).write_text("ENVS = 'edited after the image'\n")
+    stale = tool("verify", image, "--repo", str(fork))
+    assert stale.code != 0 and f"{EDIT} differs from the checkout's" in stale.err
 
 
-def test_an_unchanged_rerun_reuses_the_image_without_building(world, fork, invoke):
+def test_a_base_without_entrypoint_or_cmd_keeps_them_null_and_runs_any_command(engine, world, fork, tool):
+    (fork / EDIT).write_text("ENVS = 'bare base'\n")
+    res = tool("dev", str(fork), "--base", world.bare, "--json")
+    assert res.code == 0, res.err
+    got = support.inspect(engine, res.json["image"])["Config"]
+    assert got.get("Entrypoint") is None and got.get("Cmd") is None
+    printed = support.in_image(engine, res.json["image"], "python3", "-c", "import vllm.envs as e; print(e.ENVS)")
+    assert printed == "bare base"
+
+
+def test_a_non_root_base_keeps_its_user_workdir_and_entrypoint_and_deletions_still_apply(engine, world, fork, tool):
+    (fork / EDIT).write_text("ENVS = 'as vllm'\n")
+    support.git(fork, "rm", "-q", "vllm/logger.py")
+    res = tool("dev", str(fork), "--base", world.user, "--json")
+    assert res.code == 0, res.err
+    image = res.json["image"]
+    got, was = support.inspect(engine, image)["Config"], support.inspect(engine, world.user)["Config"]
+    assert got["User"] == was["User"] == "vllm" and got["WorkingDir"] == "/opt/vllm-source"
+    assert got["Entrypoint"] == was["Entrypoint"]
+    whoami = support.in_image(
+        engine, image, "-c", "import os, vllm.envs as e; print(os.getuid(), e.ENVS)", entrypoint="python3"
+    )
+    assert whoami == "1000 as vllm", "the base's user reads the shipped file"
+    assert support.image_file(engine, image, SRC + "vllm/logger.py") is None
+    assert tool("verify", image).code == 0
+
+
+def test_special_files_ship_exactly(engine, world, fork, tool):
+    """A symlink, an executable, names with spaces and non-ASCII characters, a new nested package."""
+    (fork / "vllm" / "dir with space").mkdir()
+    (fork / "vllm" / "dir with space" / "ünï cödé.py").write_text("X = 'ü'\n")
+    (fork / "vllm" / "link.py").symlink_to("envs.py")
+    tool_script = fork / "tools" / "forkdev-run.sh"
+    tool_script.parent.mkdir(exist_ok=True)
+    tool_script.write_text("#!/bin/sh\necho run\n")
+    tool_script.chmod(0o755)
+    res = tool("dev", str(fork), "--base", world.user, "--json")
+    assert res.code == 0, res.err
+    image = res.json["image"]
+    script = (
+        "import os, stat; p='/opt/vllm-source/';"
+        "print(os.readlink(p+'vllm/link.py'), oct(os.stat(p+'tools/forkdev-run.sh').st_mode & 0o777),"
+        "open(p+'vllm/dir with space/ünï cödé.py').read().strip(),"
+        "oct(os.stat(p+'vllm/dir with space').st_mode & 0o777))"
+    )
+    assert support.in_image(engine, image, "-c", script, entrypoint="python3") == "envs.py 0o755 X = 'ü' 0o755"
+    assert tool("verify", image).code == 0
+
+
+def test_stale_bytecode_of_the_base_never_runs_for_a_changed_module(engine, world, fork, tool):
+    """The base byte-compiled envs.py; the fork changes it without changing its size, and the layer's files carry
+    the base's own mtime (SOURCE_DATE_EPOCH): without the layer's whiteouts Python would take the old .pyc."""
+    old = (fork / EDIT).read_bytes()
+    assert old.startswith(b"# vllm/")
+    new = b"NEWS=1#" + old[len(b"# vllm/") :]  # the first line was a comment; now it also defines NEWS
+    assert len(new) == len(old) and new != old
+    (fork / EDIT).write_bytes(new)
+    epoch = support.git(fork, "show", "-s", "--format=%ct", world.first)
+    res = tool("dev", str(fork), "--base", world.bare, "--json", env={"SOURCE_DATE_EPOCH": epoch})
+    assert res.code == 0, res.err
+    image = res.json["image"]
+    pyc = support.image_file(engine, world.bare, SRC + "vllm/__pycache__/envs.cpython-311.pyc")
+    assert pyc is not None, "the base has bytecode for the module"
+    recorded_mtime, recorded_size = struct.unpack("<II", pyc[8:16])
+    stat = support.in_image(
+        engine,
+        image,
+        "-c",
+        f"import os; s=os.stat('{SRC}{EDIT}'); print(int(s.st_mtime), s.st_size)",
+        entrypoint="python3",
+    )
+    assert stat == f"{recorded_mtime} {recorded_size}", "the old .pyc would pass as fresh"
+    assert support.in_image(engine, image, "python3", "-c", "import vllm.envs as e; print(e.NEWS)") == "1"
+
+
+def test_the_same_state_gives_the_same_image_id_twice_and_from_a_fresh_clone_elsewhere(
+    engine, world, fork, tool, tmp_path
+):
+    (fork / "vllm" / "sampling_params.py").write_text("SAMPLING = 'reproducible'\n")
+    support.commit_all(fork, "fork: one commit")
+    first = tool("dev", str(fork), "--base", world.editable, "--json")
+    assert first.code == 0, first.err
+    subprocess.run([engine.exe, "image", "rm", first.json["image"]], capture_output=True, check=True)
+    again = tool("dev", str(fork), "--base", world.editable, "--json")
+    assert again.json["reused"] is False and again.json["image_id"] == first.json["image_id"]
+    elsewhere = tmp_path / "elsewhere" / "checkout"
+    support.sh("git", "clone", "-q", "--branch", "dev", fork, elsewhere)
+    subprocess.run([engine.exe, "image", "rm", first.json["image"]], capture_output=True, check=True)
+    clone = tool("dev", str(elsewhere), "--base", world.editable, "--json", cwd=tmp_path)
+    assert clone.code == 0, clone.err
+    assert clone.json["image_id"] == first.json["image_id"]
+
+
+def test_an_engine_that_refuses_the_archive_gets_the_same_content_through_its_builder(
+    engine, world, fork, tool, tmp_path
+):
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / engine.kind).write_text(
+        f'#!/bin/sh\nif [ "$1" = load ]; then echo "Error: this engine loads no partial archives" >&2; exit 1; fi\n'
+        f'exec {engine.exe} "$@"\n'
+    )
+    (shim / engine.kind).chmod(0o755)
+    (fork / EDIT).write_text("ENVS = 'fallback'\n")
+    support.git(fork, "rm", "-q", "vllm/logger.py")
+    res = tool("dev", str(fork), "--base", world.bare, "--json", env={"PATH": f"{shim}:{os.environ['PATH']}"})
+    assert res.code == 0, res.err
+    assert res.err.count("refused the image archive (Error: this engine loads no partial archives)") == 1
+    image = res.json["image"]
+    got = support.inspect(engine, image)["Config"]
+    assert got.get("Entrypoint") is None and got.get("Cmd") is None, "null stays null on the fallback too"
+    assert support.in_image(engine, image, "python3", "-c", "import vllm.envs as e; print(e.ENVS)") == "fallback"
+    assert support.image_file(engine, image, SRC + "vllm/logger.py") is None
+    assert tool("verify", image).code == 0
+
+
+def test_an_unchanged_rerun_reuses_the_image_without_building(world, fork, tool):
     user_work(fork)
-    first = invoke("dev", str(fork), "--base", world.editable, "--json")
-    again = invoke("dev", str(fork), "--base", world.editable, "--json")
+    first = tool("dev", str(fork), "--base", world.editable, "--json")
+    again = tool("dev", str(fork), "--base", world.editable, "--json")
     assert first.code == again.code == 0, again.err
     assert again.json["reused"] is True
     assert again.json["image_id"] == first.json["image_id"]
-    assert not committed(again) and committed(first)
+    assert not loaded(again) and loaded(first)
     (fork / EDIT).write_text("ENVS = 'edited again'\n")
-    third = invoke("dev", str(fork), "--base", world.editable, "--json")
+    third = tool("dev", str(fork), "--base", world.editable, "--json")
     assert third.json["reused"] is False and third.json["image"] != first.json["image"]
 
 
-def test_a_site_packages_base_gets_package_files_only(engine, world, fork, invoke):
+def test_the_image_reference_goes_to_stdout_and_forkdev_runs_from_any_directory(engine, world, fork, invoke, tmp_path):
+    (fork / EDIT).write_text("ENVS = 'console script'\n")
+    env = {"INVOKE_ENGINE_NAME": engine.kind}
+    forkdev = Path(sys.executable).parent / "forkdev"  # the console script of the interpreter running the tests
+    res = invoke(
+        "dev", str(fork), "--base", world.editable, "--quiet", env=env, cwd=tmp_path, argv=lambda *a: [str(forkdev), *a]
+    )
+    assert res.code == 0, res.err
+    image = res.out.strip()
+    assert res.out == image + "\n" and image.startswith("forkdev-test/vllm-dev:local-")
+    assert not re.search(r"^\+ ", res.err, re.M), "--quiet: no command echoed"
+    assert support.image_file(engine, image, SRC + EDIT) == b"ENVS = 'console script'\n"
+
+
+def test_a_site_packages_base_gets_package_files_only(engine, world, fork, tool):
     (fork / "vllm" / "sampling_params.py").write_text("SAMPLING = 'site'\n")
     (fork / "tests" / "test_mine.py").write_text("def test_mine():\n    pass\n")
-    res = invoke("dev", str(fork), "--base", world.site, "--json")
+    res = tool("dev", str(fork), "--base", world.site, "--json")
     assert res.code == 0, res.err
     out = res.json
     assert out["skipped"] == ["tests/test_mine.py"]
     path = f"{support.SITE}/vllm/sampling_params.py"
     assert support.image_file(engine, out["image"], path) == b"SAMPLING = 'site'\n"
-    assert inspect(engine, out["image"])["Config"]["Entrypoint"][0] == "python3"
-    assert invoke("verify", out["image"]).code == 0
+    assert support.inspect(engine, out["image"])["Config"]["Entrypoint"][0] == "python3"
+    assert tool("verify", out["image"]).code == 0
 
 
-def test_native_changes_are_refused_unless_forced(engine, world, fork, invoke):
+def test_native_changes_are_refused_unless_forced(world, fork, tool):
     (fork / "csrc" / "new_kernel.cu").parent.mkdir(exist_ok=True)
     (fork / "csrc" / "new_kernel.cu").write_text("__global__ void k() {}\n")
     (fork / "setup.py").write_text("# changed\n")
-    refused = invoke("dev", str(fork), "--base", world.editable, "--json")
+    refused = tool("dev", str(fork), "--base", world.editable, "--json")
     assert refused.code != 0
     assert "csrc/new_kernel.cu" in refused.last_error and "setup.py" in refused.last_error
     assert "invoke nightly" in refused.last_error and "--force" in refused.last_error
     assert refused.out == "" and "Traceback" not in refused.err
-    assert not committed(refused), "nothing was built"
-    forced = invoke("dev", str(fork), "--base", world.editable, "--force", "--json")
+    assert not loaded(refused), "nothing was built"
+    forced = tool("dev", str(fork), "--base", world.editable, "--force", "--json")
     assert forced.code == 0, forced.err
+    config_forced = tool("dev", str(fork), "--base", world.editable, "--no-force", env={"INVOKE_DEV_FORCE": "1"})
+    assert config_forced.code != 0 and "native sources changed" in config_forced.last_error
 
 
-def test_dry_run_shows_the_plan_and_changes_nothing(engine, world, fork, invoke):
+def test_dry_run_shows_the_plan_and_changes_nothing(engine, world, fork, tool):
     (fork / EDIT).write_text("ENVS = 'dry'\n")
     images = lambda: set(support.sh(engine.exe, "images", "-a", "-q", "--no-trunc").split())  # noqa: E731
     before = images()
-    res = invoke("dev", str(fork), "--base", world.editable, "--dry-run", "--json")
+    res = tool("dev", str(fork), "--base", world.editable, "--dry-run", "--json")
     assert res.code == 0, res.err
     assert res.json["dry_run"] is True and res.json["image_id"] is None
     assert "/opt/vllm-source/vllm/envs.py" in res.err and "[dry-run: not run]" in res.err
     assert images() == before
 
 
-def test_push_and_extra_tags_reach_a_real_registry(engine, world, fork, invoke, registry):
-    (fork / EDIT).write_text("ENVS = 'pushed'\n")
-    repo = f"{registry.host}/vllm-dev"
-    res = invoke(
+def test_push_sends_exactly_the_tags_asked_for_to_a_real_registry(engine, world, fork, tool, registry):
+    (fork / EDIT).write_text(f"ENVS = 'pushed by {engine.kind}'\n")
+    repo = f"{engine.kind}-pushed"
+    res = tool("dev", str(fork), "--base", world.editable, "--json", "--push", "--tag", f"{registry.host}/{repo}:mine")
+    assert res.code == 0, res.err
+    assert res.json["pushed"] == [f"{registry.host}/{repo}:mine"], "the local forkdev-test/... tag is not pushed"
+    assert registry.tags(repo) == ["mine"]
+    assert not re.search(r"^\+ \S+ push .*forkdev-test/", res.err, re.M)
+
+    to_registry = tool(
         "dev",
         str(fork),
         "--base",
         world.editable,
         "--json",
         "--push",
-        "--tag",
-        f"{repo}:mine",
-        env={"INVOKE_DEV_REPOSITORY": repo},
+        env={"INVOKE_DEV_REPOSITORY": f"{registry.host}/{repo}-primary"},
     )
-    assert res.code == 0, res.err
-    tag = res.json["image"].split(":")[-1]
-    assert registry.tags("vllm-dev") == sorted(["mine", tag])
+    assert to_registry.code == 0, to_registry.err
+    assert registry.tags(f"{repo}-primary") == [to_registry.json["image"].split(":")[-1]]
 
 
-def test_build_makes_the_thin_image_of_an_upstream_commit(engine, world, invoke):
-    res = invoke("build", world.later[:10], "--base", world.editable, "--upstream", str(world.upstream), "--json")
+def test_build_makes_the_thin_image_of_an_upstream_commit(engine, world, tool):
+    res = tool("build", world.later[:10], "--base", world.editable, "--upstream", str(world.upstream), "--json")
     assert res.code == 0, res.err
     out = res.json
     assert out["revision"] == world.later and out["dirty"] is False
     got = support.image_file(engine, out["image"], "/opt/vllm-source/vllm/sampling_params.py")
     assert got == b"SAMPLING = 'upstream later'\n"
-    assert invoke("verify", out["image"], "--commit", world.later, "--repo", str(world.upstream)).code == 0
+    assert tool("verify", out["image"], "--commit", world.later, "--repo", str(world.upstream)).code == 0
 
 
-def test_verify_catches_an_image_whose_files_were_changed_after_the_fact(engine, world, fork, invoke):
+def test_verify_catches_files_and_run_config_changed_after_the_fact(engine, world, fork, tool):
     (fork / EDIT).write_text("ENVS = 'honest'\n")
-    image = invoke("dev", str(fork), "--base", world.editable, "--json").json["image"]
-    name = "forkdev-test-tamper"
+    image = tool("dev", str(fork), "--base", world.editable, "--json").json["image"]
+    name = f"forkdev-test-tamper-{engine.kind}"
     support.sh(
         engine.exe,
         "run",
@@ -175,12 +318,13 @@ def test_verify_catches_an_image_whose_files_were_changed_after_the_fact(engine,
         "echo tampered >> /opt/vllm-source/vllm/envs.py",
     )
     try:
-        support.sh(engine.exe, "commit", name, "forkdev-test/tampered:1")
+        support.sh(engine.exe, "commit", "--change", 'ENTRYPOINT ["sh"]', name, "forkdev-test/tampered:1")
     finally:
         support.sh(engine.exe, "rm", "-f", name)
-    res = invoke("verify", "forkdev-test/tampered:1")
+    res = tool("verify", "forkdev-test/tampered:1")
     assert res.code != 0
     assert "/opt/vllm-source/vllm/envs.py differs" in res.err
+    assert "Entrypoint is ['sh'], the base's is" in res.err
 
 
 # ---- bad input: one line naming the input and the remedy, non-zero, no traceback, nothing built -------------
@@ -197,39 +341,70 @@ def test_a_path_that_is_not_a_checkout(invoke, tmp_path):
     assert_one_line_error(invoke("dev", str(tmp_path / "nope")), "does not exist")
 
 
-def test_an_unknown_ref(world, fork, invoke):
-    assert_one_line_error(invoke("dev", str(fork), "--ref", "no-such-ref", "--base", world.editable), "'no-such-ref'")
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--tag=Not A Tag"], ["--tag 'Not A Tag'", "not a valid image reference"]),
+        (["--tag=-x"], ["--tag '-x'", "starts with '-'"]),
+        (["--push"], ["--push has nothing to push", "--tag"]),
+        (["--ref=--output=/tmp/x"], ["--ref", "starts with '-'"]),
+        (["--base=--help"], ["--base", "starts with '-'"]),
+    ],
+)
+def test_bad_flags_are_refused_before_the_engine_is_asked(fork, invoke, args, words):
+    res = invoke("dev", str(fork), *args)
+    assert_one_line_error(res, *words)
+    assert not re.search(r"^\+ \S*(docker|podman) ", res.err, re.M), "refused before any engine command"
 
 
-def test_an_unknown_sha_for_build(world, invoke):
-    assert_one_line_error(invoke("build", "0123456789abcdef", "--upstream", str(world.upstream)), "'0123456789abcdef'")
+def test_an_unknown_ref(world, fork, tool):
+    assert_one_line_error(tool("dev", str(fork), "--ref", "no-such-ref", "--base", world.editable), "'no-such-ref'")
 
 
-def test_a_missing_base_image(fork, invoke):
-    res = invoke("dev", str(fork))
+def test_an_unknown_sha_for_build(world, tool):
+    assert_one_line_error(tool("build", "0123456789abcdef", "--upstream", str(world.upstream)), "'0123456789abcdef'")
+
+
+def test_a_missing_base_image(fork, tool):
+    res = tool("dev", str(fork))
     # The default: the upstream's published image of the merge-base, then the local nightly.
     assert_one_line_error(res, "vllm/vllm-openai:nightly-", "forkdev/vllm:nightly", "invoke nightly", "--base")
 
 
-def test_a_base_without_a_revision_label(engine, world, fork, invoke):
+def test_a_base_only_the_other_engine_has_is_named_with_the_command_that_moves_it(engine, world, fork, invoke):
+    other = "podman" if engine.kind == "docker" else "docker"
+    ref = f"forkdev-test/only-{engine.kind}:1"
+    support.derive_image(engine, world.editable, ref, "LABEL only=here")
+    res = invoke("dev", str(fork), "--base", ref, env={"INVOKE_ENGINE_NAME": other})
+    assert_one_line_error(res, f"'{ref}' is in {engine.kind}'s image store", f"{engine.kind} save {ref} | {other} load")
+
+
+def test_a_base_without_a_revision_label(engine, world, fork, tool):
     support.build_base(engine, world.upstream, world.first, "forkdev-test/vllm-base:unlabelled", label="")
     assert_one_line_error(
-        invoke("dev", str(fork), "--base", "forkdev-test/vllm-base:unlabelled"),
+        tool("dev", str(fork), "--base", "forkdev-test/vllm-base:unlabelled"),
         "forkdev-test/vllm-base:unlabelled",
         "revision label",
     )
 
 
-def test_a_base_commit_missing_from_the_checkout(engine, world, tmp_path, invoke):
+def test_a_base_commit_missing_from_the_checkout(engine, world, tmp_path, tool):
     old = tmp_path / "old"
     support.sh("git", "clone", "-q", world.upstream, old)
-    (world.upstream / "vllm" / "unseen.py").write_text("UNSEEN = 1\n")
-    unseen = support.commit_all(world.upstream, "upstream: a commit the clone lacks")
-    base = support.build_base(engine, world.upstream, unseen, "forkdev-test/vllm-base:unseen")
-    res = invoke("dev", str(old), "--base", base)
+    unseen_repo = tmp_path / "ahead"
+    support.sh("git", "clone", "-q", world.upstream, unseen_repo)
+    (unseen_repo / "vllm" / "unseen.py").write_text("UNSEEN = 1\n")
+    unseen = support.commit_all(unseen_repo, "a commit the clone lacks")
+    base = support.derive_image(
+        engine, world.editable, "forkdev-test/vllm-base:unseen", f'LABEL org.opencontainers.image.revision="{unseen}"'
+    )
+    res = tool("dev", str(old), "--base", base)
     assert_one_line_error(res, unseen[:12], "git -C", "fetch")
 
 
-def test_no_engine_running(fork, invoke):
-    res = invoke("dev", str(fork), env={"INVOKE_ENGINE_NAME": "docker", "DOCKER_HOST": "unix:///nonexistent.sock"})
-    assert_one_line_error(res, "no container engine answers")
+@pytest.mark.parametrize("engine_name", ["", "docker"])
+def test_a_docker_host_that_does_not_answer_is_named_and_never_swapped_for_podman(fork, invoke, engine_name):
+    env = {"DOCKER_HOST": "unix:///nonexistent.sock", "INVOKE_ENGINE_NAME": engine_name}
+    res = invoke("dev", str(fork), "--base", "forkdev-test/vllm-base:editable", env=env)
+    assert_one_line_error(res, "unix:///nonexistent.sock")
+    assert "podman" not in res.err

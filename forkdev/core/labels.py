@@ -1,0 +1,24 @@
+"""Every label and in-image path forkdev writes or reads, named once."""
+
+from __future__ import annotations
+
+# OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md)
+REVISION = "org.opencontainers.image.revision"
+SOURCE = "org.opencontainers.image.source"
+CREATED = "org.opencontainers.image.created"
+VERSION = "org.opencontainers.image.version"
+BASE_NAME = "org.opencontainers.image.base.name"
+BASE_DIGEST = "org.opencontainers.image.base.digest"
+
+# forkdev's own
+BASE_REVISION = "dev.forkdev.base.revision"  # the commit inside the base of a thin image
+DIRTY = "dev.forkdev.dirty"  # "true" when uncommitted work was shipped
+KEY = "dev.forkdev.key"  # hash of everything that determines a thin image's content: equal key, same image
+NATIVE_HASH = "dev.forkdev.native-hash"  # hash of the native sources a full build compiled
+BUILD = "dev.forkdev.build"  # "full" (compiled) or "thin" (a full image plus one layer)
+
+# Where a base may say which commit it holds: our label, vLLM's own label and environment variable.
+REVISION_LABELS = (REVISION, "ai.vllm.build.commit")
+REVISION_ENV = ("VLLM_BUILD_COMMIT",)
+
+PROOF_PATH = "/etc/forkdev/proof.json"  # inside every image forkdev writes: what was shipped, byte hashes

@@ -1,0 +1,91 @@
+"""Target profiles, their config overrides, and where repository paths land in an image."""
+
+from __future__ import annotations
+
+import pytest
+
+from forkdev.core import config
+from forkdev.core.base import Location, revision_of
+from forkdev.core.errors import Failure
+
+
+@pytest.mark.parametrize(
+    ("path", "native"),
+    [
+        ("csrc/attention/kernel.cu", True),
+        ("CMakeLists.txt", True),
+        ("cmake/utils.cmake", True),
+        ("setup.py", True),
+        ("requirements/cuda.txt", True),
+        ("vllm/setup.py", False),
+        ("vllm/engine/llm_engine.py", False),
+        ("docs/csrc/readme.md", False),
+        ("CMakeLists.txt.bak", False),
+    ],
+)
+def test_vllm_native_paths(path, native):
+    assert config.TARGETS["vllm"].is_native(path) is native
+
+
+def test_every_target_has_an_upstream_a_package_path_and_a_nightly_repository():
+    for t in config.TARGETS.values():
+        assert t.upstream.startswith("https://") and t.package_path.endswith(t.package)
+        assert ":" not in t.nightly_image and t.dockerfile
+
+
+def test_unknown_target_is_one_sentence_with_the_choices():
+    with pytest.raises(Failure, match="unknown target 'tgi'; choose one of mlc-llm, sglang, vllm"):
+        config.target("tgi")
+
+
+def test_a_fork_changes_its_native_paths_and_build_args_from_config():
+    t = config.target("vllm", {"vllm": {"native": ["csrc/", "kernels/"], "build_args": {"max_jobs": "4"}}})
+    assert t.is_native("kernels/x.cu") and not t.is_native("setup.py")
+    assert t.build_args == {"max_jobs": "4"} and t.package == "vllm"
+
+
+def test_a_new_target_from_config_needs_every_field_and_unknown_keys_are_refused():
+    with pytest.raises(Failure, match="targets.tgi defines a new target but lacks"):
+        config.target("tgi", {"tgi": {"upstream": "https://x/tgi.git"}})
+    with pytest.raises(Failure, match="unknown keys nativ"):
+        config.target("vllm", {"vllm": {"nativ": []}})
+    full = {
+        "upstream": "https://x/tgi.git",
+        "package": "tgi",
+        "package_path": "tgi",
+        "native": ["kernels/"],
+        "published_base": None,
+        "nightly_image": "me/tgi",
+    }
+    assert config.target("tgi", {"tgi": full}).nightly_image == "me/tgi"
+
+
+def test_an_editable_tree_maps_every_path_and_site_packages_only_the_package():
+    tree = Location("/opt/vllm-source/vllm", "/opt/vllm-source")
+    site = Location("/usr/lib/python3/dist-packages/vllm", None)
+    assert tree.image_path("tests/test_x.py", "vllm") == "/opt/vllm-source/tests/test_x.py"
+    assert site.image_path("vllm/a/b.py", "vllm") == "/usr/lib/python3/dist-packages/vllm/a/b.py"
+    assert site.image_path("tests/test_x.py", "vllm") is None
+    assert site.image_path("vllm_other/x.py", "vllm") is None
+
+
+@pytest.mark.parametrize(
+    ("package_dir", "package_path", "root"),
+    [
+        ("/opt/vllm-source/vllm", "vllm", "/opt/vllm-source"),
+        ("/usr/local/lib/python3.12/dist-packages/vllm", "vllm", None),
+        ("/usr/lib/python3/site-packages/vllm", "vllm", None),
+        ("/sgl-workspace/sglang/python/sglang", "python/sglang", "/sgl-workspace/sglang"),
+        ("/usr/local/lib/python3.10/dist-packages/sglang", "python/sglang", None),
+        ("/vllm", "vllm", "/"),
+    ],
+)
+def test_where_the_repository_lands_is_read_from_the_package_directory(package_dir, package_path, root):
+    assert Location.of(package_dir, package_path).root == root
+
+
+def test_revision_comes_from_oci_label_then_vllm_label_then_env():
+    assert revision_of({"Config": {"Labels": {"org.opencontainers.image.revision": "a"}}}) == "a"
+    assert revision_of({"Config": {"Labels": {"ai.vllm.build.commit": "b"}}}) == "b"
+    assert revision_of({"Config": {"Labels": None, "Env": ["VLLM_BUILD_COMMIT=c", "X=1"]}}) == "c"
+    assert revision_of({"Config": {}}) is None

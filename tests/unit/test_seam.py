@@ -1,0 +1,98 @@
+"""The process seam and the engine value: echo, dry-run, failures as sentences, timeouts, secrets."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from forkdev.core import engine
+from forkdev.core.errors import Failure
+from forkdev.core.proc import Result, Runner, shown
+
+
+def test_dry_run_skips_commands_that_change_things_but_runs_probes(capsys):
+    run = Runner(dry_run=True)
+    assert run(["false"]).dry is True
+    assert run(["echo", "probe"], mutates=False).out == "probe"
+    err = capsys.readouterr().err
+    assert "+ false   [dry-run: not run]" in err and "+ echo probe" in err
+
+
+def test_quiet_echoes_nothing(capsys):
+    Runner(echo=False)(["true"])
+    assert capsys.readouterr().err == ""
+
+
+def test_a_script_argument_is_echoed_as_one_short_placeholder():
+    assert shown(["python3", "-c", "import a\nimport b\n\nprint(1)\n", "x y"]) == "python3 -c '<3-line script>' 'x y'"
+
+
+def test_secrets_reach_the_child_but_never_the_echo(capsys):
+    res = Runner()(["sh", "-c", 'printf %s "$TOKEN"'], secret_env={"TOKEN": "s3cr3t-value"})
+    assert res.out == "s3cr3t-value"
+    assert "s3cr3t-value" not in capsys.readouterr().err
+
+
+def test_a_command_past_its_timeout_is_stopped_and_named():
+    start = time.monotonic()
+    with pytest.raises(Failure, match=r"'sleep 30' did not finish within 0.5s"):
+        Runner(echo=False)(["sleep", "30"], timeout=0.5)
+    assert time.monotonic() - start < 10
+
+
+def test_a_missing_program_and_a_failed_command_are_one_sentence():
+    with pytest.raises(Failure, match="'no-such-program-x' is not installed or not on PATH"):
+        Runner(echo=False)(["no-such-program-x"])
+    with pytest.raises(Failure, match=r"'sh -c 'echo boom >&2; exit 3'' failed with exit 3: boom"):
+        Runner(echo=False)(["sh", "-c", "echo boom >&2; exit 3"])
+
+
+@pytest.mark.parametrize(
+    ("stdout", "stderr", "reason"),
+    [
+        (
+            b"",
+            b"fatal: 'x' does not appear to be a git repository\nfatal: Could not read\n\nand the repository exists.\n",
+            "fatal: 'x' does not appear to be a git repository",
+        ),
+        (b"", b"warning: a\nerror: pathspec 'y' did not match\n", "error: pathspec 'y' did not match"),
+        (b"", b"Cannot connect to the Docker daemon\n", "Cannot connect to the Docker daemon"),
+        (b"error: Your local changes would be overwritten\n", b"", "error: Your local changes would be overwritten"),
+        (b"", b"", "exit status 1, no output"),
+    ],
+)
+def test_the_reason_of_a_failure_is_the_line_that_says_why(stdout, stderr, reason):
+    assert Result(("git",), 1, stdout, stderr).reason == reason
+
+
+@pytest.mark.parametrize(
+    ("ref", "loopback"),
+    [
+        ("127.0.0.1:5000/x:y", True),
+        ("localhost:5000/x", True),
+        ("[::1]:5000/x", True),
+        ("ghcr.io/a/b:c", False),
+        ("vllm/vllm-openai:nightly", False),
+        ("plain", False),
+    ],
+)
+def test_loopback_registries(ref, loopback):
+    assert engine.loopback_registry(ref) is loopback
+
+
+def test_docker_buildkit_follows_the_client_version_and_is_asked_only_once():
+    calls = []
+
+    class NoBuildx(Runner):
+        def __call__(self, argv, **kw):
+            calls.append(argv)
+            return Result(tuple(argv), 1, b"", b"unknown command")
+
+    info = {"Client": {"Version": "28.2.2"}, "Server": {"Version": "20.10.24"}}
+    new_client = engine.Engine._from_version("docker", "docker", info, "host")
+    assert new_client.buildkit(NoBuildx()) is False and new_client.buildkit(NoBuildx()) is False
+    assert len(calls) == 1
+    info["Client"]["Version"] = "20.10.24+dfsg1"
+    assert engine.Engine._from_version("docker", "docker", info, "host").buildkit(NoBuildx()) is True
+    assert engine.Engine._from_version("podman", "podman", info, "host").buildkit(NoBuildx()) is True

@@ -1,0 +1,85 @@
+"""Values from users before they reach a command line: refused when they could become options or are malformed."""
+
+from __future__ import annotations
+
+import pytest
+
+from forkdev.core import ship, validate
+from forkdev.core.errors import Failure
+from forkdev.core.registry import Policy, Ref
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["-x", "--upload-pack=touch /tmp/pwned", "", "a\0b", "a\nb", "\udcff"],
+)
+def test_a_value_that_could_become_an_option_or_is_not_text_is_refused_in_one_sentence(value):
+    with pytest.raises(Failure) as exc:
+        validate.plain(value, "--upstream", "pass a URL")
+    assert "--upstream" in str(exc.value) and "\n" not in str(exc.value)
+
+
+@pytest.mark.parametrize(
+    ("ref", "ok"),
+    [
+        ("forkdev/vllm-dev:local-abc", True),
+        ("127.0.0.1:5000/x:y", True),
+        ("ghcr.io/org/img@sha256:" + "a" * 64, True),
+        ("-x", False),
+        ("a:b:c", False),
+        ("forkdev/Upper", False),
+        ("x" * 300, False),
+        ("name:" + "t" * 129, False),
+    ],
+)
+def test_image_references_follow_the_engines_grammar(ref, ok):
+    if ok:
+        assert validate.image_ref(ref) == ref
+    else:
+        with pytest.raises(Failure, match="image"):
+            validate.image_ref(ref)
+
+
+@pytest.mark.parametrize(
+    ("ref", "host"),
+    [("127.0.0.1:5000/x:y", "127.0.0.1:5000"), ("localhost/a", "localhost"), ("forkdev/x", None), ("x", None)],
+)
+def test_the_registry_of_a_reference(ref, host):
+    assert validate.registry_host(ref) == host
+
+
+def test_references_split_into_registry_repository_and_tag():
+    assert Ref.parse("debian") == Ref("docker.io", "library/debian", "latest")
+    assert Ref.parse("127.0.0.1:5000/a/b:c") == Ref("127.0.0.1:5000", "a/b", "c")
+
+
+def request(repository: str, tags: tuple[str, ...], push: bool = True) -> ship.Request:
+    return ship.Request(
+        repo=None,  # type: ignore[arg-type]
+        ref=None,
+        target=None,  # type: ignore[arg-type]
+        source=None,
+        bases=(),
+        explicit_base=False,
+        repository=repository,
+        tags=tags,
+        push=push,
+        force=False,
+        cache=None,  # type: ignore[arg-type]
+        registry=Policy(),
+    )
+
+
+def test_push_sends_the_extra_tags_and_the_primary_only_when_its_repository_names_a_registry():
+    assert ship.pushed_refs(request("forkdev/vllm-dev", ("127.0.0.1:5000/x:y",)), "p") == ["127.0.0.1:5000/x:y"]
+    assert ship.pushed_refs(request("127.0.0.1:5000/vllm-dev", ("a/b:c",)), "p") == ["p", "a/b:c"]
+
+
+def test_bad_tags_and_a_push_with_nowhere_to_go_are_refused_before_anything_is_built():
+    with pytest.raises(Failure, match="--push has nothing to push"):
+        ship.check(request("forkdev/vllm-dev", ()))
+    with pytest.raises(Failure, match="--tag 'Bad:Tag:x'"):
+        ship.check(request("127.0.0.1:5000/x", ("Bad:Tag:x",)))
+    with pytest.raises(Failure, match="dev.repository"):
+        ship.check(request("-evil", ()))
+    ship.check(request("forkdev/vllm-dev", (), push=False))
