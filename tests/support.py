@@ -264,16 +264,26 @@ def free_port() -> int:
 
 
 class Registry:
-    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storing into a temporary directory."""
+    """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storing into a temporary directory; with `users`
+    ({name: password}) it asks for HTTP basic auth (htpasswd, bcrypt) as a private registry does."""
 
-    def __init__(self, workdir: Path) -> None:
+    def __init__(self, workdir: Path, users: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.host = f"127.0.0.1:{self.port}"
         conf = workdir / "registry.yml"
+        auth = ""
+        if users:
+            import bcrypt
+
+            htpasswd = workdir / "htpasswd"
+            htpasswd.write_text(
+                "".join(f"{u}:{bcrypt.hashpw(p.encode(), bcrypt.gensalt(5)).decode()}\n" for u, p in users.items())
+            )
+            auth = f"auth:\n  htpasswd:\n    realm: forkdev-test\n    path: {htpasswd}\n"
         conf.write_text(
             "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n"
             f"    rootdirectory: {workdir / 'data'}\n  delete:\n    enabled: true\n"
-            f"http:\n  addr: 127.0.0.1:{self.port}\n"
+            f"http:\n  addr: 127.0.0.1:{self.port}\n" + auth
         )
         exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in stop()
@@ -298,3 +308,49 @@ class Registry:
         self.proc.terminate()
         self.proc.wait(10)
         self.log.close()
+
+
+class FaultyRegistry:
+    """A loopback HTTP server that answers every request with one status, for the faults a real registry will not
+    produce on demand (429, 500, a 401 that no login fixes, a registry that accepts and never answers). It counts
+    the requests it got."""
+
+    def __init__(self, status: int, headers: dict[str, str] | None = None, hang: bool = False) -> None:
+        import http.server
+        import threading
+
+        outer = self
+        self.requests = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _answer(self) -> None:
+                outer.requests += 1
+                if hang:
+                    time.sleep(60)
+                    return
+                self.send_response(status)
+                for key, value in (headers or {}).items():
+                    self.send_header(key, value)
+                body = b'{"errors":[{"code":"FAULT","message":"injected by the test"}]}'
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(body)
+
+            do_GET = do_HEAD = do_PUT = do_POST = do_DELETE = _answer
+
+            def log_message(self, *args) -> None:  # quiet
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.host = f"127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> FaultyRegistry:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -174,6 +174,26 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
     )
 
 
+def history(engine: Engine, run: Runner, base: Base, cache: Path) -> list[dict[str, Any]]:
+    """The base's history entries (what a derived image's config repeats), cached per image id like `facts`."""
+    cached = cache / "bases" / f"{base.id.split(':')[-1]}-history.json"
+    try:
+        return list(json.loads(cached.read_text()))
+    except (OSError, ValueError, TypeError):
+        pass
+    entries = engine.history(run, base.image)
+    if not run.dry_run:
+        _write(cached, entries)
+    return entries
+
+
+def _write(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}")
+    tmp.write_text(json.dumps(data))
+    os.replace(tmp, path)
+
+
 _FIND_SPEC = """
 import importlib.util, json, os, sys
 spec = importlib.util.find_spec(sys.argv[1])
@@ -203,8 +223,5 @@ def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, 
     )
     location = Location.of(found["package_dir"], target.package_path)
     if not run.dry_run:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cached.with_name(f"{cached.name}.{os.getpid()}")
-        tmp.write_text(json.dumps({"package_dir": location.package_dir, "root": location.root, **found}))
-        os.replace(tmp, cached)
+        _write(cached, {"package_dir": location.package_dir, "root": location.root, **found})
     return Facts(location, found.get("cache_tag"))

@@ -19,9 +19,7 @@ import io
 import json
 import posixpath
 import tarfile
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import ui
@@ -29,6 +27,7 @@ from .base import Base
 from .engine import Engine
 from .errors import Failure
 from .proc import Runner
+from .scratch import scratch
 
 LAYER_MEDIA = "application/vnd.oci.image.layer.v1.tar"
 CONFIG_MEDIA = "application/vnd.oci.image.config.v1+json"
@@ -167,10 +166,9 @@ class Content:
     created_by: str
 
 
-def write(engine: Engine, run: Runner, base: Base, content: Content, tag: str) -> str:
-    """Tag `tag` = base + one layer of `content`; returns the image id ("" under dry-run)."""
+def write(engine: Engine, run: Runner, base: Base, history: list[dict[str, Any]], content: Content, tag: str) -> str:
+    """Tag `tag` = base + one layer of `content` (`history`: the base's); returns the image id ("" under dry-run)."""
     new = layer(content.files, content.deleted, content.dirs, content.epoch)
-    history = engine.history(run, base.image)
     config_json = config(base, history, new, content.labels, content.epoch, content.created_by)
     image_id = "sha256:" + hashlib.sha256(config_json).hexdigest()
     loaded = engine.load(run, archive(engine.archive_format, config_json, new, base.diff_ids, tag))
@@ -185,8 +183,7 @@ def write(engine: Engine, run: Runner, base: Base, content: Content, tag: str) -
 
 def build_instead(engine: Engine, run: Runner, base: Base, content: Content, tag: str) -> str:
     """The fallback: the engine's own builder, which keeps the base's config as it is (null stays null)."""
-    with tempfile.TemporaryDirectory(prefix="forkdev-build-") as tmp:
-        ctx = Path(tmp)
+    with scratch("build") as ctx:
         root = ctx / "layer"
         root.mkdir()
         for d in content.dirs:

@@ -14,17 +14,17 @@ import json
 import os
 import re
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import ui, validate
 from .engine import loopback_registry
 from .errors import Failure
 from .proc import Runner
+
+if TYPE_CHECKING:
+    from email.message import Message
 
 MANIFESTS = ", ".join(
     (
@@ -116,7 +116,9 @@ class Registry:
     # ---- one call, with retries and auth -------------------------------------------------------------
     def _request(
         self, method: str, path: str, *, accept: str = "", absent_ok: bool = False, refused_ok: bool = False
-    ) -> tuple[int, dict[str, str], bytes]:
+    ) -> tuple[int, Message, bytes]:
+        import urllib.request
+
         url = self.api + path
         deadline = time.monotonic() + self.policy.timeout
         attempt, authed = 0, False
@@ -129,9 +131,9 @@ class Registry:
             try:
                 req = urllib.request.Request(url, method=method, headers=headers)
                 with urllib.request.urlopen(req, timeout=max(1.0, min(30.0, remaining))) as resp:
-                    return resp.status, dict(resp.headers), resp.read()
+                    return resp.status, resp.headers, resp.read()
             except urllib.error.HTTPError as exc:
-                status, hdrs, body = exc.code, dict(exc.headers), exc.read()
+                status, hdrs, body = exc.code, exc.headers, exc.read()  # headers: case-insensitive
                 if status == 401 and not authed:
                     authed = True
                     self._auth = self._authorize(hdrs.get("WWW-Authenticate", ""), deadline)
@@ -177,6 +179,9 @@ class Registry:
             return basic
         if scheme.lower() != "bearer":
             return None
+        import urllib.parse
+        import urllib.request
+
         fields = dict(re.findall(r'(\w+)="([^"]*)"', params))
         realm = fields.pop("realm", "")
         if not realm:

@@ -97,7 +97,8 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
             created_by=f"forkdev {__version__}: {plan.revision[:12]}{' + uncommitted work' if plan.dirty else ''}",
         )
         with ui.step(f"layer -> {primary}"):
-            image_id = image.write(engine, run, base, content, primary)
+            history = bases.history(engine, run, base, req.cache)
+            image_id = image.write(engine, run, base, history, content, primary)
     for extra in req.tags:
         engine.tag(run, primary, extra)
     pushed = pushed_refs(req, primary) if req.push else []

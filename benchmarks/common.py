@@ -1,0 +1,70 @@
+"""What every benchmark shares: a vLLM-sized upstream with history, running the tools as a user does, medians."""
+
+from __future__ import annotations
+
+import os
+import random
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+import support  # noqa: E402
+
+# vLLM's main branch has about 10,000 first-parent commits; the tree has 4,494 files and 62 MB.
+HISTORY = int(os.environ.get("BENCH_COMMITS", "10000"))
+
+
+def invoke(*args: str, cache: Path, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
+    """`invoke ARGS` as a user runs it; (seconds, result). A failure ends the benchmark with its stderr."""
+    full = {**os.environ, "INVOKE_CACHE_DIR": str(cache), **(env or {})}
+    start = time.perf_counter()
+    res = subprocess.run(support.invoke_argv(*args), capture_output=True, text=True, env=full)
+    took = time.perf_counter() - start
+    if res.returncode != 0:
+        raise SystemExit(f"invoke {' '.join(args)} failed:\n{res.stderr[-3000:]}")
+    return took, res
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def history(repo: Path, commits: int, seed: int = 7) -> None:
+    """`commits` upstream-like commits (1 to 13 files each, as in vLLM's last 400) made with git fast-import."""
+    rng = random.Random(seed)
+    py = [p for p, _, _ in support.manifest() if p.startswith("vllm/") and p.endswith(".py")]
+    head = support.git(repo, "rev-parse", "HEAD")
+    chunks = []
+    for i in range(commits):
+        files = rng.sample(py, rng.choice([1, 2, 3, 5, 8, 13]))
+        msg = f"upstream commit {i}".encode()
+        chunk = [
+            b"commit refs/heads/main\n",
+            f"committer Bench <b@x> {1700000000 + i} +0000\n".encode(),
+            f"data {len(msg)}\n".encode() + msg + b"\n",
+        ]
+        if i == 0:
+            chunk.append(f"from {head}\n".encode())
+        for f in files:
+            data = support.content(f, 1500, salt=str(i))
+            chunk.append(f"M 100644 inline {f}\ndata {len(data)}\n".encode() + data + b"\n")
+        chunks.append(b"".join(chunk))
+    support.git(repo, "fast-import", "--quiet", input=b"".join(chunks))
+    support.git(repo, "reset", "-q", "--hard", "main")  # the benchmark's own fresh repository
+
+
+def vllm_sized_upstream(root: Path) -> Path:
+    print(f"building a vLLM-sized upstream with {HISTORY} commits ...", file=sys.stderr)
+    support.make_upstream(root, limit_bytes=None)
+    history(root, HISTORY)
+    return root

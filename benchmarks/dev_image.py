@@ -1,0 +1,131 @@
+"""`invoke dev` against what a user does today, on a checkout the size of vLLM with history.
+
+The naive way (the justfile's): the base image holds the repository with its history at the base's commit; a
+BuildKit build bind-mounts the checkout's .git and runs `git fetch` + `git checkout` of the commit to ship.
+It ships committed work only; ours also ships the uncommitted edit and the untracked file.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+from common import invoke, median, support, timed, vllm_sized_upstream
+
+from forkdev.core.engine import Engine
+
+CHANGED = 30
+NAIVE_DOCKER = "/usr/bin/docker"  # the 20.10 client: BuildKit built in (the 28.x client here has no buildx)
+NAIVE_DOCKERFILE = """FROM {base}
+ARG COMMIT
+RUN --mount=type=bind,source=.git,target=/host-git \\
+    cd /opt/vllm-source && git fetch -q /host-git "$COMMIT" && git checkout -q FETCH_HEAD
+"""
+
+
+def run(engine: Engine, work: Path) -> dict:
+    cache = work / "cache"
+    up = vllm_sized_upstream(work / "upstream")
+    tip = support.git(up, "rev-parse", "HEAD")
+    print(f"building the base (the tree with its .git, as the justfile's nightly) at {tip[:12]} ...", file=sys.stderr)
+    base = support.build_base(engine, up, tip, "forkdev-bench/vllm-base:git", with_git=True)
+
+    fork = work / "fork"
+    support.sh("git", "clone", "-q", up, fork)
+    rng = random.Random(1)
+    py = sorted(p for p in support.git(fork, "ls-files", "vllm").splitlines() if p.endswith(".py"))
+    picked = rng.sample(py, CHANGED + 2)
+    for path in picked[:CHANGED]:
+        f = fork / path
+        f.write_bytes(f.read_bytes() + b"\n# a fork change\n")
+    support.git(fork, "rm", "-q", picked[CHANGED])
+    support.commit_all(fork, "fork: 30 files changed, one deleted")
+    dirty = fork / picked[CHANGED + 1]
+    dirty.write_bytes(dirty.read_bytes() + b"\n# uncommitted\n")
+    (fork / "vllm" / "fork_untracked.py").write_text("UNTRACKED = True\n")
+    changed = support.git(fork, "diff", "--name-only", tip).split() + ["vllm/fork_untracked.py"]
+    changed_bytes = sum((fork / p).stat().st_size for p in changed if (fork / p).exists())
+
+    args = ("dev", str(fork), "--base", base, "--json", "--quiet")
+    cold, res = invoke(*args, cache=cache)  # the first run asks the base where its package is (once per image)
+    out = json.loads(res.stdout)
+    layer = support.inspect(engine, out["image"])["Size"] - support.inspect(engine, base)["Size"]
+    reruns = []
+    for _ in range(9):
+        t, again = invoke(*args, cache=cache)
+        assert json.loads(again.stdout)["reused"] is True
+        reruns.append(t)
+    ours = []
+    for i in range(7):  # the loop a developer repeats: one more edit, a new image
+        dirty.write_bytes(dirty.read_bytes() + f"# edit {i}\n".encode())
+        t, again = invoke(*args, cache=cache)
+        assert json.loads(again.stdout)["reused"] is False
+        ours.append(t)
+
+    dockerfile = work / "Dockerfile.naive"
+    dockerfile.write_text(NAIVE_DOCKERFILE.format(base=base))
+
+    def naive_build(commit: str) -> None:
+        subprocess.run(
+            [
+                NAIVE_DOCKER,
+                "build",
+                "-q",
+                "--network",
+                "none",
+                "-t",
+                "forkdev-bench/naive:latest",
+                "--build-arg",
+                f"COMMIT={commit}",
+                "-f",
+                str(dockerfile),
+                str(fork),
+            ],
+            env={"DOCKER_BUILDKIT": "1", "PATH": "/usr/bin:/bin"},
+            check=True,
+            capture_output=True,
+        )
+
+    naive_build(support.git(fork, "rev-parse", "HEAD"))  # warm: BuildKit has the context from here on
+    naive = []
+    for i in range(7):  # the naive loop: an edit must be committed to be fetched
+        dirty.write_bytes(dirty.read_bytes() + f"# naive edit {i}\n".encode())
+        commit = support.commit_all(fork, f"naive edit {i}")
+        naive.append(timed(lambda c=commit: naive_build(c)))
+    naive_layer = support.inspect(engine, "forkdev-bench/naive:latest")["Size"] - support.inspect(engine, base)["Size"]
+    return {
+        "repo_files": len(support.git(up, "ls-files").splitlines()),
+        "repo_commits": int(support.git(up, "rev-list", "--count", "HEAD")),
+        "changed_files": len(changed),
+        "changed_bytes": changed_bytes,
+        "layer_bytes": layer,
+        "layer_ratio": layer / changed_bytes,
+        "layer_target_bytes": int(changed_bytes * 1.05 + 64 * 1024),
+        "dev_seconds": median(ours),
+        "dev_cold_seconds": cold,
+        "naive_seconds": median(naive),
+        "naive_layer_bytes": naive_layer,
+        "time_ratio": median(ours) / median(naive),
+        "rerun_seconds": median(reruns),
+    }
+
+
+def report(r: dict) -> None:
+    print(
+        f"\ninvoke dev on a vLLM-sized checkout ({r['repo_files']} files, {r['repo_commits']} commits; "
+        f"{r['changed_files']} files changed: 30 committed, 1 deleted, 1 uncommitted, 1 untracked; "
+        f"{r['changed_bytes']} bytes):"
+    )
+    print(
+        f"  edit loop            {r['dev_seconds']:>8.3f} s   naive BuildKit fetch+checkout {r['naive_seconds']:.3f} s"
+        f"   ratio {r['time_ratio']:.2f}x (target <= 0.8x, at most 1.0x); medians of 7"
+    )
+    print(f"  unchanged re-run     {r['rerun_seconds']:>8.3f} s   median of 9, nothing built (target <= 0.3 s)")
+    print(
+        f"  new layer            {r['layer_bytes']:>8} B   = {r['layer_ratio']:.3f}x the changed bytes "
+        f"(target <= 1.05x + 64 KiB = {r['layer_target_bytes']} B); naive layer {r['naive_layer_bytes']} B"
+    )
+    print(f"  first run against a new base (asks the base once) {r['dev_cold_seconds']:.3f} s")

@@ -1,0 +1,72 @@
+"""`invoke fork-sync` against `git fetch upstream main && git merge FETCH_HEAD`, on identical clones of a
+vLLM-sized fork 500 upstream commits behind, carrying its own extras/ and workflow."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from common import invoke, median, support, timed, vllm_sized_upstream
+
+BEHIND = 500
+
+
+def run(work: Path, rounds: int = 7) -> dict:
+    up = vllm_sized_upstream(work / "upstream")
+    seed = work / "seed"
+    support.sh("git", "clone", "-q", up, seed)
+    support.git(seed, "checkout", "-q", "-B", "main", f"HEAD~{BEHIND}")  # the benchmark's own fresh clone
+    (seed / "extras").mkdir()
+    (seed / "extras" / "fork.txt").write_text("fork only\n")
+    (seed / ".github" / "workflows").mkdir(parents=True, exist_ok=True)
+    (seed / ".github" / "workflows" / "fork-sync.yml").write_text("name: fork-sync\n")
+    support.commit_all(seed, "fork: tooling")
+    ours, plain = [], []
+    for i in range(rounds):
+        a, b = work / f"a{i}", work / f"b{i}"
+        for clone in (a, b):
+            support.sh("git", "clone", "-q", seed, clone)
+            support.git(clone, "remote", "add", "upstream", str(up))
+
+        def run_ours(a=a):
+            ours.append(timed(lambda: invoke("fork-sync", "--repo", str(a), "--quiet", cache=work / "cache")))
+
+        def run_plain(b=b):
+            plain.append(
+                timed(
+                    lambda: (
+                        support.git(b, "fetch", "-q", "upstream", "main"),
+                        support.git(b, "merge", "-q", "--no-edit", "FETCH_HEAD"),
+                    )
+                )
+            )
+
+        for step in (run_ours, run_plain) if i % 2 == 0 else (run_plain, run_ours):  # neither gets a warm cache
+            step()
+        assert support.git(a, "rev-parse", "HEAD^{tree}") == support.git(b, "rev-parse", "HEAD^{tree}")
+    startup = median([invoke("--list", cache=work / "cache")[0] for _ in range(5)])
+    return {
+        "startup_seconds": startup,
+        "files": len(support.git(up, "ls-files").splitlines()),
+        "commits": int(support.git(up, "rev-list", "--count", "HEAD")),
+        "merged_commits": BEHIND,
+        "fork_sync_seconds": median(ours),
+        "git_merge_seconds": median(plain),
+        "ratio": median(ours) / median(plain),
+    }
+
+
+def report(r: dict) -> None:
+    print(
+        f"\ninvoke fork-sync of {r['merged_commits']} upstream commits into a fork ({r['files']} files, "
+        f"{r['commits']} commits):"
+    )
+    print(
+        f"  invoke fork-sync     {r['fork_sync_seconds']:>8.3f} s   "
+        f"git fetch + git merge {r['git_merge_seconds']:.3f} s"
+        f"   ratio {r['ratio']:.2f}x (target <= 1.3x); medians of 7, same merged tree"
+    )
+    rest = (r["fork_sync_seconds"] - r["startup_seconds"]) / r["git_merge_seconds"]
+    print(
+        f"  of which interpreter + invoke startup ('invoke --list') {r['startup_seconds']:.3f} s; "
+        f"without it {rest:.2f}x"
+    )

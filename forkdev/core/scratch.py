@@ -1,0 +1,50 @@
+"""Scratch directories named after the process that made them, so that a later run removes what a killed run
+(kill -9 leaves no chance to clean up) left behind: only our own directories, only when their process is gone."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+
+@contextlib.contextmanager
+def scratch(purpose: str, parent: Path | None = None) -> Iterator[Path]:
+    """A fresh directory `forkdev-<purpose>-<pid>-*` for the block, removed after it whatever happens."""
+    root = Path(parent or tempfile.gettempdir())
+    sweep(root, purpose)
+    path = Path(tempfile.mkdtemp(prefix=f"forkdev-{purpose}-{os.getpid()}-", dir=root))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep(root: Path, purpose: str) -> list[Path]:
+    """Remove `forkdev-<purpose>-<pid>-*` directories of ours whose process no longer runs; returns them."""
+    removed = []
+    for path in root.glob(f"forkdev-{purpose}-*-*"):
+        pid = path.name[len(f"forkdev-{purpose}-") :].split("-", 1)[0]
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if not pid.isdigit() or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or _alive(int(pid)):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
