@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from invoke import Collection, Program
 
-from . import __version__, build, dev, fork_sync, overlay, patches, verify
+from . import __version__, build, cron, dev, fork_sync, nightly, overlay, patches, verify
 from .core import config
 
 
@@ -13,6 +13,8 @@ def namespace() -> Collection:
     ns = Collection()
     for t in (dev.dev, build.build, verify.verify, fork_sync.fork_sync, overlay.overlay, patches.patches):
         ns.add_task(t)
+    ns.add_collection(nightly.nightly)
+    ns.add_collection(cron.cron)
     ns.configure(config.DEFAULTS)
     return ns
 

@@ -8,7 +8,6 @@ from typing import Any
 
 from .core import base as bases
 from .core import config, ship, ui, validate
-from .core.engine import Engine
 from .core.gitrepo import Repo
 from .core.proc import Runner
 from .core.tasking import runner, task, toggle
@@ -63,7 +62,7 @@ def thin_image(
         epoch=config.epoch(),
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
-    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
+    engine = config.engine(c, run)
     if not explicit:
         candidates = bases.candidates(profile, repo, ref, upstream, c.config.upstream.branch)
         request = dataclasses.replace(request, bases=tuple(candidates))

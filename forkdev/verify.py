@@ -5,8 +5,8 @@ from __future__ import annotations
 import hashlib
 import os
 
+from .core import config, ui, validate
 from .core import labels as L
-from .core import ui, validate
 from .core.base import COMPARED, image_config
 from .core.engine import Engine
 from .core.errors import Failure
@@ -128,7 +128,7 @@ def verify(c, image, commit=None, repo=None, json=False, quiet=False):
     if commit is not None:
         validate.git_ref(commit, "--commit")
     checkout = Repo.open(validate.plain(repo, "--repo"), run) if repo else None
-    engine = Engine.detect(run, c.config.engine.name, c.config.engine.network)
+    engine = config.engine(c, run)
     result = check(engine, run, image, commit, checkout)
     if json:
         ui.emit_json(result)

@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .engine import Engine
 from .errors import Failure
+from .proc import Runner
 from .registry import Policy
 
 
@@ -83,6 +85,7 @@ DEFAULTS: dict[str, Any] = {
     "engine": {
         "name": "",  # docker | podman | "" (auto: DOCKER_HOST/CONTAINER_HOST if set, else docker, then podman)
         "network": "host",  # for steps that need the network; builds here have no bridge
+        "client": "",  # the engine's program when not the one on PATH, e.g. /usr/bin/docker (20.10: BuildKit)
     },
     "registry": {
         "timeout": 300,  # seconds: the most one registry call or push may take, retries included
@@ -98,6 +101,20 @@ DEFAULTS: dict[str, Any] = {
         "repository": "forkdev/{target}-dev",  # local-<sha12> tags go here; pushed only if it names a registry
         "push": False,
         "force": False,
+    },
+    "nightly": {
+        "repository": "",  # "" = the target's nightly_image (e.g. forkdev/vllm); --push needs a registry in it
+        "push": False,
+        "keep": 14,  # nightly.prune keeps this many nightly-<sha> tags
+        "cuda_arch": "",  # vLLM's torch_cuda_arch_list, e.g. "9.0 10.0"; "" = the Dockerfile's default
+        "precompiled": False,  # vLLM: VLLM_USE_PRECOMPILED=1, the upstream's kernels (minutes, not hours)
+        "build_args": {},  # more --build-arg values (part of the native state)
+        "log": "",  # "" = <cache_dir>/nightly/<target>.log
+    },
+    "cron": {
+        "schedule": "0 2 * * *",
+        "user": "",  # whose crontab ("" = the current user's)
+        "args": "--push",  # what the entry passes to `invoke nightly`
     },
     "fork_sync": {
         "repo": ".",
@@ -152,6 +169,12 @@ def of(c: Any, name: str | None) -> Target:
     return target(name or c.config.target, c.config.get("targets") or {})
 
 
+def engine(c: Any, run: Runner) -> Engine:
+    """The container engine the config names (or the one found), probed once for this task."""
+    cfg = c.config.engine
+    return Engine.detect(run, cfg.name, cfg.network, cfg.get("client") or "")
+
+
 def registry_policy(c: Any) -> Policy:
     cfg = c.config.registry
     try:
@@ -168,6 +191,12 @@ def epoch() -> int | None:
     if not raw.isdigit():
         raise Failure(f"SOURCE_DATE_EPOCH '{raw[:40]}' is not a number of seconds; unset it or fix it")
     return int(raw)
+
+
+def nightly_log(c: Any, target_name: str) -> Path:
+    """Where an unattended `invoke nightly` writes its timestamped log."""
+    configured = c.config.nightly.log
+    return Path(os.path.expanduser(configured)) if configured else cache_dir(c) / "nightly" / f"{target_name}.log"
 
 
 def cache_dir(c: Any) -> Path:

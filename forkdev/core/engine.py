@@ -37,19 +37,24 @@ class Engine:
 
     # ---- probing -------------------------------------------------------------------------------------
     @classmethod
-    def detect(cls, run: Runner, preferred: str = "", network: str = "host") -> Engine:
+    def detect(cls, run: Runner, preferred: str = "", network: str = "host", client: str = "") -> Engine:
         """The engine configured, else the one a DOCKER_HOST / CONTAINER_HOST names, else docker, then podman.
         An engine that is named (by config or by its host variable) and does not answer is an error, never a
-        silent switch to the other one."""
+        silent switch to the other one. `client`: the engine's command-line program, when not the one on PATH
+        (e.g. a docker client with BuildKit beside a newer one without buildx)."""
         if preferred and preferred not in KINDS:
             raise Failure(f"unknown engine '{preferred}' in engine.name; use docker or podman")
+        if client and not preferred:
+            preferred = os.path.basename(client)
+            if preferred not in KINDS:
+                raise Failure(f"engine.client '{client}' is neither docker nor podman by name; set engine.name too")
         named = [k for k in KINDS if os.environ.get(HOST_ENV[k])]
         kinds: list[Kind] = [preferred] if preferred else named[:1] or list(KINDS)  # type: ignore[list-item]
         reasons = []
         for kind in kinds:
-            exe = shutil.which(kind)
+            exe = shutil.which(client) if client else shutil.which(kind)
             if not exe:
-                reasons.append(f"{kind} is not installed")
+                reasons.append(f"{client or kind} is not installed" if client else f"{kind} is not installed")
                 continue
             probe = run([exe, "version", "--format", "{{json .}}"], mutates=False, check=False)
             info = _json(probe.out) if probe.ok else None

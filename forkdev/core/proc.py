@@ -98,10 +98,13 @@ class Runner:
         secret_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         interactive: bool = False,
+        stream: bool = False,
     ) -> Result:
         """Run argv. `mutates=False` marks a read-only probe, which runs even under dry-run.
 
         capture=False: the command's output goes to our stderr (stdout stays clean for --json).
+        stream=True: its output (stdout and stderr) is passed on line by line through ui, so it also reaches the
+        log file of an unattended run; the last lines are kept for the failure's reason.
         interactive=True: the command gets our terminal (stdin, stdout, stderr and their TTY) and its exit code
         is returned as is; nothing is captured.
         """
@@ -118,6 +121,9 @@ class Runner:
         full_env = {**os.environ, **(env or {}), **(secret_env or {})}
         if interactive:
             stdin, stdout, stderr = None, None, None
+        elif stream:
+            stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
+            stdout, stderr = subprocess.PIPE, subprocess.STDOUT
         else:
             stdin = subprocess.PIPE if input is not None else subprocess.DEVNULL
             stdout = subprocess.PIPE if capture else 2
@@ -140,7 +146,10 @@ class Runner:
         # container), so we wait it out instead of dying first and leaving it behind.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if interactive else None
         try:
-            out, err = proc.communicate(input, timeout=timeout)
+            if stream:
+                out, err = b"", _pass_through(proc, input)
+            else:
+                out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
             _stop(proc)
             raise TimedOut(argv, timeout or 0) from None
@@ -154,6 +163,20 @@ class Runner:
         if check and not result.ok:
             raise CommandFailed(result)
         return result
+
+
+def _pass_through(proc: subprocess.Popen, input: bytes | None) -> bytes:
+    """Hand each output line to ui as it comes; return the last 64 KiB (a failure's reason is near the end)."""
+    if input is not None and proc.stdin is not None:
+        proc.stdin.write(input)
+        proc.stdin.close()
+    tail = b""
+    assert proc.stdout is not None
+    for raw in iter(proc.stdout.readline, b""):
+        ui.output(raw.decode("utf-8", "replace").rstrip("\n"))
+        tail = (tail + raw)[-65536:]
+    proc.wait()
+    return tail
 
 
 def _stop(proc: subprocess.Popen) -> None:

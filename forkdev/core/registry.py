@@ -90,6 +90,16 @@ class Registry:
         status, headers, _ = self._request("HEAD", f"{repository}/manifests/{tag}", accept=MANIFESTS, absent_ok=True)
         return None if status == 404 else headers.get("Docker-Content-Digest")
 
+    def created(self, repository: str, tag: str) -> str:
+        """The image's creation time as its config records it (RFC 3339; "" when it has none)."""
+        single = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        _, _, body = self._request("GET", f"{repository}/manifests/{tag}", accept=single)
+        digest = (json.loads(body or b"{}").get("config") or {}).get("digest")
+        if not digest:
+            return ""
+        _, _, blob = self._request("GET", f"{repository}/blobs/{digest}")
+        return str(json.loads(blob or b"{}").get("created") or "")
+
     def tags(self, repository: str) -> list[str]:
         status, _, body = self._request("GET", f"{repository}/tags/list", absent_ok=True)
         if status == 404:

@@ -7,7 +7,8 @@ the run after the plan, and `--push` must have somewhere to push to.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,8 @@ class Request:
     cache: Path
     registry: Policy
     epoch: int | None = None  # SOURCE_DATE_EPOCH, when set
+    primary: str | None = None  # the image's own tag; None: <repository>:local-<sha12>[-dirty-<hash>]
+    labels: Mapping[str, str] = field(default_factory=dict)  # more labels (e.g. the nightly's native hash)
 
 
 def pushed_refs(req: Request, primary: str) -> list[str]:
@@ -79,9 +82,9 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     if plan.native:
         ui.warn(f"--force: shipping despite {len(plan.native)} native changes; compiled code is the base's")
 
-    key = plan.key(base)
+    key = plan.key(base, req.labels)
     suffix = f"-dirty-{plan.diff_hash[:12]}" if plan.dirty else ""
-    primary = f"{req.repository}:local-{plan.revision[:12]}{suffix}"
+    primary = req.primary or f"{req.repository}:local-{plan.revision[:12]}{suffix}"
     existing = engine.inspect_image(run, primary)
     reused = existing is not None and engine.labels(existing).get(L.KEY) == key
     if reused:
@@ -92,7 +95,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
             files=plan.files(base, req.target),
             deleted=plan.deleted + plan.bytecode,
             dirs=[*plan.new_dirs, "/etc/forkdev"],
-            labels=thin_labels(plan, base, req.source, key),
+            labels={**thin_labels(plan, base, req.source, key), **req.labels},
             epoch=plan.epoch,
             created_by=f"forkdev {__version__}: {plan.revision[:12]}{' + uncommitted work' if plan.dirty else ''}",
         )

@@ -12,6 +12,7 @@ import json
 import os
 import posixpath
 import stat
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from .. import __version__
@@ -61,9 +62,11 @@ class Plan:
             "deleted": self.deleted,
         }
 
-    def key(self, base: Base) -> str:
+    def key(self, base: Base, labels: Mapping[str, str] | None = None) -> str:
+        """Everything that determines the image's content, hashed: an image with this key needs no rebuild."""
+        extra = json.dumps(dict(sorted((labels or {}).items())))
         return hashlib.sha256(
-            f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}\0{self.epoch}".encode()
+            f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}\0{self.epoch}\0{extra}".encode()
         ).hexdigest()
 
     def files(self, base: Base, target: Target) -> list[tuple[str, int, bytes]]:

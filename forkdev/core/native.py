@@ -1,0 +1,34 @@
+"""The native state of a commit: everything a full (compiling) build depends on, as one hash.
+
+Two commits with the same native hash compile to the same kernels, so one full build serves both: the second is
+the first image plus one thin layer of its Python changes. The hash covers the target's native paths at that
+commit (their modes and blob ids), the Dockerfile, its stage and the build arguments.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping
+
+from .config import Target
+from .gitrepo import Repo
+
+
+def native_hash(repo: Repo, commit: str, target: Target, build_args: Mapping[str, str], dockerfile: str = "") -> str:
+    """The native state of `commit`; `dockerfile`: the Dockerfile's own text when it is not the commit's."""
+    paths = sorted({p.rstrip("/") for p in target.native} | ({target.dockerfile} if not dockerfile else set()))
+    listing = repo.git("ls-tree", "-r", "-z", "--full-tree", "--end-of-options", commit, "--", *paths).stdout
+    digest = hashlib.sha256()
+    digest.update(listing)
+    digest.update(b"\0dockerfile\0" + dockerfile.encode())
+    digest.update(b"\0stage\0" + target.stage.encode())
+    digest.update(b"\0args\0" + json.dumps(dict(sorted(build_args.items()))).encode())
+    return digest.hexdigest()
+
+
+def native_paths_changed(repo: Repo, old: str, new: str, target: Target) -> list[str]:
+    """The native files that differ between two commits (for saying why a full build is needed)."""
+    paths = sorted({p.rstrip("/") for p in target.native} | {target.dockerfile})
+    res = repo.git("diff", "--name-only", "-z", "--no-renames", "--end-of-options", old, new, "--", *paths)
+    return [p for p in res.stdout.decode("utf-8", "surrogateescape").split("\0") if p]

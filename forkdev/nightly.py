@@ -1,0 +1,336 @@
+"""invoke nightly: a base image of the latest upstream commit, compiled once per native state.
+
+`invoke nightly` resolves the upstream commit, and does nothing when `<image>:nightly-<sha>` exists (locally, or
+in the registry with --push). Otherwise, if the commit's native state (native paths, Dockerfile, stage, build
+args) is the one the last full nightly compiled, `nightly-<sha>` is that image plus one thin layer of the
+Python changes, in seconds; else the target's Dockerfile builds it fully. `nightly` then points at it. The state
+(last full build, last build) is written only after success; a lock keeps two runs from overlapping.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import time
+from typing import Any
+
+from invoke import Collection
+
+from .core import config, fullbuild, native, state, ui, validate
+from .core import labels as L
+from .core.engine import Engine
+from .core.errors import Failure
+from .core.gitrepo import mirror
+from .core.lock import exclusive
+from .core.proc import Runner
+from .core.registry import Ref, Registry
+from .core.ship import Request, ship
+from .core.tasking import runner, task, toggle
+
+
+def build_args(target: config.Target, cfg: Any) -> tuple[dict[str, str], dict[str, str]]:
+    """(args that shape the compiled result, hashed into the native state; args that only set parallelism).
+
+    vLLM: torch_cuda_arch_list from config, VLLM_USE_PRECOMPILED=1 when nightly.precompiled (the upstream's
+    kernels: minutes instead of hours); max_jobs / nvcc_threads from this machine's CPUs and memory (each nvcc
+    job wants about 8 GiB)."""
+    shaping = {**dict(target.build_args), **{str(k): str(v) for k, v in dict(cfg.build_args or {}).items()}}
+    parallel: dict[str, str] = {}
+    if target.name == "vllm":
+        if cfg.cuda_arch:
+            shaping["torch_cuda_arch_list"] = str(cfg.cuda_arch)
+        if cfg.precompiled:
+            shaping["VLLM_USE_PRECOMPILED"] = "1"
+        cpus = os.cpu_count() or 1
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
+        jobs = max(1, min(cpus, mem_gib // 8))
+        parallel = {"max_jobs": str(jobs), "nvcc_threads": str(max(1, min(8, cpus // jobs)))}
+    return shaping, parallel
+
+
+def resolve_commit(run: Runner, url: str, ref: str, commit: str | None) -> str:
+    """The upstream commit to build: --commit as given (checked later in the mirror), else `ref`'s tip."""
+    if commit:
+        return validate.git_ref(commit, "--commit")
+    validate.git_ref(ref, "--ref")
+    res = run(["git", "ls-remote", "--", url, f"refs/heads/{ref}", f"refs/tags/{ref}"], mutates=False, check=False)
+    if not res.ok:
+        raise Failure(f"cannot reach upstream '{url}' ({res.reason}); check upstream.url and your network")
+    found = [line.split("\t")[0] for line in res.out.splitlines() if line.strip()]
+    if not found:
+        raise Failure(f"upstream '{url}' has no branch or tag '{ref}'; pass --ref with one it has")
+    return found[0]
+
+
+@task(
+    help={
+        "upstream": "upstream URL or path (default: config upstream.url, else the target's)",
+        "ref": "the upstream branch or tag to build the tip of (default: config upstream.branch)",
+        "commit": "build this upstream commit instead of the ref's tip",
+        "full": "compile even when the native state is the last full nightly's",
+        "force": "build even when nightly-<sha> exists",
+        "push": "push nightly and nightly-<sha> to nightly.repository (it must name a registry)",
+        "no_push": "do not push, whatever config nightly.push says",
+        "target": "target profile (default: config target)",
+    },
+)
+def build(
+    c,
+    upstream=None,
+    ref=None,
+    commit=None,
+    full=False,
+    force=False,
+    push=False,
+    no_push=False,
+    target=None,
+    dry_run=False,
+    json=False,
+    quiet=False,
+):
+    """Base image of the latest upstream commit: nightly + nightly-<sha>; one compile per native state."""
+    run = runner(c, dry_run, quiet)
+    cfg = c.config.nightly
+    profile = config.of(c, target)
+    url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")
+    repository = validate.repository(cfg.repository or profile.nightly_image, "nightly.repository")
+    pushing = toggle("push", push, no_push, cfg.push)
+    if pushing and not validate.registry_host(repository):
+        raise Failure(
+            f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME "
+            "(docker.io/you/name for Docker Hub)"
+        )
+    cache = config.cache_dir(c)
+    home = cache / "nightly"
+    log = config.nightly_log(c, profile.name)
+    started = time.time()
+    outcome: dict[str, Any] = {"ok": False, "started": _iso(started)}
+    with ui.log_to(None if run.dry_run else log), exclusive(home / f"{profile.name}.lock", "invoke nightly"):
+        try:
+            result = _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, cache, home)
+            outcome.update(ok=True, message=result["summary"], commit=result["commit"])
+        except Failure as exc:
+            outcome["message"] = str(exc)
+            raise
+        finally:
+            if not run.dry_run:
+                state.write(home / f"{profile.name}.last-run.json", {**outcome, "finished": _iso(time.time())})
+    if json:
+        ui.emit_json(result)
+    else:
+        ui.result(result["image"])
+
+
+def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, cache, home) -> dict[str, Any]:
+    engine = config.engine(c, run)
+    registry = Registry(validate.registry_host(repository) or "docker.io", config.registry_policy(c), run)
+    registry = registry if pushing else None
+    sha = resolve_commit(run, url, ref or c.config.upstream.branch, commit)
+    done = None if force or not _full_sha(sha) else _already(engine, run, repository, sha, registry)
+    if done is not None:
+        return done
+
+    with ui.step(f"mirror {url}"):
+        repo = mirror(config.cache_path(cache, "mirrors", url), url, run)
+    resolved = repo.rev(f"{sha}^{{commit}}")
+    if resolved is None:
+        raise Failure(f"unknown commit '{sha}' in upstream {url}; check --commit / --ref")
+    if resolved != sha:  # an abbreviated --commit: now that it is known, it may already be built
+        sha = resolved
+        done = None if force else _already(engine, run, repository, sha, registry)
+        if done is not None:
+            return done
+    tag = f"{repository}:nightly-{sha}"
+
+    shaping, parallel = build_args(profile, c.config.nightly)
+    native_state = native.native_hash(repo, sha, profile, shaping)
+    recorded = state.read(home / f"{profile.name}.json")
+    last_full = recorded.get("last_full") or {}
+    full_image = f"{repository}:nightly-{last_full.get('commit', '')}"
+    why = _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha)
+    kind = "full" if why else "thin"
+    version = fullbuild.version_of(repo, sha)
+    labels = {L.REVISION: sha, L.VERSION: version, L.NATIVE_HASH: native_state, L.BUILD: kind}
+    if "://" in url:
+        labels[L.SOURCE] = url
+    ui.info(f"full build: {why}" if why else f"thin layer: the native state is the last full nightly's ({full_image})")
+    if run.dry_run:
+        return {"image": tag, "commit": sha, "built": kind, "reason": why, "dry_run": True, "summary": "dry run"}
+
+    if why:
+        with ui.step(f"full build of {sha[:12]}"):
+            spec = fullbuild.Spec(
+                commit=sha,
+                tag=tag,
+                labels={**labels, L.CREATED: _iso(time.time())},
+                build_args={**shaping, **parallel, profile.version_env: version},
+            )
+            image_id = fullbuild.build(engine, run, repo, profile, spec, log=ui.current_log())
+    else:
+        request = Request(
+            repo=repo,
+            ref=sha,
+            target=profile,
+            source=labels.get(L.SOURCE),
+            bases=(full_image,),
+            explicit_base=True,
+            repository=repository,
+            tags=(),
+            push=False,
+            force=False,
+            cache=cache,
+            registry=config.registry_policy(c),
+            primary=tag,
+            labels=labels,
+        )
+        with ui.step(f"thin layer on {full_image}"):
+            image_id = ship(engine, run, request)["image_id"]
+    _publish(engine, run, tag, repository, registry)
+    entry = {"commit": sha, "image_id": image_id, "native_hash": native_state, "version": version}
+    entry["at"] = _iso(time.time())
+    new_state = {**recorded, "last": {**entry, "build": kind}}
+    if why:
+        new_state["last_full"] = entry
+    state.write(home / f"{profile.name}.json", new_state)
+    summary = f"{'full build' if why else 'thin layer'}: {tag}"
+    ui.ok(summary)
+    return {
+        "image": tag,
+        "commit": sha,
+        "built": kind,
+        "reason": why,
+        "image_id": image_id,
+        "native_hash": native_state,
+        "pushed": registry is not None,
+        "summary": summary,
+        "dry_run": False,
+    }
+
+
+def _full_sha(sha: str) -> bool:
+    return len(sha) == 40 and all(ch in "0123456789abcdef" for ch in sha)
+
+
+def _already(engine, run, repository, sha, registry) -> dict[str, Any] | None:
+    """The result when nightly-<sha> needs no build: it is here (and, with --push, in the registry, or pushed
+    now). A registry that answers anything but yes or no is an error, never 'absent'."""
+    tag = f"{repository}:nightly-{sha}"
+    here = engine.inspect_image(run, tag) is not None
+    there = registry.exists(Ref.parse(tag).repository, Ref.parse(tag).tag) if registry is not None else None
+    if not here and not there:
+        return None
+    if here:
+        _publish(engine, run, tag, repository, registry if there is False else None)
+    where = "here" + (" and in the registry" if there else "") if here else "in the registry"
+    ui.ok(f"{tag} exists {where}" + ("; pushed it" if there is False else "") + ": nothing to build")
+    return {
+        "image": tag,
+        "commit": sha,
+        "built": "nothing",
+        "summary": f"{tag} exists",
+        "dry_run": run.dry_run,
+        "pushed": there is False,
+    }
+
+
+def _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha) -> str:
+    """Why this nightly must compile, or "" when a thin layer on the last full nightly will do."""
+    if full:
+        return "--full"
+    if not last_full:
+        return "no full nightly yet"
+    if last_full.get("native_hash") != native_state:
+        changed = (
+            native.native_paths_changed(repo, last_full["commit"], sha, profile)
+            if repo.has_commit(last_full["commit"])
+            else []
+        )
+        listed = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        return f"native state changed since {last_full['commit'][:12]}" + (f" ({listed})" if listed else "")
+    if engine.inspect_image(run, full_image) is None:
+        return f"the last full nightly {full_image} is not here any more"
+    return ""
+
+
+def _publish(engine: Engine, run: Runner, tag: str, repository: str, registry: Registry | None) -> None:
+    """`nightly` follows the newest nightly-<sha>; with --push both go to the registry."""
+    latest = f"{repository}:nightly"
+    engine.tag(run, tag, latest)
+    if registry is not None:
+        registry.check()
+        for ref in (tag, latest):
+            with ui.step(f"push {ref}"):
+                engine.push(run, ref, timeout=registry.policy.timeout)
+
+
+def _iso(epoch: float) -> str:
+    return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@task(
+    help={
+        "keep": "how many nightly-<sha> tags to keep, newest by creation time (default: config nightly.keep)",
+        "push": "prune the registry's nightly-* tags too",
+        "target": "target profile (default: config target)",
+    },
+)
+def prune(c, keep=None, push=False, target=None, dry_run=False, json=False, quiet=False):
+    """Remove the oldest nightly-<sha> tags (by creation time, never by name); `nightly` itself stays."""
+    run = runner(c, dry_run, quiet)
+    profile = config.of(c, target)
+    repository = validate.repository(c.config.nightly.repository or profile.nightly_image, "nightly.repository")
+    try:
+        count = int(keep if keep is not None else c.config.nightly.keep)
+    except (TypeError, ValueError):
+        raise Failure(f"--keep '{keep}' is not a number; pass how many nightly tags to keep") from None
+    if count < 1:
+        raise Failure(f"--keep {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
+    engine = config.engine(c, run)
+    last_full = state.read(config.cache_dir(c) / "nightly" / f"{profile.name}.json").get("last_full") or {}
+    keep_too = {f"nightly-{last_full['commit']}"} if last_full.get("commit") else set()
+    removed = _prune_local(engine, run, repository, count, keep_too)
+    remote: list[str] = []
+    if push:
+        host = validate.registry_host(repository)
+        if not host:
+            raise Failure(f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME")
+        registry = Registry(host, config.registry_policy(c), run)
+        remote = _prune_registry(registry, Ref.parse(repository + ":x"), count, keep_too)
+    if json:
+        ui.emit_json({"removed": removed, "removed_in_registry": remote, "kept": count, "dry_run": run.dry_run})
+    ui.ok(("would remove " if run.dry_run else "removed ") + f"{len(removed)} local and {len(remote)} registry tags")
+
+
+def _prune_local(engine: Engine, run: Runner, repository: str, keep: int, keep_too: set[str]) -> list[str]:
+    """Untag the oldest local nightly-<sha> tags beyond `keep`; never what `nightly` or `keep_too` name (the last
+    full nightly, which later thin nightlies build on)."""
+    listing = run(engine.cmd("images", "--format", "{{.Repository}}:{{.Tag}}", "--", repository), mutates=False)
+    refs = sorted({r.removeprefix("localhost/") for r in listing.out.split() if ":nightly-" in r})
+    created = {}
+    for ref in refs:
+        info = engine.inspect_image(run, ref)
+        if info is not None:
+            created[ref] = (str(info.get("Created", "")), Engine.image_id(info))
+    latest = engine.inspect_image(run, f"{repository}:nightly")
+    protected = Engine.image_id(latest) if latest else None
+    newest_first = sorted(created, key=lambda r: created[r][0], reverse=True)
+    doomed = [r for r in newest_first[keep:] if created[r][1] != protected and r.split(":")[-1] not in keep_too]
+    for ref in doomed:
+        engine.remove_image(run, ref)
+    return doomed
+
+
+def _prune_registry(registry: Registry, repo: Ref, keep: int, keep_too: set[str]) -> list[str]:
+    tags = [t for t in registry.tags(repo.repository) if t.startswith("nightly-")]
+    protected = registry.digest(repo.repository, "nightly")
+    created = {t: registry.created(repo.repository, t) for t in tags}
+    newest_first = sorted(tags, key=lambda t: created[t], reverse=True)
+    doomed = [t for t in newest_first[keep:] if t not in keep_too and registry.digest(repo.repository, t) != protected]
+    for t in doomed:
+        registry.delete(repo.repository, t)
+    return doomed
+
+
+nightly = Collection("nightly")
+nightly.add_task(build, default=True)
+nightly.add_task(prune)
