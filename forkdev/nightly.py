@@ -163,9 +163,11 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
                 commit=sha,
                 tag=tag,
                 labels={**labels, L.CREATED: _iso(time.time())},
-                build_args={**shaping, **parallel, profile.version_env: version},
+                build_args={**shaping, **parallel},
+                version=version,
             )
-            image_id = fullbuild.build(engine, run, repo, profile, spec, log=ui.current_log())
+            built = fullbuild.build(engine, run, repo, profile, spec, log=ui.current_log())
+            image_id = built.image_id
     else:
         request = Request(
             repo=repo,

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json as jsonlib
 import os
+from pathlib import Path
 
 from .core import config, ui, validate
 from .core import labels as L
@@ -113,35 +115,56 @@ def _against_commit(repo: Repo, proof: dict) -> list[str]:
     return problems
 
 
+def from_results(path: str) -> list[tuple[str, str]]:
+    """(image, commit) of every image a batch results file lists as built or reused."""
+    try:
+        data = jsonlib.loads(Path(path).expanduser().read_text())
+        commits = data["commits"]
+        return [(i["image"], i["commit"]) for i in commits if i["status"] in ("built", "reused") and i["image"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise Failure(f"'{path}' is not a results file of 'invoke batch'; pass the path it printed") from None
+
+
 @task(
     help={
-        "image": "the image to check",
+        "image": "the image to check (with --all: a results file of 'invoke batch')",
         "commit": "the commit it must hold (full or abbreviated sha)",
         "repo": "the checkout: compare the shipped bytes with its commit (or, for an image of uncommitted work, "
         "with its files)",
+        "all": "IMAGE is the results file of 'invoke batch': check every image it lists against its commit",
     },
 )
-def verify(c, image, commit=None, repo=None, json=False, quiet=False):
+def verify(c, image, commit=None, repo=None, all=False, json=False, quiet=False):
     """Check that an image's labels, proof, files and run config agree with its commit and its base."""
     run = Runner(dry_run=False, echo=not quiet)  # verify only reads
-    validate.image_ref(image, "IMAGE")
     if commit is not None:
         validate.git_ref(commit, "--commit")
     checkout = Repo.open(validate.plain(repo, "--repo"), run) if repo else None
+    targets = from_results(validate.plain(image, "IMAGE")) if all else [(validate.image_ref(image, "IMAGE"), commit)]
+    if not targets:
+        raise Failure(f"'{image}' lists no built image; nothing to verify")
     engine = config.engine(c, run)
-    result = check(engine, run, image, commit, checkout)
+    results = [check(engine, run, ref, want, checkout) for ref, want in targets]
     if json:
-        ui.emit_json(result)
-    for p in result["problems"]:
-        ui.warn(p)
-    if not result["ok"]:
-        raise Failure(f"image '{image}' does not match its proof ({len(result['problems'])} problems above)")
-    summary = (
-        f"{image}: commit {result['commit']}"
-        + (" + uncommitted changes" if result["dirty"] else "")
-        + f", {result['files']} files and {result['deleted']} deletions as shipped, run config as the base's"
-    )
-    if json:
-        ui.ok(summary)
-    else:
-        ui.result(summary)
+        ui.emit_json(results[0] if not all else {"images": results, "ok": all_ok(results)})
+    bad = [r for r in results if not r["ok"]]
+    for r in results:
+        for p in r["problems"]:
+            ui.warn(f"{r['image']}: {p}" if all else p)
+    if bad:
+        what = f"image '{bad[0]['image']}'" if not all else f"{len(bad)} of {len(results)} images"
+        raise Failure(
+            f"{what} do{'es' if not all else ''} not match {'its' if not all else 'their'} proof "
+            f"({sum(len(r['problems']) for r in bad)} problems above)"
+        )
+    for r in results:
+        summary = (
+            f"{r['image']}: commit {r['commit']}"
+            + (" + uncommitted changes" if r["dirty"] else "")
+            + f", {r['files']} files and {r['deleted']} deletions as shipped, run config as the base's"
+        )
+        (ui.ok if json else ui.result)(summary)
+
+
+def all_ok(results: list[dict]) -> bool:
+    return all(r["ok"] for r in results)

@@ -383,5 +383,8 @@ def make_buildable_upstream(root: Path, os_image: str = OS_IMAGE) -> str:
     git(root, "init", "-q")
     write_tree(root, limit_bytes=512)
     (root / "docker" / "Dockerfile").write_text(BUILD_DOCKERFILE.format(os_image=os_image, site=SITE))
+    (root / "pyproject.toml").write_text(  # as vLLM's: the version comes from git through setuptools-scm
+        '[build-system]\nrequires = ["setuptools", "setuptools-scm"]\n\n[tool.setuptools_scm]\n'
+    )
     (root / ".dockerignore").write_text(".git\n")
     return commit_all(root, "upstream: a buildable tree")

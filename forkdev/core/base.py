@@ -76,6 +76,7 @@ class Facts:
 
     location: Location
     cache_tag: str | None  # sys.implementation.cache_tag, e.g. cpython-311: names the base's bytecode files
+    bytecode: frozenset[str] = frozenset()  # the .pyc files the base has where a thin layer can change sources
 
 
 @dataclass(frozen=True)
@@ -194,14 +195,24 @@ def _write(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+# Where the package is, its bytecode tag, and which .pyc files exist under what a thin layer can change (the
+# source tree of an editable install, else the package; the same rule as Location.of).
 _FIND_SPEC = """
 import importlib.util, json, os, sys
 spec = importlib.util.find_spec(sys.argv[1])
 locs = list(spec.submodule_search_locations or []) if spec else []
 where = locs[0] if locs else (os.path.dirname(spec.origin) if spec and spec.origin else None)
-tag = sys.implementation.cache_tag
-print(json.dumps({"package_dir": os.path.realpath(where), "cache_tag": tag} if where else None))
+if where is None:
+    print("null"); sys.exit()
+where = os.path.realpath(where)
+top, suffix = where, "/" + sys.argv[2]
+if where.endswith(suffix) and os.path.basename(where[: -len(suffix)]) not in ("site-packages", "dist-packages"):
+    top = where[: -len(suffix)] or "/"
+top = where if top == "/" else top
+pyc = [os.path.join(d, f) for d, _, fs in os.walk(top) if os.path.basename(d) == "__pycache__" for f in fs]
+print(json.dumps({"package_dir": where, "cache_tag": sys.implementation.cache_tag, "bytecode": sorted(pyc)}))
 """
+FACTS_VERSION = 2  # what the cached facts hold; older caches are asked again
 
 
 def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, cache: Path) -> Facts:
@@ -210,7 +221,9 @@ def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, 
     cached = cache / "bases" / f"{image_id.split(':')[-1]}-{target.package}.json"
     try:
         data = json.loads(cached.read_text())
-        return Facts(Location(data["package_dir"], data["root"]), data.get("cache_tag"))
+        if data.get("version") == FACTS_VERSION:
+            location = Location(data["package_dir"], data["root"])
+            return Facts(location, data.get("cache_tag"), frozenset(data["bytecode"]))
     except (OSError, ValueError, KeyError, TypeError):
         pass
     found = engine.python(
@@ -218,10 +231,11 @@ def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, 
         ref,
         _FIND_SPEC,
         target.package,
+        target.package_path,
         failure=f"cannot locate package '{target.package}' in base '{ref}' ({{why}}); pass --base with an image "
         "that has it installed",
     )
     location = Location.of(found["package_dir"], target.package_path)
     if not run.dry_run:
-        _write(cached, {"package_dir": location.package_dir, "root": location.root, **found})
-    return Facts(location, found.get("cache_tag"))
+        _write(cached, {"version": FACTS_VERSION, "package_dir": location.package_dir, "root": location.root, **found})
+    return Facts(location, found.get("cache_tag"), frozenset(found.get("bytecode") or ()))

@@ -111,6 +111,11 @@ DEFAULTS: dict[str, Any] = {
         "build_args": {},  # more --build-arg values (part of the native state)
         "log": "",  # "" = <cache_dir>/nightly/<target>.log
     },
+    "batch": {
+        "repository": "forkdev/{target}-batch",  # images are tagged <repository>:<full sha>
+        "jobs": 2,  # native states built at once
+        "push": False,
+    },
     "cron": {
         "schedule": "0 2 * * *",
         "user": "",  # whose crontab ("" = the current user's)

@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import ui
+from . import fixes, ui
 from .config import Target
 from .engine import Engine
 from .errors import Failure
@@ -29,7 +29,14 @@ class Spec:
     tag: str
     labels: Mapping[str, str]
     build_args: Mapping[str, str]
+    version: str  # the commit's version, for the fixes that pass it in (see fixes.py)
     dockerfile_text: str | None = None  # a Dockerfile of its own (a batch row's); None: the commit's
+
+
+@dataclass(frozen=True)
+class Built:
+    image_id: str
+    fixes: list[str]  # what the fixes registry did to the context, one line each
 
 
 def version_of(repo: Repo, commit: str) -> str:
@@ -47,9 +54,9 @@ def stages(text: str) -> list[str]:
     return [m.lower() for m in STAGE.findall(text)]
 
 
-def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, log: Path | None = None) -> str:
-    """Build `spec.commit` with the target's Dockerfile and stage; tag it; return the image id. The build's own
-    output streams to stderr (and to `log`). Nothing is tagged when it fails."""
+def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, log: Path | None = None) -> Built:
+    """Build `spec.commit` with the target's Dockerfile and stage, after the fixes that match its context; tag
+    it. The build's own output streams to stderr (and to `log`). Nothing is tagged when it fails."""
     with scratch("context") as ctx:
         archive = repo.git("archive", "--format=tar", "--end-of-options", spec.commit)
         run(["tar", "-x", "-C", str(ctx), "-f", "-"], input=archive.stdout, mutates=False)
@@ -69,6 +76,11 @@ def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, l
                 f"{target.dockerfile} at {spec.commit[:12]} has no stage '{target.stage}' (it has: "
                 f"{', '.join(stages(text)) or 'none'}); set targets.{target.name}.stage"
             )
+        args = dict(spec.build_args)
+        context = fixes.Context(ctx, text, spec.commit, spec.version, target.version_env, run)
+        applied = fixes.apply(context, args)
+        for note in applied:
+            ui.info(f"fix {note}")
         buildkit = bool(NEEDS_BUILDKIT.search(text))
         if buildkit and not engine.buildkit(run):
             raise Failure(
@@ -79,7 +91,7 @@ def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, l
         argv = engine.cmd("build", "--file", str(dockerfile), "--network", engine.network, "--tag", spec.tag)
         if target.stage:
             argv += ["--target", target.stage]
-        for key, value in sorted(spec.build_args.items()):
+        for key, value in sorted(args.items()):
             argv += ["--build-arg", f"{key}={value}"]
         for key, value in sorted(spec.labels.items()):
             argv += ["--label", f"{key}={value}"]
@@ -95,7 +107,7 @@ def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, l
                 + ": fix the Dockerfile or the commit, or build another commit"
             )
     if run.dry_run:
-        return ""
+        return Built("", applied)
     ui.info(f"built {spec.tag}")
     info = engine.inspect_image(run, spec.tag)
-    return Engine.image_id(info) if info else ""
+    return Built(Engine.image_id(info) if info else "", applied)

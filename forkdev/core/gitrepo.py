@@ -114,15 +114,14 @@ class Repo:
 
 
 def mirror(path: Path, url: str, run: Runner) -> Repo:
-    """A bare mirror of `url` at `path` (a place in the tool's cache), created or refreshed. A failed fetch is
-    an error; under dry-run an existing mirror is used as it is."""
+    """A bare mirror of `url` at `path` (a place in the tool's own cache), created or refreshed; a failed fetch is
+    an error. It runs under --dry-run too: the plan needs the commits, and only the cache changes."""
     validate.source(url, "upstream")
     if not path.exists():
-        res = run(["git", "clone", "--mirror", "--quiet", "--", url, str(path)], check=False)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        res = run(["git", "clone", "--mirror", "--quiet", "--", url, str(path)], check=False, mutates=False)
     else:
-        res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False)
-    if not res.ok and not res.dry:
+        res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False, mutates=False)
+    if not res.ok:
         raise Failure(f"cannot fetch upstream '{url}' ({res.reason}); check upstream.url or your network")
-    if not path.exists():
-        raise Failure(f"dry run stops here: the mirror of '{url}' does not exist yet")
     return Repo(path, run)

@@ -42,7 +42,7 @@ class Plan:
     dirty: bool
     entries: list[Entry]
     deleted: list[str]  # image paths
-    bytecode: list[str]  # image paths of the base's .pyc files of changed or deleted modules
+    bytecode: list[str]  # image paths of the base's .pyc files of changed or deleted modules (those it has)
     new_dirs: list[str]  # image paths of directories the base does not have
     skipped: list[str]  # repo paths with no place in the image
     native: list[str]
@@ -132,7 +132,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
             mode, data = contents[change.path]
             entries.append(Entry(change.path, image_path, mode, data))
         if change.status != "A" and change.path.endswith(".py") and base.facts.cache_tag:
-            bytecode += _bytecode(image_path, base.facts.cache_tag)
+            bytecode += [p for p in _bytecode(image_path, base.facts.cache_tag) if p in base.facts.bytecode]
     digest = hashlib.sha256()
     for e in entries:
         digest.update(f"{e.image_path}\0{e.mode:o}\0{e.sha256}\n".encode("utf-8", "surrogateescape"))

@@ -11,32 +11,39 @@ import contextlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from functools import cache
 from pathlib import Path
 
 _github = os.environ.get("GITHUB_ACTIONS") == "true"
-_log: dict[str, object] = {}  # "file": an open log file, "path": its path, "stamp": timestamp stderr lines
+_log = threading.local()  # per thread: .file (an open log file), .path, .stamp (timestamp stderr), .console
+
+
+def _get(name: str, default: object = None) -> object:
+    return getattr(_log, name, default)
 
 
 @contextlib.contextmanager
-def log_to(path: Path | None) -> Iterator[None]:
-    """Also append every line (timestamped) to `path` for the block; None: no log file."""
+def log_to(path: Path | None, *, console: bool = True) -> Iterator[None]:
+    """Also append every line of this thread (timestamped) to `path` for the block; None: no log file.
+    console=False: the lines go to the file only (a batch job's commands, while the console shows progress)."""
     if path is None:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a", encoding="utf-8", errors="replace") as fh:
-        _log.update(file=fh, path=path, stamp=not sys.stderr.isatty())
+        _log.file, _log.path, _log.stamp, _log.console = fh, path, not sys.stderr.isatty(), console
         try:
             yield
         finally:
-            _log.clear()
+            _log.file = _log.path = None
+            _log.console = True
 
 
 def current_log() -> Path | None:
-    return _log.get("path")  # type: ignore[return-value]
+    return _get("path")  # type: ignore[return-value]
 
 
 def _stamp() -> str:
@@ -53,13 +60,15 @@ def _console():
 
 
 def _line(text: str, style: str | None = None) -> None:
-    fh = _log.get("file")
+    fh = _get("file")
     if fh is not None:
         fh.write(_stamp() + text + "\n")  # type: ignore[attr-defined]
         fh.flush()  # type: ignore[attr-defined]
+    if not _get("console", True):
+        return
     console = _console()
     if console is None:
-        print((_stamp() if _log.get("stamp") else "") + text, file=sys.stderr, flush=True)
+        print((_stamp() if _get("stamp") else "") + text, file=sys.stderr, flush=True)
     else:
         console.print(text, style=style, markup=False)
 
@@ -109,3 +118,49 @@ def emit_json(obj: object) -> None:
     """The one machine-readable object a task prints on stdout."""
     sys.stdout.write(json.dumps(obj, sort_keys=True) + "\n")
     sys.stdout.flush()
+
+
+@contextlib.contextmanager
+def progress(total: int, title: str) -> Iterator:
+    """advance(line, failed=False) once per finished unit: a rich progress bar above the lines on a TTY, plain
+    numbered lines otherwise. Callable from worker threads."""
+    lock = threading.Lock()
+    done = [0]
+    console = _console()
+    if console is None:
+
+        def plain(line: str, failed: bool = False) -> None:
+            with lock:
+                done[0] += 1
+                (warn if failed else info)(f"[{done[0]:>{len(str(total))}}/{total}] {line}")
+
+        yield plain
+        return
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        TextColumn(title), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console, transient=True
+    ) as bar:
+        task_id = bar.add_task(title, total=total)
+
+        def fancy(line: str, failed: bool = False) -> None:
+            with lock:
+                bar.console.print(line, style="yellow" if failed else None, markup=False)
+                bar.advance(task_id)
+
+        yield fancy
+
+
+def table(header: list[str], rows: list[list[str]]) -> None:
+    """A table on stderr: rich on a TTY, tab-separated lines otherwise."""
+    console = _console()
+    if console is None:
+        for row in [header, *rows]:
+            _line("\t".join(row))
+        return
+    from rich.table import Table
+
+    t = Table(*header)
+    for row in rows:
+        t.add_row(*row)
+    console.print(t)
