@@ -15,8 +15,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import batch  # noqa: E402
 import dev_image  # noqa: E402
 import fork_sync  # noqa: E402
+import nightly  # noqa: E402
 
 from forkdev.core.engine import Engine  # noqa: E402
 from forkdev.core.proc import Runner  # noqa: E402
@@ -24,6 +26,9 @@ from forkdev.core.proc import Runner  # noqa: E402
 PARTS = {
     "dev": (dev_image, lambda work: dev_image.run(Engine.detect(Runner(echo=False), "docker"), work)),
     "fork-sync": (fork_sync, fork_sync.run),
+    # nightly and batch build with RUN --mount: podman (buildah) resolves the local FROM image without a registry
+    "nightly": (nightly, lambda work: nightly.run(Engine.detect(Runner(echo=False), "podman"), work)),
+    "batch": (batch, lambda work: batch.run(Engine.detect(Runner(echo=False), "podman"), work)),
 }
 
 

@@ -364,24 +364,26 @@ RUN mkdir -p {site} && echo /opt/vllm-source > {site}/vllm-editable.pth
 FROM base AS vllm-openai
 ARG max_jobs=1
 ARG SETUPTOOLS_SCM_PRETEND_VERSION=unknown
+ARG compile_seconds=0
 COPY . /opt/vllm-source
 # The "compile": the kernels' bytes are a function of the native sources; each run is logged in the cache
 # mount (BuildKit's RUN --mount=type=cache, as vLLM's Dockerfile uses it).
 RUN --mount=type=cache,target=/root/.cache/forkdev-compile \\
-    cd /opt/vllm-source && find csrc -type f | sort | xargs cat | sha256sum > vllm/_C.abi3.so && \\
+    cd /opt/vllm-source && sleep "$compile_seconds" && \\
+    find csrc -type f | sort | xargs cat | sha256sum > vllm/_C.abi3.so && \\
     echo "$SETUPTOOLS_SCM_PRETEND_VERSION" > vllm/BUILD_VERSION && \\
     date >> /root/.cache/forkdev-compile/runs
 ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 """
 
 
-def make_buildable_upstream(root: Path, os_image: str = OS_IMAGE) -> str:
+def make_buildable_upstream(root: Path, os_image: str = OS_IMAGE, limit_bytes: int = 512) -> str:
     """A vLLM-shaped upstream whose docker/Dockerfile builds in seconds from the debootstrap image. (docker's
     BuildKit resolves FROM images in a registry even when they are local, so docker tests name the image as
     pushed to the loopback registry.)"""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
-    write_tree(root, limit_bytes=512)
+    write_tree(root, limit_bytes=limit_bytes)
     (root / "docker" / "Dockerfile").write_text(BUILD_DOCKERFILE.format(os_image=os_image, site=SITE))
     (root / "pyproject.toml").write_text(  # as vLLM's: the version comes from git through setuptools-scm
         '[build-system]\nrequires = ["setuptools", "setuptools-scm"]\n\n[tool.setuptools_scm]\n'

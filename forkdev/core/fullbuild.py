@@ -57,12 +57,12 @@ def stages(text: str) -> list[str]:
 def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, log: Path | None = None) -> Built:
     """Build `spec.commit` with the target's Dockerfile and stage, after the fixes that match its context; tag
     it. The build's own output streams to stderr (and to `log`). Nothing is tagged when it fails."""
-    with scratch("context") as ctx:
+    with scratch("context") as ctx, scratch("dockerfile") as own:
         archive = repo.git("archive", "--format=tar", "--end-of-options", spec.commit)
         run(["tar", "-x", "-C", str(ctx), "-f", "-"], input=archive.stdout, mutates=False)
         dockerfile = ctx / target.dockerfile
-        if spec.dockerfile_text is not None:
-            dockerfile = ctx.parent / f"{ctx.name}.Dockerfile"
+        if spec.dockerfile_text is not None:  # outside the context, which COPY . would otherwise pick up
+            dockerfile = own / "Dockerfile"
             dockerfile.write_text(spec.dockerfile_text)
         try:
             text = dockerfile.read_text()
@@ -95,11 +95,7 @@ def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, l
             argv += ["--build-arg", f"{key}={value}"]
         for key, value in sorted(spec.labels.items()):
             argv += ["--label", f"{key}={value}"]
-        try:
-            res = run([*argv, "--", str(ctx)], env=engine.build_env(run, buildkit=buildkit), stream=True, check=False)
-        finally:
-            if spec.dockerfile_text is not None:
-                dockerfile.unlink(missing_ok=True)
+        res = run([*argv, "--", str(ctx)], env=engine.build_env(run, buildkit=buildkit), stream=True, check=False)
         if not res.ok:
             raise Failure(
                 f"the build of {spec.commit[:12]} failed (exit {res.returncode}); its log is above"

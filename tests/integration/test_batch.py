@@ -87,7 +87,9 @@ def test_one_full_build_per_native_state_and_every_image_is_its_commit(engine, t
     blacklist = tmp_path / "blacklist"
     blacklist.write_text(f"{shas[9][:9]}  # known broken upstream\n")
     repository = f"forkdev-test/batch-{engine.kind}"
-    env = {"INVOKE_CACHE_DIR": str(tmp_path / "cache")}
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = {"INVOKE_CACHE_DIR": str(tmp_path / "cache"), "TMPDIR": str(scratch)}
     if engine.kind == "docker":
         env["INVOKE_ENGINE_CLIENT"] = "/usr/bin/docker"
     args = ("batch", str(data), "--upstream", str(up), "--repository", repository, "--blacklist", str(blacklist))
@@ -108,6 +110,7 @@ def test_one_full_build_per_native_state_and_every_image_is_its_commit(engine, t
     assert out["full_builds"] == 4 and out["failed"] == 1
     assert shas[9] not in by_commit, "the blacklist is honoured"
     assert "1 of 19 commits failed" in res.err.splitlines()[-1]
+    assert list(scratch.iterdir()) == [], "no context or Dockerfile left behind, the failed build's included"
 
     results = Path(out["results"])
     built = [i for i in out["commits"] if i["status"] == "built"]
