@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .core import base as bases
-from .core import config, ship, ui, validate
+from .core import config, ship, state, ui, validate
 from .core.gitrepo import Repo
 from .core.proc import Runner
 from .core.tasking import runner, task, toggle
@@ -67,6 +67,10 @@ def thin_image(
         candidates = bases.candidates(profile, repo, ref, upstream, c.config.upstream.branch)
         request = dataclasses.replace(request, bases=tuple(candidates))
     result = ship.ship(engine, run, request)
+    if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default
+        state.write(
+            config.cache_path(request.cache, "dev", str(repo.path)).with_suffix(".json"), {"image": result["image"]}
+        )
     if json:
         ui.emit_json(result)
     else:

@@ -116,6 +116,15 @@ DEFAULTS: dict[str, Any] = {
         "jobs": 2,  # native states built at once
         "push": False,
     },
+    "run": {
+        "repo": ".",
+        "gpu": "auto",  # auto | none | all | a number of GPUs
+        "gpu_root": "/",  # where the host's GPU facts are read (/proc/driver/nvidia, /etc/cdi, /dev/dxg)
+        "network": "",  # "" = engine.network; host networking publishes no ports (the server binds them)
+        "secrets": "extras/secrets",  # *.env files there reach the container (never *.env.example)
+        "env": {},  # more variables for the container; a flag's --env wins
+        "hf_cache": "~/.cache/huggingface",  # mounted when it exists
+    },
     "cron": {
         "schedule": "0 2 * * *",
         "user": "",  # whose crontab ("" = the current user's)

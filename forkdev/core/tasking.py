@@ -7,6 +7,8 @@ another). A boolean that config can switch on has a `--no-X` twin, so the comman
 from __future__ import annotations
 
 import inspect
+import shlex
+import sys
 from typing import Any
 
 import invoke
@@ -44,3 +46,11 @@ def toggle(name: str, on: bool, off: bool, configured: Any) -> bool:
 def runner(c: Any, dry_run: bool = False, quiet: bool = False) -> Runner:
     """The process seam for a task: dry-run from the flag or invoke's --dry; echo unless --quiet."""
     return Runner(dry_run=config.dry_run(c, dry_run), echo=not quiet)
+
+
+def remainder(c: Any) -> list[str]:
+    """The words after a standalone `--`, exactly as given: invoke only keeps them joined by spaces (its
+    `c.remainder`), which loses the quoting of `-- python3 -c "import a; print(1)"`."""
+    if "--" in sys.argv:
+        return sys.argv[sys.argv.index("--") + 1 :]
+    return shlex.split(c.remainder) if getattr(c, "remainder", "") else []
