@@ -20,7 +20,8 @@ HISTORY = int(os.environ.get("BENCH_COMMITS", "10000"))
 
 def invoke(*args: str, cache: Path, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """`invoke ARGS` as a user runs it; (seconds, result). A failure ends the benchmark with its stderr."""
-    full = {**os.environ, "INVOKE_CACHE_DIR": str(cache), **(env or {})}
+    full = {**os.environ, "INVOKE_CACHE_DIR": str(cache), "INVOKE_DEV_REPOSITORY": "forkdev-bench/{target}-dev"}
+    full.update(env or {})
     start = time.perf_counter()
     res = subprocess.run(support.invoke_argv(*args), capture_output=True, text=True, env=full)
     took = time.perf_counter() - start

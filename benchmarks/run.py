@@ -18,7 +18,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import batch  # noqa: E402
 import dev_image  # noqa: E402
 import fork_sync  # noqa: E402
+import live_sync  # noqa: E402
 import nightly  # noqa: E402
+from common import support  # noqa: E402
 
 from forkdev.core.engine import Engine  # noqa: E402
 from forkdev.core.proc import Runner  # noqa: E402
@@ -29,6 +31,7 @@ PARTS = {
     # nightly and batch build with RUN --mount: podman (buildah) resolves the local FROM image without a registry
     "nightly": (nightly, lambda work: nightly.run(Engine.detect(Runner(echo=False), "podman"), work)),
     "batch": (batch, lambda work: batch.run(Engine.detect(Runner(echo=False), "podman"), work)),
+    "sync": (live_sync, lambda work: live_sync.run(Engine.detect(Runner(echo=False), "docker"), work)),
 }
 
 
@@ -40,6 +43,16 @@ def main() -> None:
     keep = os.environ.get("BENCH_WORKDIR")  # keep the generated trees there, to look at or profile
     if keep:
         shutil.rmtree(keep, ignore_errors=True)
+    try:
+        measure_all(parts, keep)
+    finally:
+        if not keep:  # what the benchmarks built (forkdev-bench/...), on both engines
+            for kind in ("docker", "podman"):
+                with contextlib.suppress(Exception):
+                    support.remove_test_images(Engine.detect(Runner(echo=False), kind), ("forkdev-bench",), False)
+
+
+def measure_all(parts: list[str], keep: str | None) -> None:
     with contextlib.nullcontext(keep) if keep else tempfile.TemporaryDirectory(prefix="forkdev-bench-") as tmp:
         for part in parts:
             module, measure = PARTS[part]

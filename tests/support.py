@@ -153,16 +153,15 @@ def build_image(engine: Engine, context: Path, dockerfile: str, tag: str) -> str
     return tag
 
 
-def remove_test_images(engine: Engine, keep: tuple[str, ...] = ()) -> None:
-    """Remove every image the tests made (their names start with forkdev-test/ or a loopback registry)."""
+def remove_test_images(engine: Engine, namespaces: tuple[str, ...] = ("forkdev-test",), loopback: bool = True) -> None:
+    """Remove every image made under `namespaces` (forkdev-test/ for the tests, forkdev-bench/ for the benchmarks)
+    and, with `loopback`, every image tagged for a loopback registry (the tests' own registries)."""
     listing = sh(engine.exe, "images", "--format", "{{.Repository}}:{{.Tag}}")
     mine = [
         ref
         for ref in listing.splitlines()
-        if ref.split("/", 1)[0] in ("forkdev-test", "forkdev-bench")
-        or ref.startswith(("localhost/forkdev-test/", "localhost/forkdev-bench/", "127.0.0.1:"))
+        if ref.removeprefix("localhost/").split("/", 1)[0] in namespaces or (loopback and ref.startswith("127.0.0.1:"))
     ]
-    mine = [ref for ref in mine if ref not in keep and ref.removeprefix("localhost/") not in keep]
     if mine:
         subprocess.run([engine.exe, "image", "rm", "-f", *mine], capture_output=True)
     subprocess.run([engine.exe, "image", "prune", "-f"], capture_output=True)
