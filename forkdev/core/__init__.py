@@ -1,0 +1,38 @@
+"""The layers the tasks share. A new verb is a new module beside this package; an engine, git or registry
+subtlety goes in here. Module map:
+
+Running things
+    proc        the one process seam: echo, dry-run, timeouts, secrets kept out of the echo, TTY pass-through
+    engine      docker / podman as a frozen value; every quirk commented where it is handled
+    gitrepo     git, read-only, and the cached bare mirror of an upstream
+    registry    the distribution API: tag exists, tags, delete, bounded retries, stored logins
+    sync        fork-sync's merge in objects and its journaled, crash-safe move of the branch
+
+Images
+    thin        the plan of a thin image: changed files, deletions, stale bytecode, new directories
+    base        which base, its commit, where the package lives in it (asked once per image id)
+    image       the writer: layer tar, config, one archive loaded by the engine; the builder as fallback
+    ship        plan -> write -> tag/push, from values
+    fullbuild   a full build of an exported commit with its own Dockerfile
+    native      the native state of a commit (what a compile depends on)
+    fixes       the registry of build-context fixes
+    labels      every label and in-image path, named once
+
+Containers
+    container   the run argv and the prologue that reads secrets and applies overlays
+    envfiles    secrets files and explicit variables
+    gpu         host GPU detection and engine arguments
+    livesync    watching the checkout and syncing it into a running container
+
+Values and files
+    config      target profiles and every default; how tasks read them
+    tasking     the task decorator, shared flags, --X/--no-X, the words after --
+    validate    values before they reach a command line
+    dataset     batch datasets and blacklists
+    fsutil      paths that stay inside their directory; results written whole
+    lock        exclusive runs (flock + pid)
+    scratch     temp directories a later run removes when their run was killed
+    state       small JSON state written atomically
+    ui          stderr lines (rich on a TTY), the result on stdout, progress, tables
+    errors      Failure: one sentence with the remedy
+"""
