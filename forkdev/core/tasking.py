@@ -11,7 +11,7 @@ from typing import Any
 
 import invoke
 
-from . import config
+from . import config, validate
 from .errors import Failure
 from .proc import Runner
 
@@ -44,3 +44,13 @@ def toggle(name: str, on: bool, off: bool, configured: Any) -> bool:
 def runner(c: Any, dry_run: bool = False, quiet: bool = False) -> Runner:
     """The process seam for a task: dry-run from the flag or invoke's --dry; echo unless --quiet."""
     return Runner(dry_run=config.dry_run(c, dry_run), echo=not quiet)
+
+
+def setting(flag: Any, configured: Any, flag_name: str, key: str, optional: bool = False) -> str | None:
+    """The flag's value, else config `key`'s, checked by validate.plain (text, no NUL or line break, not starting
+    with '-') and named as the user set it. With `optional`, an empty config value is None ("use the default")."""
+    if flag not in (None, ""):
+        return validate.plain(flag, flag_name, "pass a path")
+    if optional and configured in (None, ""):
+        return None
+    return validate.plain(configured, key, f"set {key} to a path")

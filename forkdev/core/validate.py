@@ -27,7 +27,7 @@ def plain(value: object, what: str, remedy: str = "") -> str:
     """A text value fit for a command line: a str, not empty, no NUL or line break, not starting with '-'."""
     if not isinstance(value, str):
         raise Failure(f"{what} must be text, not {type(value).__name__} ({value!r}){_then(remedy)}")
-    shown = value.encode("utf-8", "backslashreplace").decode("ascii", "backslashreplace")[:200]
+    shown = repr(value)[1:-1][:200]  # control characters, NUL and undecodable bytes escaped
     if not value:
         raise Failure(f"{what} is empty{_then(remedy)}")
     if value.startswith("-"):
