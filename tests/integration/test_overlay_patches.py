@@ -509,6 +509,23 @@ def test_check_reports_and_changes_nothing_and_overlay_skips(invoke, repo, tmp_p
     assert again.code == 0, "what patches wrote into the overlay is the tool's: the next overlay replaces it"
 
 
+def test_a_file_patches_create_in_the_overlay_is_the_tools_to_replace(invoke, repo, tmp_path):
+    (repo / "vllm/new.py").write_text("NEW = 1\n")
+    git(repo, "add", "-N", "vllm/new.py")
+    created = git(repo, "diff", "--", "vllm/new.py").encode() + b"\n"
+    git(repo, "rm", "-q", "--cached", "vllm/new.py")
+    (repo / "vllm/new.py").unlink()
+    reg = registry(repo, [{"name": "new", "diff": "n.diff"}], {"n.diff": created})
+    ov = tmp_path / "ov"
+    assert overlay(invoke, repo, "vllm/config.py", "--dest", str(ov)).code == 0
+    res = patches(invoke, repo, reg, "--into", "overlay", env={"INVOKE_OVERLAY_DEST": str(ov)})
+    assert res.code == 0, res.err
+    assert (ov / "vllm/new.py").read_text() == "NEW = 1\n"
+    again = overlay(invoke, repo, "vllm/config.py", "--dest", str(ov))
+    assert again.code == 0, again.err
+    assert sorted(tree(ov)) == [MARKER, "vllm", "vllm/config.py"]
+
+
 @pytest.mark.parametrize(
     ("content", "words"),
     [
@@ -529,6 +546,180 @@ def test_a_malformed_registry_is_one_line(invoke, repo, content, words):
     assert res.code != 0 and "Traceback" not in res.err
     for w in words:
         assert w in res.last_error, (w, res.last_error)
+
+
+# ---- patches: where they write --------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("make", "words"),
+    [
+        pytest.param(lambda t: t / "notes", ["exists", "not made by invoke overlay"], id="a directory of the user's"),
+        pytest.param(lambda t: "~", ["home directory"], id="the home directory"),
+        pytest.param(lambda t: t / "notes.txt", ["is a file"], id="a file"),
+        pytest.param(lambda t: t / "fork", ["is the checkout"], id="the checkout"),
+        pytest.param(lambda t: t / "none", ["no overlay", "invoke overlay"], id="no overlay yet"),
+    ],
+)
+def test_patches_into_overlay_follow_the_overlay_destination_rules(invoke, repo, sandbox, tmp_path, make, words):
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 6\n")})
+    before = tree(tmp_path)
+    res = patches(invoke, repo, reg, "--into", "overlay", env={**sandbox, "INVOKE_OVERLAY_DEST": str(make(tmp_path))})
+    refused(res, *words)
+    assert tree(tmp_path) == before
+
+
+def target_dir(tmp_path: Path) -> Path:
+    t = tmp_path / "target"
+    (t / "vllm").mkdir(parents=True)
+    (t / "vllm/config.py").write_text("MAX = 1\nNAME = 'vllm'\n")
+    return t
+
+
+def link_diff(tmp_path: Path, path: str, target: str) -> bytes:
+    """The diff git writes for a commit that adds the symlink `path` -> `target`."""
+    scratch = tmp_path / "link-diff"
+    scratch.mkdir(exist_ok=True)
+    git(scratch, "init", "-q")
+    (scratch / path).parent.mkdir(parents=True, exist_ok=True)
+    (scratch / path).symlink_to(target)
+    git(scratch, "add", "-A")
+    return git(scratch, "diff", "--cached").encode() + b"\n"
+
+
+@pytest.mark.parametrize(
+    "target", ["{secret}", "../../secret.txt", "../../../../../../../../../../etc/passwd", "/etc/passwd"]
+)
+def test_a_patch_that_creates_a_link_out_of_the_target_is_refused(invoke, repo, sandbox, tmp_path, target):
+    t = target_dir(tmp_path)
+    link = target.format(secret=tmp_path / "secret.txt")
+    reg = registry(repo, [{"name": "evil", "diff": "l.diff"}], {"l.diff": link_diff(tmp_path, "vllm/evil", link)})
+    before = tree(t)
+    res = patches(invoke, repo, reg, "--into", str(t), env=sandbox)
+    refused(res, "vllm/evil", "symlink", "outside")
+    assert tree(t) == before
+
+
+def test_a_patch_that_creates_a_link_inside_the_target_makes_that_link(invoke, repo, tmp_path):
+    t = target_dir(tmp_path)
+    reg = registry(
+        repo, [{"name": "alias", "diff": "l.diff"}], {"l.diff": link_diff(tmp_path, "vllm/alias", "config.py")}
+    )
+    res = patches(invoke, repo, reg, "--into", str(t))
+    assert res.code == 0, res.err
+    assert os.readlink(t / "vllm/alias") == "config.py"
+    back = patches(invoke, repo, reg, "--into", str(t), "--reverse")
+    assert back.code == 0, back.err
+    assert not os.path.lexists(t / "vllm/alias")
+
+
+@pytest.mark.parametrize("where", ["outside", "inside"])
+def test_a_patched_path_under_a_symlinked_directory_is_refused(invoke, repo, sandbox, tmp_path, where):
+    t = tmp_path / "target"
+    real = tmp_path / "elsewhere" if where == "outside" else t / "real"
+    real.mkdir(parents=True)
+    (real / "config.py").write_text("MAX = 1\nNAME = 'vllm'\n")
+    t.mkdir(exist_ok=True)
+    (t / "vllm").symlink_to(real)
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 7\n")})
+    before = tree(tmp_path / "elsewhere") if where == "outside" else tree(t)
+    res = patches(invoke, repo, reg, "--into", str(t), env=sandbox)
+    refused(res, "vllm/config.py", "symlink")
+    assert (tree(tmp_path / "elsewhere") if where == "outside" else tree(t)) == before
+
+
+def test_a_symlink_at_a_patched_path_is_never_written_through_nor_read(invoke, repo, sandbox, tmp_path):
+    t = target_dir(tmp_path)
+    outside = tmp_path / "outside-config.py"
+    outside.write_text("MAX = 1\nNAME = 'vllm'\n")
+    (t / "vllm/config.py").unlink()
+    (t / "vllm/config.py").symlink_to(outside)
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 8\n")})
+    res = patches(invoke, repo, reg, "--into", str(t), env=sandbox)
+    assert res.code != 0 and "Traceback" not in res.err, res.err
+    assert [p["status"] for p in res.json["patches"]] == ["failed"]
+    assert os.readlink(t / "vllm/config.py") == str(outside)
+    assert outside.read_text() == "MAX = 1\nNAME = 'vllm'\n"
+
+
+def test_the_default_worktree_leaves_the_users_other_worktrees_alone(invoke, repo, tmp_path):
+    other = tmp_path / "other-worktree"  # e.g. on a disk that is not mounted now
+    git(repo, "worktree", "add", "-q", "--detach", str(other))
+    support.sh("rm", "-rf", other)
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 9\n")})
+    res = patches(invoke, repo, reg)
+    assert res.code == 0, res.err
+    again = patches(invoke, repo, reg)
+    assert again.code == 0, again.err
+    assert f"worktree {other}" in git(repo, "worktree", "list", "--porcelain").splitlines()
+
+
+# ---- patches: any input, no temporary directory left ----------------------------------------------------------
+STALE = b"--- a/vllm/config.py\n+++ b/vllm/config.py\n@@ -1 +1 @@\n-MAX = 99\n+MAX = 100\n"
+ESCAPING = b"--- a/../../outside.py\n+++ b/../../outside.py\n@@ -1 +1 @@\n-x\n+y\n"
+REGISTRIES = [
+    pytest.param(b"[" * 100_000, ["patches.json", "nests too deeply"], id="deeply nested JSON"),
+    pytest.param(b'\xff\xfe{"patches": []}', ["patches.json", "not valid JSON"], id="not UTF-8"),
+    pytest.param(b"not json", ["not valid JSON"], id="not JSON"),
+    pytest.param(b'{"patches": [{"name": "a\\nb", "diff": "1.diff"}]}', ["entry 1", '"name"'], id="name of 2 lines"),
+    pytest.param(b'{"patches": [{"name": "x", "diff": "1.diff\\u0000"}]}', ["entry 1", "control character"], id="NUL"),
+    pytest.param(b'{"patches": [{"name": "x", "diff": "' + b"d" * 300 + b'"}]}', ["entry 1", "255 bytes"], id="long"),
+    pytest.param(
+        b'{"patches": [{"name": "x", "diff": "1.diff", "skip_in_overlay": "no"}]}',
+        ["entry 1", "true or false"],
+        id="skip",
+    ),
+    pytest.param(
+        b'{"patches": [{"name": "x", "diff": "s.diff", "fallback": {"type": "regex_replace", "file": "/etc/passwd", '
+        b'"pattern": "x", "replacement": "y"}}]}',
+        ["entry 1", "fallback", "relative"],
+        id="absolute fallback file",
+    ),
+    pytest.param(
+        b'{"patches": [{"name": "x", "diff": "e.diff"}]}',
+        ["entry 1", "../../outside.py", "escapes"],
+        id="escaping diff",
+    ),
+    pytest.param(
+        b'{"patches": [{"name": "x", "diff": "s.diff", "fallback": {"type": "regex_replace", "file": "vllm/config.py", '
+        b'"pattern": "' + b"(" * 2000 + b'", "replacement": "y"}}]}',
+        ["1 of 1 patches do not apply"],
+        id="fallback regex nested too deeply",
+    ),
+    pytest.param(b'{"patches": [{"name": "x", "diff": "s.diff"}]}', ["1 of 1 patches do not apply"], id="stale"),
+]
+
+
+@pytest.mark.parametrize(("content", "words"), REGISTRIES)
+def test_any_registry_is_one_line_and_leaves_no_temporary_directory(invoke, repo, tmp_path, content, words):
+    d = repo.parent / "patches"
+    d.mkdir()
+    (d / "1.diff").write_text("")
+    (d / "s.diff").write_bytes(STALE)
+    (d / "e.diff").write_bytes(ESCAPING)
+    (d / "patches.json").write_bytes(content)
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    t = target_dir(tmp_path)
+    before = tree(t)
+    res = patches(invoke, repo, d / "patches.json", "--into", str(t), env={"TMPDIR": str(tmpdir)})
+    refused(res, *words)
+    assert tree(t) == before
+    assert list(tmpdir.iterdir()) == [], "no forkdev-patches-* directory is left behind"
+
+
+def test_a_refused_patch_leaves_no_temporary_directory(invoke, repo, sandbox, tmp_path):
+    t = target_dir(tmp_path)
+    (t / "vllm" / "outside").symlink_to(tmp_path / "notes")
+    tmpdir = tmp_path / "tmpdir"
+    tmpdir.mkdir()
+    env = {**sandbox, "TMPDIR": str(tmpdir)}
+    cases = {
+        "evil.diff": link_diff(tmp_path, "vllm/evil", "/etc/passwd"),
+        "through.diff": diff_of(repo, "vllm/config.py", "MAX = 10\n").replace(b"vllm/config.py", b"vllm/outside/x.py"),
+    }
+    for name, diff in cases.items():
+        reg = registry(repo, [{"name": name, "diff": name}], {name: diff})
+        refused(patches(invoke, repo, reg, "--into", str(t), env=env))
+    assert list(tmpdir.iterdir()) == []
 
 
 # ---- hostile flags and config ---------------------------------------------------------------------------------
@@ -554,3 +745,45 @@ def test_hostile_overlay_flags_and_config_are_one_line(invoke, repo, sandbox, tm
     res = invoke("overlay", *defs, *args, env={**sandbox, **env}, cwd=repo)  # the checkout is '.', the default
     refused(res, *words)
     assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--into=-x"], {}, ["--into", "starts with '-'"]),
+        (["--registry=-x"], {}, ["--registry", "starts with '-'"]),
+        ([], {"INVOKE_PATCHES_INTO": ""}, ["patches.into", "empty"]),
+        ([], {"INVOKE_PATCHES_INTO": "-x"}, ["patches.into", "starts with '-'"]),
+        (["--into", "{tmp}/notes.txt"], {}, ["--into", "not a directory"]),
+        (["--into", "{tmp}/missing"], {}, ["--into", "not a directory"]),
+        (["--into", "o" * 5000], {}, ["too long"]),
+        (["--registry", "../patches/patches.json"], {}, ["--registry", "outside the checkout", "absolute path"]),
+        (["--registry", os.fsdecode(b"\xff.json")], {}, ["--registry", "UTF-8"]),
+    ],
+)
+def test_hostile_patches_flags_and_config_are_one_line(invoke, repo, sandbox, tmp_path, args, env, words):
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 11\n")})
+    reg_args = [] if any(a.startswith("--registry") for a in args) else ["--registry", str(reg)]
+    before = tree(tmp_path)
+    res = invoke(
+        "patches",
+        "--repo",
+        str(repo),
+        *reg_args,
+        *(a.format(tmp=tmp_path) for a in args),
+        env={**sandbox, **env},
+        cwd=repo,
+    )
+    refused(res, *words)
+    assert tree(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    ("cache", "words"), [("-cache", ["cache_dir", "starts with '-'"]), ("", ["cache_dir", "empty"])]
+)
+def test_a_cache_dir_that_looks_like_an_option_is_refused(invoke, repo, tmp_path, cache, words):
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 12\n")})
+    refused(patches(invoke, repo, reg, env={"INVOKE_CACHE_DIR": cache}, cwd=tmp_path), *words)
+    refused(invoke("overlay", "--repo", str(repo), env={"INVOKE_CACHE_DIR": cache}, cwd=tmp_path), *words)
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fork", "patches"]
