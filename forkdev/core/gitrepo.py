@@ -64,6 +64,10 @@ class Repo:
     def has_commit(self, sha: str) -> bool:
         return self.git("cat-file", "-e", "--end-of-options", f"{sha}^{{commit}}", check=False).ok
 
+    def ignores(self, path: str) -> bool:
+        """Whether git ignores `path` (relative to the checkout; 'dir/' for a directory), tracked files aside."""
+        return self.git("check-ignore", "-q", "--no-index", "--", path, check=False).ok
+
     def is_bare(self) -> bool:
         return self.out("rev-parse", "--is-bare-repository") == "true"
 

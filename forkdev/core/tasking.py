@@ -13,7 +13,7 @@ from typing import Any
 
 import invoke
 
-from . import config
+from . import config, validate
 from .errors import Failure
 from .proc import Runner
 
@@ -54,3 +54,13 @@ def remainder(c: Any) -> list[str]:
     if "--" in sys.argv:
         return sys.argv[sys.argv.index("--") + 1 :]
     return shlex.split(c.remainder) if getattr(c, "remainder", "") else []
+
+
+def setting(flag: Any, configured: Any, flag_name: str, key: str, optional: bool = False) -> str | None:
+    """The flag's value, else config `key`'s, checked by validate.plain (text, no NUL or line break, not starting
+    with '-') and named as the user set it. With `optional`, an empty config value is None ("use the default")."""
+    if flag not in (None, ""):
+        return validate.plain(flag, flag_name, "pass a path")
+    if optional and configured in (None, ""):
+        return None
+    return validate.plain(configured, key, f"set {key} to a path")
