@@ -42,6 +42,7 @@ from .core.fsutil import (
 )
 from .core.gitrepo import Repo
 from .core.proc import Runner
+from .core.scratch import sweep
 from .core.tasking import setting, task
 
 DIFF_PATH = re.compile(rb"^(?:---|\+\+\+) (?:[ab]/)?(?P<path>\S+)", re.M)
@@ -124,7 +125,8 @@ class Stage:
                 self.original[rel] = read(under(target, rel, "patched path"))
             except Failure as exc:
                 raise Failure(f"{exc} (patched path '{shown(rel)}')") from None
-        self.tmp = Path(tempfile.mkdtemp(prefix="forkdev-patches-"))
+        sweep(Path(tempfile.gettempdir()), "patches")  # what a killed run (kill -9) left
+        self.tmp = Path(tempfile.mkdtemp(prefix=f"forkdev-patches-{os.getpid()}-"))
         try:
             self.root = self.tmp / "tree"
             self.root.mkdir()

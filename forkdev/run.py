@@ -117,7 +117,7 @@ def prepare(
         from .overlay import resolve_dest
 
         where = bases.facts(engine, run, image_ref, Engine.image_id(info), target, config.cache_dir(c)).location
-        source = resolve_dest(c, repo, c.config.overlay.dest)
+        source = resolve_dest(c, repo, None)
         source = source if where.root is not None else source / target.package_path
         if not source.is_dir():
             raise Failure(f"no overlay at {source}; run 'invoke overlay' (and 'invoke patches --into overlay') first")
