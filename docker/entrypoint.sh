@@ -36,7 +36,7 @@ step() {
   say "$name: $*"
   local rc=0
   "$@" || rc=$?
-  [ "$rc" -eq 0 ] || fail "$name failed (exit $rc); the lines above say why"
+  [ "$rc" -eq 0 ] || fail "$name failed (exit $rc)"
 }
 
 ccache_counts() { # "hits misses" of the cache so far

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from forkdev.core import assets, attest, builder, config, outdir, wheelfile
+from forkdev.core import assets, attest, builder, config, outdir, validate, wheelfile
 from forkdev.core.engine import Engine
 from forkdev.core.errors import Failure
 from forkdev.wheel import recipe_check
@@ -302,3 +302,14 @@ def test_a_checkout_without_the_targets_recipe_is_one_sentence(tmp_path):
         recipe_check(tmp_path, config.TARGETS["mlc-llm"])
     (tmp_path / "CMakeLists.txt").write_text("")
     recipe_check(tmp_path, config.TARGETS["mlc-llm"])
+
+
+@pytest.mark.parametrize("arg", ["-DUSE_CUDA=OFF", "-DNAME:STRING=two words", "-DTVM_HOME=/opt/tvm", "-DX="])
+def test_cmake_defines_pass(arg):
+    assert validate.cmake_define(arg) == arg
+
+
+@pytest.mark.parametrize("arg", ["-G", "--build", "-DNOVALUE", "DUSE=1", "-D=1", "-DA=1\n-DB=2", 3])
+def test_anything_but_a_cmake_define_is_refused(arg):
+    with pytest.raises(Failure, match="is not a -DNAME=VALUE option on one line"):
+        validate.cmake_define(arg)
