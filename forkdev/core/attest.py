@@ -8,9 +8,6 @@ import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
-
 from .. import __version__
 from .wheelfile import Wheel
 
@@ -53,6 +50,8 @@ def merge_sums(existing: str, new: Mapping[str, str], present: Iterable[str]) ->
 
 # ---- CycloneDX SBOM -------------------------------------------------------------------------------------------
 def purl(name: str, version: str | None = None) -> str:
+    from packaging.utils import canonicalize_name
+
     return f"pkg:pypi/{canonicalize_name(name)}" + (f"@{version}" if version else "")
 
 
@@ -60,6 +59,11 @@ def sbom(wheel: Wheel, digest: str, when: str, needs: Iterable[tuple[str, str, s
     """A CycloneDX 1.6 document: the wheel as the subject, its declared Python requirements (required, or
     optional when only an extra asks for them) and the system libraries its .so files were linked against
     (`needs`: (file in the wheel, soname, where the build resolved it))."""
+    # packaging is imported here, not at the top: every `invoke` loads this module, and workflows that install
+    # only invoke (fork-sync's) need not have it.
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
     me = purl(wheel.name, wheel.version)
     components: dict[str, dict[str, Any]] = {}
     for line in wheel.requires:
