@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import dev_image  # noqa: E402
 import fork_sync  # noqa: E402
+import smoke  # noqa: E402
 
 from forkdev.core.engine import Engine  # noqa: E402
 from forkdev.core.proc import Runner  # noqa: E402
@@ -24,6 +25,7 @@ from forkdev.core.proc import Runner  # noqa: E402
 PARTS = {
     "dev": (dev_image, lambda work: dev_image.run(Engine.detect(Runner(echo=False), "docker"), work)),
     "fork-sync": (fork_sync, fork_sync.run),
+    "smoke": (smoke, smoke.run),
 }
 
 
