@@ -158,11 +158,13 @@ def _ccache(c, kind: str) -> Path:
     return base / kind  # the image's compiler and the host's never share entries: one cache each
 
 
-def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_out: Path) -> None:
+def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_out: Path, plan: dict) -> None:
+    """The scratch copy the build sees, and the hash of exactly those files (taken before the build writes)."""
     if run.dry_run:
         return
     source.export(repo, src, stage_src)
     stage_out.mkdir()
+    plan["tree_sha256"] = src.tree_sha256(stage_src)
 
 
 def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan) -> dict:
@@ -171,7 +173,7 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
     image = builder.ensure(engine, run, ref, args)
     cache = _ccache(c, "image")
     user = None
-    _stage(run, repo, src, stage_src, stage_out)
+    _stage(run, repo, src, stage_src, stage_out, plan)
     if not run.dry_run:
         cache.mkdir(parents=True, exist_ok=True)
         owner = builder.numeric_user(image.user)
@@ -218,7 +220,7 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
 def _native(c, run, stage_src, stage_out, env, cmake_args, log, repo, src, plan) -> dict:
     python = c.config.wheel.python or sys.executable
     cache = _ccache(c, "native")
-    _stage(run, repo, src, stage_src, stage_out)
+    _stage(run, repo, src, stage_src, stage_out, plan)
     if not run.dry_run:
         cache.mkdir(parents=True, exist_ok=True)
     host_env = {
@@ -266,7 +268,7 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
     staged = wheels[0]
     wheel = wheelfile.read(staged)
     package = profile.package or (wheel.top_level[0] if wheel.top_level else wheel.name.replace("-", "_"))
-    tree = src.tree_sha256(stage_src) if stage_src.exists() else ""
+    tree = plan["tree_sha256"]
     record = {
         "commit": src.commit,
         "dirty": src.dirty,
