@@ -49,7 +49,7 @@ def ensure(engine: Engine, run: Runner, ref: str, build_args: Mapping[str, str],
     if info is not None and have == wanted and not force:
         return Image(ref, Engine.image_id(info), (info.get("Config") or {}).get("User") or "", False)
     why = "--force" if force else "it is not here" if info is None else f"its recipe {have} is not {wanted}"
-    ui.info(f"building the wheel image {ref} ({why})")
+    ui.info(f"{'would build' if run.dry_run else 'building'} the wheel image {ref} ({why})")
     argv = engine.cmd("build", "--network", engine.network, "--file", str(assets.docker_dir() / "Dockerfile"))
     argv += ["--tag", ref, "--label", f"{RECIPE}={wanted}"]
     for key, value in sorted(build_args.items()):
