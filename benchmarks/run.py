@@ -20,6 +20,7 @@ import dev_image  # noqa: E402
 import fork_sync  # noqa: E402
 import live_sync  # noqa: E402
 import nightly  # noqa: E402
+import smoke  # noqa: E402
 from common import support  # noqa: E402
 
 from forkdev.core.engine import Engine  # noqa: E402
@@ -32,6 +33,7 @@ PARTS = {
     "nightly": (nightly, lambda work: nightly.run(Engine.detect(Runner(echo=False), "podman"), work)),
     "batch": (batch, lambda work: batch.run(Engine.detect(Runner(echo=False), "podman"), work)),
     "sync": (live_sync, lambda work: live_sync.run(Engine.detect(Runner(echo=False), "docker"), work)),
+    "smoke": (smoke, smoke.run),
 }
 
 

@@ -4,29 +4,20 @@ from __future__ import annotations
 
 from invoke import Collection, Program
 
-from . import __version__, batch, build, cron, dev, fork_sync, nightly, overlay, patches, run, verify
+from . import __version__, batch, build, cron, dev, fork_sync, nightly, overlay, patches, run, smoke, verify, wheel
 from .core import config
 
 
 def namespace() -> Collection:
     """Every task at the top (a verb per module); every config default declared once."""
     ns = Collection()
-    for t in (
-        dev.dev,
-        build.build,
-        batch.batch,
-        run.run,
-        run.shell,
-        run.gpu_check,
-        run.devcontainer,
-        verify.verify,
-        fork_sync.fork_sync,
-        overlay.overlay,
-        patches.patches,
-    ):
+    images = (dev.dev, build.build, batch.batch, verify.verify)
+    inside = (run.run, run.shell, run.gpu_check, run.devcontainer, smoke.smoke)
+    for t in (*images, *inside, fork_sync.fork_sync, overlay.overlay, patches.patches):
         ns.add_task(t)
     ns.add_collection(nightly.nightly)
     ns.add_collection(cron.cron)
+    ns.add_collection(wheel.wheel)
     ns.configure(config.DEFAULTS)
     return ns
 

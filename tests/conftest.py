@@ -97,6 +97,16 @@ def tool(invoke, engine):
 
 
 @pytest.fixture(scope="session")
+def wheel_image(engine, invoke) -> str:
+    """The wheel build image of docker/Dockerfile, FROM the debootstrap image, built once per engine by the
+    real task. (`invoke wheel` builds it again by itself should something remove it meanwhile.)"""
+    support.ensure_os_image(engine)
+    res = invoke("wheel.image", "--json", env={"INVOKE_ENGINE_NAME": engine.kind, **support.wheel_env(engine)})
+    assert res.code == 0, res.err
+    return res.json["image"]
+
+
+@pytest.fixture(scope="session")
 def registry(tmp_path_factory):
     if not Path("/usr/bin/docker-registry").exists():
         if os.environ.get("CI") == "true":

@@ -389,3 +389,122 @@ def make_buildable_upstream(root: Path, os_image: str = OS_IMAGE, limit_bytes: i
     )
     (root / ".dockerignore").write_text(".git\n")
     return commit_all(root, "upstream: a buildable tree")
+
+
+def wheel_env(engine: Engine) -> dict[str, str]:
+    """Config for `invoke wheel` in tests: the build image FROM the debootstrap image, under the tests' name."""
+    return {"INVOKE_WHEEL_BASE": OS_IMAGE, "INVOKE_WHEEL_IMAGE": f"forkdev-test/wheel-builder:{engine.kind}"}
+
+
+# ---- a small cmake-backed Python package, laid out as MLC-LLM is ---------------------------------------------
+PACKAGE_CMAKE = """\
+cmake_minimum_required(VERSION 3.18)
+project(mlc_llm C)
+# A cache variable: a -DGREETING=... on the command line must win (no plain set() overriding it).
+set(GREETING "hello" CACHE STRING "the greeting compiled into the library")
+add_library(mlc_llm SHARED cpp/greet.c)
+target_compile_definitions(mlc_llm PRIVATE "GREETING=\\"${GREETING}\\"")
+"""
+
+PACKAGE_C = """\
+#include <stdlib.h>
+
+/* getenv keeps libc.so.6 among the library's needs, as any real library has it. */
+const char *mlc_greet(void) {
+  const char *override = getenv("MLC_GREETING");
+  return override ? override : GREETING;
+}
+int mlc_add(int a, int b) { return a + b; }
+"""
+
+PACKAGE_SETUP = """\
+import os
+import shutil
+
+from setuptools import setup
+from setuptools.dist import Distribution
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BinaryDistribution(Distribution):
+    def has_ext_modules(self):
+        return True
+
+
+# As MLC-LLM's setup.py: the libraries cmake built in ../build are copied into the package.
+if {ship_lib}:
+    shutil.copy(os.path.join(HERE, "..", "build", "libmlc_llm.so"), os.path.join(HERE, "mlc_llm"))
+setup(
+    name="mlc_llm",
+    version="{version}",
+    packages=["mlc_llm"],
+    package_data={{"mlc_llm": ["*.so"]}},
+    entry_points={{"console_scripts": ["mlc_llm = mlc_llm.__main__:main"]}},
+    {distclass}
+)
+"""
+
+PACKAGE_INIT = """\
+import ctypes
+import os
+
+{extra_import}
+__version__ = "{version}"
+_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmlc_llm.so"))
+_LIB.mlc_greet.restype = ctypes.c_char_p
+
+
+def greet() -> str:
+    return _LIB.mlc_greet().decode()
+
+
+def add(a: int, b: int) -> int:
+    return _LIB.mlc_add(a, b)
+"""
+
+PACKAGE_MAIN = """\
+import sys
+
+from . import add, greet
+
+
+def main() -> int:
+    if "--help" in sys.argv[1:]:
+        print("usage: mlc_llm [--help]")
+    print(greet(), add(2, 3))
+    return 0 if add(2, 3) == 5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+def make_cmake_package(
+    root: Path,
+    *,
+    version: str = "0.1.0",
+    pure: bool = False,
+    ship_lib: bool = True,
+    import_error: bool = False,
+) -> str:
+    """A git checkout laid out as MLC-LLM is: a root CMakeLists.txt builds libmlc_llm.so (a C library) into
+    build/, python/setup.py copies it into the package, whose __init__ loads it with ctypes.
+    pure=True: no BinaryDistribution, so the wheel is tagged py3-none-any while carrying the .so.
+    ship_lib=False: the package never gets the library (a broken wheel).
+    import_error=True: the package's __init__ imports a module that does not exist. Returns the commit."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    (root / "cpp").mkdir(exist_ok=True)
+    (root / "python" / "mlc_llm").mkdir(parents=True, exist_ok=True)
+    (root / "CMakeLists.txt").write_text(PACKAGE_CMAKE)
+    (root / "cpp" / "greet.c").write_text(PACKAGE_C)
+    distclass = "" if pure else "distclass=BinaryDistribution,"
+    setup = PACKAGE_SETUP.format(version=version, ship_lib=ship_lib, distclass=distclass)
+    (root / "python" / "setup.py").write_text(setup)
+    extra = "import mlc_llm_missing_dependency  # noqa: F401" if import_error else ""
+    (root / "python" / "mlc_llm" / "__init__.py").write_text(PACKAGE_INIT.format(version=version, extra_import=extra))
+    (root / "python" / "mlc_llm" / "__main__.py").write_text(PACKAGE_MAIN)
+    (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
+    return commit_all(root, "a cmake-backed package laid out as MLC-LLM")

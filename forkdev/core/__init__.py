@@ -18,6 +18,14 @@ Images
     fixes       the registry of build-context fixes
     labels      every label and in-image path, named once
 
+Wheels
+    builder     the wheel build image (named by a hash of its recipe) and the container that builds in it
+    source      the exact tree a build sees: the working tree as git knows it, copied to scratch
+    wheelfile   a built wheel, read and stamped with its build record
+    attest      SHA256SUMS, the CycloneDX SBOM and the in-toto provenance of a wheel
+    outdir      --out: checked first, written last, whole files only
+    assets      docker/ (the image's Dockerfile, entrypoint, smoke probe) in a checkout or the installed package
+
 Containers
     container   the run argv and the prologue that reads secrets and applies overlays
     envfiles    secrets files and explicit variables

@@ -35,6 +35,12 @@ class Target:
     stage: str = ""  # the Dockerfile's target stage ("" = the last)
     build_args: Mapping[str, str] = field(default_factory=dict)
     version_env: str = "SETUPTOOLS_SCM_PRETEND_VERSION"  # how a build without .git learns its version
+    # How `invoke wheel` builds it: `wheel_cmake` names a directory configured with cmake and built into build/
+    # first ("" = none: the package's own setup runs cmake); then `pip wheel` packages `wheel_python`.
+    wheel_cmake: str = ""
+    wheel_python: str = "."
+    cmake_args: tuple[str, ...] = ()  # -DNAME=VALUE options for that configure step
+    smoke: str = ""  # command run in the fresh environment after the import checks ("" = import checks only)
 
     def is_native(self, path: str) -> bool:
         return any(path.startswith(p) if p.endswith("/") else path == p for p in self.native)
@@ -54,6 +60,7 @@ TARGETS: dict[str, Target] = {
             nightly_image="forkdev/vllm",
             dockerfile="docker/Dockerfile",
             stage="vllm-openai",
+            smoke="vllm --version",  # its console script: the entry points and the import of the CLI
         ),
         Target(
             name="sglang",
@@ -64,6 +71,7 @@ TARGETS: dict[str, Target] = {
             published_base=None,
             nightly_image="forkdev/sglang",
             dockerfile="docker/Dockerfile",
+            wheel_python="python",  # python/pyproject.toml; the kernels are the separate sgl-kernel wheel
         ),
         Target(
             name="mlc-llm",
@@ -74,6 +82,10 @@ TARGETS: dict[str, Target] = {
             published_base=None,
             nightly_image="forkdev/mlc-llm",
             dockerfile="docker/Dockerfile",
+            # MLC-LLM's layout: the root CMakeLists.txt builds libmlc_llm*.so into build/, python/ packages them.
+            wheel_cmake=".",
+            wheel_python="python",
+            smoke="mlc_llm --help",
         ),
     )
 }
@@ -130,6 +142,27 @@ DEFAULTS: dict[str, Any] = {
         "user": "",  # whose crontab ("" = the current user's)
         "args": "--push",  # what the entry passes to `invoke nightly`
     },
+    "wheel": {
+        "out": "dist",  # where wheels, SHA256SUMS, SBOMs and provenance land (relative to the current directory)
+        "native": False,  # build on the host instead of in the image
+        "image": "",  # the build image; "" = forkdev/wheel-builder:<hash of its recipe>, built when missing
+        "base": "debian:bookworm-slim",  # the image's BASE_IMAGE build arg
+        "build_args": {},  # more build args of the image: GCC_VERSION, CMAKE_VERSION, BUILDER_UID, ...
+        "cmake_args": [],  # -D options added after the target's
+        "env": {},  # environment of the build (CC, CFLAGS, MAX_JOBS, ...)
+        "ccache": "",  # the compiler cache kept between builds; "" = <cache_dir>/ccache
+        "ccache_size": "5G",
+        "jobs": 0,  # parallel compile jobs; 0 = every CPU
+        "isolation": False,  # pip's build isolation: fetches build dependencies, so it needs the network
+        "ca_cert": "",  # a CA bundle for builds that reach an index through a TLS-intercepting proxy
+        "python": "",  # --native: the interpreter to build for ("" = the one running forkdev)
+    },
+    "smoke": {
+        "installer": "auto",  # uv when installed, else venv + pip; or "uv" / "pip"
+        "python": "",  # the interpreter of each fresh environment ("" = the one running forkdev)
+        "no_index": False,  # dependencies only from the wheels' directory (offline)
+        "timeout": 1800,  # seconds for one wheel's environment, install and checks
+    },
     "fork_sync": {
         "repo": ".",
         "upstream": "upstream",  # a remote name or a URL/path
@@ -167,7 +200,7 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         raise Failure(f"unknown target '{name}'; choose one of {', '.join(sorted(TARGETS))} or define it in config")
     values = dataclasses.asdict(TARGETS[name]) if name in TARGETS else {"name": name}
     for key, value in extra.items():
-        values[key] = tuple(value) if key == "native" else dict(value) if key == "build_args" else value
+        values[key] = tuple(value) if key in ("native", "cmake_args") else dict(value) if key == "build_args" else value
     missing = sorted(k for k, f in _FIELDS.items() if k not in values and f.default is dataclasses.MISSING)
     missing = [k for k in missing if _FIELDS[k].default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:

@@ -80,5 +80,16 @@ def source(value: object, what: str) -> str:
     return plain(value, what, "pass a URL (https://..., git@...:...) or a path (./x, /x)")
 
 
+_CMAKE_DEFINE = re.compile(r"^-D[A-Za-z_][A-Za-z0-9_.+-]*(?::[A-Z]+)?=")
+
+
+def cmake_define(value: object, what: str = "--cmake-arg") -> str:
+    """A cmake cache entry, -DNAME[:TYPE]=VALUE: the one cmake option a build may be given (the others are fixed).
+    It starts with '-' by nature; it is passed after the image name, where only the entrypoint reads it."""
+    if not isinstance(value, str) or not _CMAKE_DEFINE.match(value) or any(ch in value for ch in "\0\n\r"):
+        raise Failure(f"{what} {value!r} is not a -DNAME=VALUE option on one line; pass e.g. -DUSE_CUDA=OFF")
+    return value
+
+
 def _then(remedy: str) -> str:
     return f"; {remedy}" if remedy else ""

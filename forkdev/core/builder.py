@@ -1,0 +1,138 @@
+"""The wheel build image (docker/Dockerfile) and the one container that builds a wheel in it.
+
+The image is named after a hash of its recipe (the Dockerfile, the entrypoint, the probe and the build args),
+and carries that hash as a label: a changed recipe means a new build, an unchanged one is reused as it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from . import assets, ui
+from .engine import Engine
+from .errors import Failure
+from .proc import Runner
+
+REPOSITORY = "forkdev/wheel-builder"
+RECIPE = "dev.forkdev.wheel.recipe"  # label: the hash of what built the image
+SRC, OUT, CCACHE = "/work/src", "/work/out", "/ccache"  # where the build container sees its directories
+CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
+
+
+def recipe(build_args: Mapping[str, str]) -> str:
+    h = hashlib.sha256()
+    for name in assets.WHEEL_FILES:
+        h.update(name.encode() + b"\0" + (assets.docker_dir() / name).read_bytes() + b"\0")
+    h.update(json.dumps(dict(sorted(build_args.items()))).encode())
+    return h.hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Image:
+    ref: str
+    id: str  # sha256:<hex> of its config: what the provenance names
+    user: str  # the image's USER
+    built: bool  # built by this run
+
+
+def ensure(engine: Engine, run: Runner, ref: str, build_args: Mapping[str, str], *, force: bool = False) -> Image:
+    """The build image `ref`, built from docker/ when it is missing, was built from another recipe, or `force`."""
+    wanted = recipe(build_args)
+    info = engine.inspect_image(run, ref)
+    have = Engine.labels(info).get(RECIPE) if info else None
+    if info is not None and have == wanted and not force:
+        return Image(ref, Engine.image_id(info), (info.get("Config") or {}).get("User") or "", False)
+    why = "--force" if force else "it is not here" if info is None else f"its recipe {have} is not {wanted}"
+    ui.info(f"{'would build' if run.dry_run else 'building'} the wheel image {ref} ({why})")
+    argv = engine.cmd("build", "--network", engine.network, "--file", str(assets.docker_dir() / "Dockerfile"))
+    argv += ["--tag", ref, "--label", f"{RECIPE}={wanted}"]
+    for key, value in sorted(build_args.items()):
+        argv += ["--build-arg", f"{key}={value}"]
+    # The legacy builder: docker 20.10's BuildKit asks a registry for the FROM image even when it is local,
+    # and this Dockerfile needs no BuildKit feature.
+    res = run([*argv, "--", str(assets.docker_dir())], env=engine.build_env(buildkit=False), stream=True, check=False)
+    if not res.ok:
+        raise Failure(
+            f"building the wheel image {ref} failed (exit {res.returncode}): {res.reason}; check wheel.base "
+            f"({build_args.get('BASE_IMAGE')}) is an image here with apt, and the version build args"
+        )
+    if run.dry_run:
+        return Image(ref, "", "", True)
+    info = engine.inspect_image(run, ref)
+    if info is None:
+        raise Failure(f"the build of {ref} reported success but the image is not there; retry 'invoke wheel.image'")
+    return Image(ref, Engine.image_id(info), (info.get("Config") or {}).get("User") or "", True)
+
+
+def numeric_user(user: str) -> tuple[int, int] | None:
+    """(uid, gid) of an image USER written as numbers ("1000:1000" or "1000"), else None."""
+    uid, _, gid = user.partition(":")
+    if uid.isdigit() and (not gid or gid.isdigit()):
+        return int(uid), int(gid or uid)
+    return None
+
+
+def mount(host: Path, inside: str, read_only: bool = False) -> list[str]:
+    text = str(host)
+    if ":" in text or "," in text:
+        raise Failure(f"the path '{text}' holds ':' or ',', which --volume cannot take; use a path without them")
+    return ["--volume", f"{text}:{inside}" + (":ro" if read_only else "")]
+
+
+def run_argv(
+    engine: Engine,
+    image: str,
+    *,
+    name: str,
+    src: Path,
+    out: Path,
+    ccache: Path,
+    env: Mapping[str, str],
+    cmake_args: Sequence[str],
+    user: str | None,
+    network: str,
+    ca_cert: Path | None,
+) -> list[str]:
+    """`<engine> run` of the image's `build` mode over the staged source, output and cache directories."""
+    argv = engine.cmd("run", "--rm", "--name", name, "--network", network)
+    if user:
+        argv += ["--user", user]
+        if engine.kind == "podman" and os.geteuid() != 0:
+            # rootless podman maps container uids into a sub-uid range: keep-id makes our uid the same inside,
+            # so what the build writes into the mounted directories stays ours.
+            argv += ["--userns", "keep-id"]
+    argv += mount(src, SRC) + mount(out, OUT) + mount(ccache, CCACHE)
+    full_env = dict(env)
+    if ca_cert is not None:
+        argv += mount(ca_cert, CA_BUNDLE, read_only=True)
+        full_env.update(PIP_CERT=CA_BUNDLE, SSL_CERT_FILE=CA_BUNDLE, REQUESTS_CA_BUNDLE=CA_BUNDLE)
+    for key, value in sorted(full_env.items()):
+        argv += ["--env", f"{key}={value}"]
+    return [*argv, "--", image, "build", *cmake_args]
+
+
+def report(path: Path) -> dict[str, Any]:
+    """The entrypoint's build-report.tsv: generator, compiler, native libraries, ccache counts, linked libraries."""
+    found: dict[str, Any] = {"native": [], "needs": [], "ccache": None}
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return found
+    for line in lines:
+        key, _, value = line.partition("\t")
+        if key == "native":
+            found["native"].append(value)
+        elif key == "needs":
+            found["needs"].append(tuple(value.split("\t")))
+        elif key == "ccache":
+            hits, _, misses = value.partition(" ")
+            found["ccache"] = {"hits": int(hits), "misses": int(misses)}
+        elif key:
+            found[key] = value
+    return found

@@ -1,0 +1,366 @@
+"""invoke wheel PATH: a wheel of the checkout at PATH, built in the wheel image (or on the host with --native),
+landing in --out with SHA256SUMS, a CycloneDX SBOM and an in-toto provenance statement.
+
+Plan first: the target's recipe is checked against the checkout, --out is checked, the source is described, the
+image is named. Then the working tree is copied to a scratch directory, built there (the checkout is only read),
+the wheel is stamped with its build record, and only then do complete files move into --out.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json as jsonlib
+import os
+import secrets
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from invoke import Collection
+
+from .core import assets, attest, builder, config, outdir, source, ui, validate, wheelfile
+from .core.errors import Failure
+from .core.fullbuild import version_of
+from .core.gitrepo import Repo
+from .core.proc import Runner
+from .core.scratch import scratch
+from .core.tasking import runner, task, toggle
+
+MARK = "forkdev-wheel: error: "  # how the entrypoint's own failure line starts
+
+HELP = {
+    "path": "the checkout to build (a git working tree; uncommitted and untracked files are built too)",
+    "out": "where the wheel, SHA256SUMS, SBOM and provenance land (default: config wheel.out, dist/)",
+    "native": "build on this host instead of in the wheel image",
+    "no_native": "build in the image, whatever config wheel.native says",
+    "target": "target profile: how the checkout builds (default: config target)",
+    "cmake_arg": "a -DNAME=VALUE for the cmake configure step; repeatable",
+    "ca_cert": "a CA bundle for a build that reaches a package index through a TLS-intercepting proxy",
+    "isolation": "let pip fetch build dependencies in an isolated environment (needs the network)",
+}
+
+
+def image_settings(c: Any) -> tuple[str, dict[str, str]]:
+    """The build image's reference and build args, from config."""
+    cfg = c.config.wheel
+    args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
+    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in dict(cfg.build_args).items()})
+    ref = cfg.image or f"{builder.REPOSITORY}:{builder.recipe(args)}"
+    return validate.image_ref(ref, "wheel.image"), args
+
+
+@task(help=HELP, iterable=["cmake_arg"])
+def build(
+    c,
+    path,
+    out=None,
+    native=False,
+    no_native=False,
+    target=None,
+    cmake_arg=None,
+    ca_cert=None,
+    isolation=False,
+    dry_run=False,
+    json=False,
+    quiet=False,
+):
+    """Build a wheel of the checkout at PATH (in the wheel image, or --native); wheel path on stdout."""
+    run = runner(c, dry_run, quiet)
+    cfg = c.config.wheel
+    profile = config.of(c, target)
+    repo = Repo.open(validate.plain(path, "PATH", "pass the path of a checkout"), run)
+    recipe_check(repo.path, profile)
+    out_dir = outdir.resolve(validate.plain(out or cfg.out, "--out"), repo.path)
+    on_host = toggle("native", native, no_native, cfg.native)
+    cmake_args = [validate.cmake_define(a) for a in (*profile.cmake_args, *cfg.cmake_args, *(cmake_arg or []))]
+    outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
+    ca = _ca_cert(ca_cert or cfg.ca_cert)
+    isolated = bool(isolation or cfg.isolation)
+    src = source.describe(repo)
+    ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
+    env = _build_env(c, repo, src, profile, isolated, cfg)
+    log = config.cache_dir(c) / "wheel" / f"{repo.path.name}.log"
+    plan = {
+        "path": str(repo.path),
+        "target": profile.name,
+        "commit": src.commit,
+        "dirty": src.dirty,
+        "out": str(out_dir),
+        "native": on_host,
+        "cmake_args": cmake_args,
+        "log": str(log),
+    }
+    with scratch("wheel") as tmp:
+        stage_src, stage_out = tmp / "src", tmp / "out"
+        started = _now()
+        if on_host:
+            built_by = _native(c, run, stage_src, stage_out, env, cmake_args, log, repo, src, plan)
+        else:
+            built_by = _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan)
+        if run.dry_run:
+            ui.info(f"dry run: would write a wheel, its SBOM and provenance, and SHA256SUMS into {out_dir}")
+            if json:
+                ui.emit_json({**plan, "dry_run": True})
+            return
+        result = _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started, log, isolated)
+    if json:
+        ui.emit_json(result)
+    else:
+        ui.result(result["wheel"])
+
+
+def recipe_check(root: Path, profile: config.Target) -> None:
+    """The checkout has what the target's recipe builds from, or one sentence says what is missing."""
+    py = root / profile.wheel_python
+    if not ((py / "pyproject.toml").is_file() or (py / "setup.py").is_file()):
+        where = "the root" if profile.wheel_python in ("", ".") else f"{profile.wheel_python}/"
+        raise Failure(
+            f"'{root}' has no build recipe for target {profile.name}: no pyproject.toml or setup.py in {where}; "
+            "pass the checkout of a Python package, or --target the profile that matches its layout"
+        )
+    if profile.wheel_cmake and not (root / profile.wheel_cmake / "CMakeLists.txt").is_file():
+        raise Failure(
+            f"'{root}' has no build recipe for target {profile.name}: no CMakeLists.txt in "
+            f"{profile.wheel_cmake or '.'}/; pass a checkout laid out as {profile.name} is, or another --target"
+        )
+
+
+def _ca_cert(value: str | None) -> Path | None:
+    if not value:
+        return None
+    path = Path(os.path.expanduser(validate.plain(value, "--ca-cert"))).resolve()
+    if not path.is_file():
+        raise Failure(f"--ca-cert '{value}' is not a file; pass a PEM bundle (e.g. /etc/ssl/certs/ca-certificates.crt)")
+    return path
+
+
+def _build_env(c, repo: Repo, src: source.Source, profile, isolated: bool, cfg) -> dict[str, str]:
+    env = {
+        "FORKDEV_CMAKE_DIR": profile.wheel_cmake,
+        "FORKDEV_PYTHON_DIR": profile.wheel_python or ".",
+        "CCACHE_MAXSIZE": str(cfg.ccache_size),
+    }
+    if int(cfg.jobs or 0) > 0:
+        env["FORKDEV_JOBS"] = str(int(cfg.jobs))
+    if isolated:
+        env["FORKDEV_ISOLATION"] = "1"
+    if profile.version_env:
+        env[profile.version_env] = version_of(repo, src.commit)
+    for key, value in dict(cfg.env).items():
+        env[validate.plain(str(key), "wheel.env name")] = validate.plain(str(value), f"wheel.env.{key}")
+    return env
+
+
+def _ccache(c, kind: str) -> Path:
+    configured = c.config.wheel.ccache
+    base = Path(os.path.expanduser(configured)) if configured else config.cache_dir(c) / "ccache"
+    return base / kind  # the image's compiler and the host's never share entries: one cache each
+
+
+def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_out: Path, plan: dict) -> None:
+    """The scratch copy the build sees, and the hash of exactly those files (taken before the build writes)."""
+    if run.dry_run:
+        return
+    source.export(repo, src, stage_src)
+    stage_out.mkdir()
+    plan["tree_sha256"] = src.tree_sha256(stage_src)
+
+
+def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan) -> dict:
+    engine = config.engine(c, run)
+    ref, args = image_settings(c)
+    image = builder.ensure(engine, run, ref, args)
+    cache = _ccache(c, "image")
+    user = None
+    _stage(run, repo, src, stage_src, stage_out, plan)
+    if not run.dry_run:
+        cache.mkdir(parents=True, exist_ok=True)
+        owner = builder.numeric_user(image.user)
+        if os.geteuid() != 0:
+            user = f"{os.geteuid()}:{os.getegid()}"  # what the build writes is ours
+            env = {**env, "HOME": "/tmp"}
+        elif owner is not None and owner[0] != 0:
+            for path in (stage_src, stage_out):  # the image's own non-root user builds
+                source.hand_over(path, *owner)
+            if os.stat(cache).st_uid == 0:
+                os.chown(cache, *owner)
+    network = engine.network if (isolated or ca is not None) else "none"
+    name = f"forkdev-wheel-{os.getpid()}-{secrets.token_hex(3)}"
+    argv = builder.run_argv(
+        engine,
+        image.ref,
+        name=name,
+        src=stage_src,
+        out=stage_out,
+        ccache=cache,
+        env=env,
+        cmake_args=cmake_args,
+        user=user,
+        network=network,
+        ca_cert=ca,
+    )
+    plan.update(image=image.ref, image_built=image.built)
+    try:
+        _run_build(run, argv, log, env=None)
+    except BaseException:
+        # Ctrl-C or a timeout: `run --rm` ends with its client, but a container the engine already started may stay.
+        if not run.dry_run:
+            run(engine.cmd("rm", "--force", "--", name), check=False)
+        raise
+    return {
+        "id": f"urn:forkdev:builder:{engine.kind}-image",
+        "image": image.ref,
+        "digest": image.id,
+        "engine": f"{engine.kind} {engine.server_version}",
+        "network": network,
+    }
+
+
+def _native(c, run, stage_src, stage_out, env, cmake_args, log, repo, src, plan) -> dict:
+    python = c.config.wheel.python or sys.executable
+    cache = _ccache(c, "native")
+    _stage(run, repo, src, stage_src, stage_out, plan)
+    if not run.dry_run:
+        cache.mkdir(parents=True, exist_ok=True)
+    host_env = {
+        **env,
+        "FORKDEV_SRC": str(stage_src),
+        "FORKDEV_OUT": str(stage_out),
+        "FORKDEV_PYTHON": python,
+        "CCACHE_DIR": str(cache),
+    }
+    plan.update(python=python)
+    _run_build(run, ["bash", str(assets.entrypoint()), "build", *cmake_args], log, env=host_env)
+    return {"id": "urn:forkdev:builder:native", "python": python, "platform": sys.platform}
+
+
+def _run_build(run: Runner, argv: list[str], log: Path, env: dict[str, str] | None) -> None:
+    """The build, its output passed through and into `log`; a failure is its own last line plus the log's path."""
+    if not run.dry_run:
+        log.parent.mkdir(parents=True, exist_ok=True)
+        log.write_text("")
+    with ui.log_to(None if run.dry_run else log), ui.step("build the wheel"):
+        res = run(argv, env=env, stream=True, check=False)
+    if res.ok:
+        return
+    lines = res.err.splitlines()
+    ours = [line[len(MARK) :] for line in lines if line.startswith(MARK)]
+    cmake = _cmake_error(lines)
+    why = ours[-1] if ours else f"the build stopped with exit {res.returncode}: {res.reason}"
+    raise Failure(f"{why}{f' ({cmake})' if cmake and cmake not in why else ''}; the build log is {log}")
+
+
+def _cmake_error(lines: list[str]) -> str:
+    """cmake's first error and the line that explains it ("CMake Error at CMakeLists.txt:7: Parse error...")."""
+    for i, line in enumerate(lines):
+        if line.startswith("CMake Error"):
+            detail = next((nxt.strip() for nxt in lines[i + 1 : i + 4] if nxt.strip()), "")
+            return " ".join(f"{line.strip()} {detail}".split())
+    return ""
+
+
+def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started, log, isolated) -> dict:
+    report = builder.report(stage_out / "build-report.tsv")
+    wheels = sorted(stage_out.glob("*.whl"))
+    if len(wheels) != 1:
+        raise Failure(f"the build left {len(wheels)} wheels instead of one; the build log is {log}")
+    staged = wheels[0]
+    wheel = wheelfile.read(staged)
+    package = profile.package or (wheel.top_level[0] if wheel.top_level else wheel.name.replace("-", "_"))
+    tree = plan["tree_sha256"]
+    record = {
+        "commit": src.commit,
+        "dirty": src.dirty,
+        "tree_sha256": tree,
+        "target": profile.name,
+        "package": package,
+        "smoke": profile.smoke,
+        "native": report["native"],
+        "builder": built_by.get("image") or "native",
+    }
+    wheelfile.stamp(staged, record)
+    wheel = wheelfile.read(staged)
+    if wheel.pure_with_native:
+        ui.warn(
+            f"{staged.name} is tagged pure ({', '.join(wheel.tags)}) yet carries native libraries "
+            f"({', '.join(wheel.natives)}): pip would install it on platforms where they cannot load; make setup.py "
+            "declare them (a Distribution whose has_ext_modules() is true, or an extension)"
+        )
+    digest = wheelfile.sha256(staged)
+    finished = _now()
+    names = [staged.name, attest.sbom_name(staged.name), attest.provenance_name(staged.name)]
+    existing_sums = outdir.check_writable(out_dir, names)
+    sbom = attest.sbom(wheel, digest, finished, report["needs"])
+    provenance = attest.provenance(
+        staged.name,
+        digest,
+        source={"uri": src.uri, "commit": src.commit, "dirty": src.dirty, "tree_sha256": tree},
+        builder=built_by,
+        parameters={
+            "target": profile.name,
+            "native": plan["native"],
+            "cmake_args": plan["cmake_args"],
+            "isolation": isolated,
+        },
+        internal={
+            "wheel_cmake": profile.wheel_cmake,
+            "wheel_python": profile.wheel_python,
+            "generator": report.get("generator"),
+            "compiler": report.get("compiler"),
+        },
+        started=started,
+        finished=finished,
+        log=str(log),
+    )
+    side = stage_out / "attest"
+    side.mkdir()
+    (side / names[1]).write_text(jsonlib.dumps(sbom, indent=1, sort_keys=True) + "\n")
+    (side / names[2]).write_text(jsonlib.dumps(provenance, indent=1, sort_keys=True) + "\n")
+    sums = {
+        names[0]: digest,
+        names[1]: wheelfile.sha256(side / names[1]),
+        names[2]: wheelfile.sha256(side / names[2]),
+    }
+    written = outdir.publish(out_dir, [side / names[1], side / names[2], staged], sums, existing_sums)
+    if report["ccache"] is not None:
+        ui.info(f"ccache: {report['ccache']['hits']} hits, {report['ccache']['misses']} misses")
+    ui.ok(f"built {out_dir / staged.name} ({src.commit[:12]}{', dirty' if src.dirty else ''})")
+    return {
+        **plan,
+        "wheel": str(out_dir / staged.name),
+        "wheels": [str(out_dir / staged.name)],
+        "sha256": digest,
+        "sbom": str(written[0]),
+        "provenance": str(written[1]),
+        "sha256sums": str(written[-1]),
+        "version": wheel.version,
+        "tags": list(wheel.tags),
+        "native_libraries": list(wheel.natives),
+        "pure_with_native": wheel.pure_with_native,
+        "ccache": report["ccache"],
+        "builder": built_by,
+        "dry_run": False,
+    }
+
+
+def _now() -> str:
+    return dt.datetime.fromtimestamp(time.time(), dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@task(help={"force": "build even when an image of the same recipe exists"})
+def image(c, force=False, dry_run=False, json=False, quiet=False):
+    """Build the wheel image from docker/Dockerfile (skipped when one of the same recipe exists)."""
+    run = runner(c, dry_run, quiet)
+    engine = config.engine(c, run)
+    ref, args = image_settings(c)
+    built = builder.ensure(engine, run, ref, args, force=force)
+    if json:
+        ui.emit_json({"image": built.ref, "id": built.id, "built": built.built, "dry_run": run.dry_run})
+    else:
+        ui.result(built.ref)
+
+
+wheel = Collection("wheel")
+wheel.add_task(build, default=True)
+wheel.add_task(image)

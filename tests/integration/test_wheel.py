@@ -1,0 +1,291 @@
+"""`invoke wheel` and `invoke smoke` end to end: a real cmake-backed package with a C library (laid out as
+MLC-LLM is), built in the real image on docker and podman (or on the host with --native), then installed in fresh
+environments. Every fault is caused for real: a CMakeLists.txt that does not parse, a compiler that is not
+installed, a wheel without its library, a package that does not import."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+import support
+
+MLC = {"INVOKE_TARGET": "mlc-llm"}
+WHEEL = "mlc_llm-0.1.0-cp311-cp311-linux_x86_64.whl"
+
+
+def listing(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())} if folder.exists() else {}
+
+
+def ccache(res) -> dict:
+    return res.json["ccache"]
+
+
+@pytest.fixture
+def pkg(tmp_path) -> Path:
+    support.make_cmake_package(tmp_path / "mlc-llm")
+    return tmp_path / "mlc-llm"
+
+
+@pytest.fixture
+def out(tmp_path) -> Path:
+    """An output directory that already holds something of the user's, which must survive every run."""
+    path = tmp_path / "dist"
+    path.mkdir()
+    (path / "NOTES.md").write_text("the user's own file\n")
+    return path
+
+
+# ---- in the image, on docker and podman -----------------------------------------------------------------------
+@pytest.mark.engine
+class TestInTheImage:
+    @pytest.fixture
+    def wheel(self, tool, engine, wheel_image, tmp_path):
+        env = {**MLC, **support.wheel_env(engine), "INVOKE_WHEEL_CCACHE": str(tmp_path / "ccache")}
+
+        def run(*args: str, extra: dict[str, str] | None = None):
+            return tool("wheel", *args, env={**env, **(extra or {})})
+
+        return run
+
+    def test_a_trusted_wheel_its_checksums_sbom_provenance_a_fresh_smoke_and_ccache_hits(
+        self, wheel, tool, engine, wheel_image, pkg, out
+    ):
+        commit = support.git(pkg, "rev-parse", "HEAD")
+        res = wheel(str(pkg), "--out", str(out), "--cmake-arg", "-DGREETING=bonjour", "--json")
+        assert res.code == 0, res.err
+        built = Path(res.json["wheel"])
+        assert res.out.count("\n") == 1 and built == out / WHEEL
+        assert sorted(listing(out)) == sorted(
+            ["NOTES.md", "SHA256SUMS", WHEEL, f"{WHEEL}.cdx.json", f"{WHEEL}.intoto.json"]
+        )
+        assert (out / "NOTES.md").read_text() == "the user's own file\n"
+        assert built.stat().st_uid == os.getuid() and built.stat().st_gid == os.getgid()
+        assert f"{engine.exe} run --rm --name forkdev-wheel-" in res.err and "--network none" in res.err
+        assert res.json["native_libraries"] == ["mlc_llm/libmlc_llm.so"] and res.json["pure_with_native"] is False
+        first = ccache(res)
+        assert first["misses"] >= 1 and first["hits"] == 0
+
+        # SHA256SUMS checks with the real sha256sum; the SBOM against the CycloneDX schema.
+        subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
+        from cyclonedx.schema import SchemaVersion
+        from cyclonedx.validation.json import JsonStrictValidator
+
+        sbom_text = (out / f"{WHEEL}.cdx.json").read_text()
+        assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom_text) is None
+        sbom = json.loads(sbom_text)
+        assert sbom["metadata"]["component"]["hashes"][0]["content"] == hashlib.sha256(built.read_bytes()).hexdigest()
+        assert any(c["name"] == "libc.so.6" for c in sbom["components"]), "the .so's linked libraries are listed"
+
+        statement = json.loads((out / f"{WHEEL}.intoto.json").read_text())
+        assert statement["subject"][0]["digest"]["sha256"] == res.json["sha256"]
+        source, image = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+        assert source["digest"]["gitCommit"] == commit and source["annotations"]["dirty"] is False
+        assert image["digest"]["sha256"] == support.inspect(engine, wheel_image)["Id"].removeprefix("sha256:")
+        assert statement["predicate"]["buildDefinition"]["externalParameters"]["cmake_args"] == ["-DGREETING=bonjour"]
+        with zipfile.ZipFile(built) as zf:
+            stamp = json.loads(zf.read("mlc_llm-0.1.0.dist-info/forkdev-build.json"))
+        assert stamp["commit"] == commit and stamp["native"] == ["libmlc_llm.so"] and stamp["smoke"] == "mlc_llm --help"
+
+        # A fresh environment, from a directory outside the tree: the -D option reached the compiled library.
+        smoked = tool("smoke", "--wheel", str(built), "--json")
+        assert smoked.code == 0, smoked.err
+        (result,) = smoked.json["wheels"]
+        assert result["ok"] and result["commit"] == commit and result["natives_loaded"] == ["mlc_llm/libmlc_llm.so"]
+        assert "/forkdev-smoke-" in result["module"] and str(pkg) not in result["module"]
+        assert "bonjour 5" in smoked.err  # `mlc_llm --help`, the profile's smoke command, printed greet() and add()
+
+        # The same tree again: every compile is a ccache hit; the wheel of the same name is replaced.
+        again = wheel(str(pkg), "--out", str(out), "--cmake-arg", "-DGREETING=bonjour", "--json")
+        assert again.code == 0, again.err
+        assert ccache(again)["hits"] >= 1 and ccache(again)["misses"] == 0, again.err
+        assert f"ccache: {ccache(again)['hits']} hits, 0 misses" in again.err
+        assert sorted(listing(out)) == sorted(
+            ["NOTES.md", "SHA256SUMS", WHEEL, f"{WHEEL}.cdx.json", f"{WHEEL}.intoto.json"]
+        )
+        subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
+
+    def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
+        self, wheel, tool, wheel_image, pkg, out, tmp_path
+    ):
+        res = wheel(str(pkg), "--out", str(out))
+        assert res.code == 0, res.err
+        smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), "--json")
+        assert smoked.code == 0, smoked.err
+        assert smoked.json["wheels"][0]["module"].startswith("/tmp/forkdev-smoke-")
+        assert "--network none --entrypoint python3" in smoked.err
+
+        broken = support_broken_wheel(tmp_path)
+        failed = tool("smoke", "--image", wheel_image, "--wheel", str(broken))
+        assert failed.code == 1
+        assert failed.last_error.startswith(f"error: {broken.name}: import mlc_llm failed: OSError:")
+        assert "libmlc_llm.so: cannot open shared object file" in failed.last_error
+        assert "rebuild it with 'invoke wheel'" in failed.last_error
+
+    def test_a_cmake_failure_is_one_line_naming_it_and_the_log_and_out_is_untouched(self, wheel, pkg, out):
+        (pkg / "CMakeLists.txt").write_text((pkg / "CMakeLists.txt").read_text() + "add_library(broken SHARED\n")
+        before = listing(out)
+        res = wheel(str(pkg), "--out", str(out))
+        assert res.code == 1
+        assert res.last_error.startswith("error: cmake configure failed (exit 1) (CMake Error")
+        log = Path(res.last_error.rsplit("the build log is ", 1)[1])
+        assert "Traceback" not in res.err and "CMake Error" in log.read_text()
+        assert listing(out) == before
+
+    def test_a_missing_compiler_is_one_line_naming_it(self, wheel, pkg, out, tmp_path):
+        settings = tmp_path / "compiler.json"
+        settings.write_text(json.dumps({"wheel": {"env": {"CC": "gcc-13"}}}))  # bookworm's image has only gcc-12
+        before = listing(out)
+        res = wheel(str(pkg), "--out", str(out), extra={"INVOKE_RUNTIME_CONFIG": str(settings)})
+        assert res.code == 1
+        assert res.last_error.startswith("error: no C compiler 'gcc-13'; install one (gcc) or set CC")
+        assert "the build log is" in res.last_error and listing(out) == before
+
+
+def support_broken_wheel(tmp_path: Path) -> Path:
+    """A wheel as a careless pipeline makes it: `pip wheel` of a package that never got its library."""
+    src = tmp_path / "nolib"
+    support.make_cmake_package(src, ship_lib=False)
+    dest = tmp_path / "careless"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", dest, src / "python"],
+        check=True,
+        capture_output=True,
+    )
+    (found,) = dest.glob("*.whl")
+    return found
+
+
+# ---- on the host (--native) and the smoke's own faults: no engine needed ---------------------------------------
+def native(invoke, *args: str, env: dict[str, str] | None = None):
+    return invoke("wheel", *args, "--native", env={**MLC, **(env or {})})
+
+
+def test_a_checkout_without_a_build_recipe_is_one_line_and_nothing_runs(invoke, tmp_path, out):
+    repo = tmp_path / "docs-only"
+    repo.mkdir()
+    support.git(repo, "init", "-q")
+    (repo / "README.md").write_text("no package here\n")
+    support.commit_all(repo, "docs")
+    res = native(invoke, str(repo), "--out", str(out))
+    assert res.code == 1
+    assert res.last_error == (
+        f"error: '{repo}' has no build recipe for target mlc-llm: no pyproject.toml or setup.py in python/; "
+        "pass the checkout of a Python package, or --target the profile that matches its layout"
+    )
+    assert "entrypoint.sh" not in res.err and "Traceback" not in res.err
+
+
+@pytest.mark.parametrize("where", ["checkout", "file", "escape"])
+def test_an_out_that_is_the_checkout_a_file_or_an_escaping_symlink_is_refused(invoke, pkg, tmp_path, where):
+    target = {"checkout": pkg, "file": pkg / "CMakeLists.txt", "escape": tmp_path / "link"}[where]
+    if where == "escape":
+        os.symlink("/usr", target)
+    res = native(invoke, str(pkg), "--out", str(target))
+    assert res.code == 1
+    expected = {"checkout": "is the checkout itself", "file": "is a file", "escape": "is a symlink to /usr, outside"}
+    assert expected[where] in res.last_error and "entrypoint.sh" not in res.err
+
+
+def test_dry_run_shows_the_plan_and_writes_nothing(invoke, pkg, tmp_path):
+    out = tmp_path / "never"
+    res = native(invoke, str(pkg), "--out", str(out), "--dry-run", "--json")
+    assert res.code == 0, res.err
+    assert res.json["dry_run"] is True and res.json["commit"] == support.git(pkg, "rev-parse", "HEAD")
+    assert "entrypoint.sh build   [dry-run: not run]" in res.err
+    assert not out.exists()
+
+
+def test_native_build_records_dirty_work_and_the_exact_tree(invoke, pkg, out):
+    clean = native(invoke, str(pkg), "--out", str(out), "--json")
+    assert clean.code == 0, clean.err
+    clean_tree = json.loads(Path(clean.json["provenance"]).read_text())
+    (pkg / "cpp" / "greet.c").write_text(support.PACKAGE_C + "int mlc_extra(void) { return 7; }\n")
+    (pkg / "cpp" / "untracked.h").write_text("/* new */\n")
+    dirty = native(invoke, str(pkg), "--out", str(out), "--json")
+    assert dirty.code == 0, dirty.err
+    assert dirty.json["dirty"] is True and clean.json["dirty"] is False
+    statement = json.loads(Path(dirty.json["provenance"]).read_text())
+    (src,) = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
+    (clean_src,) = clean_tree["predicate"]["buildDefinition"]["resolvedDependencies"]
+    assert src["annotations"]["dirty"] is True and src["digest"] == clean_src["digest"]
+    assert src["annotations"]["tree_sha256"] != clean_src["annotations"]["tree_sha256"]
+    assert statement["predicate"]["runDetails"]["builder"]["id"] == "urn:forkdev:builder:native"
+    assert not (pkg / "build").exists(), "the checkout is only read: the build ran in a scratch copy"
+
+
+def test_a_wheel_that_does_not_import_fails_smoke_naming_it_and_its_build_log(invoke, tmp_path, out):
+    src = tmp_path / "bad-import"
+    support.make_cmake_package(src, import_error=True)
+    built = native(invoke, str(src), "--out", str(out), "--json")
+    assert built.code == 0, built.err
+    res = invoke("smoke", "--wheel", built.json["wheel"])
+    assert res.code == 1
+    assert res.last_error.startswith(
+        f"error: {WHEEL}: import mlc_llm failed: ModuleNotFoundError: No module named 'mlc_llm_missing_dependency'"
+    )
+    assert f"build log: {built.json['log']}" in res.last_error and "Traceback" not in res.err.splitlines()[-1]
+
+
+def test_a_wheel_without_the_library_cmake_built_is_refused_at_build_and_fails_smoke(invoke, tmp_path, out):
+    src = tmp_path / "nolib"
+    support.make_cmake_package(src, ship_lib=False)
+    before = listing(out)
+    res = native(invoke, str(src), "--out", str(out))
+    assert res.code == 1
+    assert res.last_error.startswith("error: the wheel lacks libmlc_llm.so, which cmake built; make the package")
+    assert listing(out) == before
+
+    careless = support_broken_wheel(tmp_path)
+    smoked = invoke("smoke", "--wheel", str(careless), "--installer", "pip")
+    assert smoked.code == 1
+    assert f"error: {careless.name}: import mlc_llm failed: OSError:" in smoked.last_error
+
+
+def test_a_pure_tagged_wheel_carrying_a_library_is_reported(invoke, tmp_path, out):
+    src = tmp_path / "pure"
+    support.make_cmake_package(src, pure=True)
+    res = native(invoke, str(src), "--out", str(out), "--json")
+    assert res.code == 0, res.err
+    assert res.json["pure_with_native"] is True and res.json["wheel"].endswith("-py3-none-any.whl")
+    assert "is tagged pure (py3-none-any) yet carries native libraries (mlc_llm/libmlc_llm.so)" in res.err
+    smoked = invoke("smoke", "--wheel", res.json["wheel"], "--json")
+    assert smoked.json["wheels"][0]["pure_with_native"] is True and "is tagged pure" in smoked.err
+
+
+def test_smoke_takes_every_wheel_in_dist_and_catches_one_changed_after_its_build(invoke, pkg, tmp_path):
+    out = tmp_path / "dist"
+    built = native(invoke, str(pkg), "--out", str(out), "--json")
+    assert built.code == 0, built.err
+    pip = invoke("smoke", "--installer", "pip", "--json", env={"INVOKE_WHEEL_OUT": str(out)})
+    assert pip.code == 0, pip.err
+    assert [w["installer"] for w in pip.json["wheels"]] == ["pip"] and pip.out.count("\n") == 1
+    wheel = Path(built.json["wheel"])
+    with zipfile.ZipFile(wheel, "a") as zf:
+        zf.writestr("mlc_llm/extra.py", "TAMPERED = True\n")
+    res = invoke("smoke", "--wheel", str(wheel))
+    assert res.code == 1
+    assert res.last_error == (
+        f"error: {WHEEL} does not match its line in {out / 'SHA256SUMS'}: it changed after the build; rebuild it"
+    )
+
+
+def test_a_second_wheel_in_the_same_out_keeps_the_first_and_its_checksum(invoke, pkg, tmp_path, out):
+    first = native(invoke, str(pkg), "--out", str(out), "--json")
+    assert first.code == 0, first.err
+    other = tmp_path / "other"
+    support.make_cmake_package(other, version="0.2.0")
+    second = native(invoke, str(other), "--out", str(out), "--json")
+    assert second.code == 0, second.err
+    names = set(listing(out))
+    assert {WHEEL, "mlc_llm-0.2.0-cp311-cp311-linux_x86_64.whl", "NOTES.md", "SHA256SUMS"} <= names
+    sums = (out / "SHA256SUMS").read_text()
+    assert WHEEL in sums and "mlc_llm-0.2.0" in sums and "NOTES.md" not in sums
+    subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
