@@ -161,7 +161,7 @@ def test_a_missing_program_and_a_failed_command_are_one_sentence():
         ),
         (b"warning: a\nerror: pathspec 'y' did not match\n", "error: pathspec 'y' did not match"),
         (b"Cannot connect to the Docker daemon\n", "Cannot connect to the Docker daemon"),
-        (b"", "?"),
+        (b"", "exit status 1, no output"),
     ],
 )
 def test_the_reason_of_a_failure_is_the_line_that_says_why(stderr, reason):
