@@ -1,5 +1,5 @@
 """Git, read through the process seam. Nothing here writes to a user's checkout; the few writes fork-sync
-needs (a temporary worktree, a fast-forward) live in fork_sync.py and are named there.
+needs (a temporary index, moving a branch) live in sync.py and are named there.
 """
 
 from __future__ import annotations
