@@ -5,7 +5,7 @@ The task turns flags and config into values and makes one call; the machinery is
 
 from __future__ import annotations
 
-from .core import config, ui
+from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.sync import parse_strategies, sync
@@ -43,15 +43,21 @@ def fork_sync(
     """Merge upstream into the fork; protected paths keep the fork's version; no work is ever lost."""
     cfg = c.config.fork_sync
     run = Runner(dry_run=config.dry_run(c, dry_run))
-    strategies = parse_strategies(dict(cfg.strategies)) | parse_strategies(list(strategy or []))
+    pattern = "pass a path or glob of the repository"
+    strategies = {}
+    for source, items in (("config fork_sync.strategies", dict(cfg.strategies)), ("--strategy", list(strategy or []))):
+        for path, how in parse_strategies(items).items():
+            strategies[validate.plain(path, f"{source} path", pattern)] = how
+    protected = [validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect]
+    protected += [validate.plain(p, "--protect", pattern) for p in protect or []]
     try:
         out = sync(
             run,
-            repo or cfg.repo,
-            upstream or cfg.upstream,
-            branch or cfg.branch,
-            into or cfg.into,
-            list(cfg.protect) + list(protect or []),
+            validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout"),
+            validate.source(upstream or cfg.upstream, _named("--upstream", upstream)),
+            validate.git_ref(branch or cfg.branch, _named("--branch", branch)),
+            validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
+            protected,
             strategies,
             push or cfg.push,
             autostash or cfg.autostash,
@@ -75,3 +81,8 @@ def fork_sync(
             + f" upstream {out.upstream[:12]} into {out.branch}"
             + ("" if run.dry_run else f": {out.before[:12]} -> {out.after[:12]}")
         )
+
+
+def _named(flag: str, given: object) -> str:
+    """How an error names a value: by its flag when it came from one, else by its config key."""
+    return flag if given else f"config fork_sync.{flag.removeprefix('--')}"

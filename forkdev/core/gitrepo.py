@@ -49,7 +49,7 @@ class Repo:
 
     def rev(self, ref: str) -> str | None:
         """The object `ref` names, or None when it names nothing here."""
-        res = self.git("rev-parse", "--verify", "--quiet", ref, check=False)
+        res = self.git("rev-parse", "--verify", "--quiet", "--end-of-options", ref, check=False)
         return res.out if res.ok else None
 
     def resolve(self, ref: str, what: str = "ref") -> str:

@@ -65,7 +65,7 @@ def matches(path: str, pattern: str) -> bool:
     return path == prefix or path.startswith(prefix + "/") or fnmatch.fnmatchcase(path, pattern)
 
 
-class Sync:
+class Merge:
     def __init__(self, repo: Repo, run: Runner) -> None:
         self.repo, self.run = repo, run
 
@@ -102,6 +102,7 @@ class Sync:
             "--no-tags",
             "--no-write-fetch-head",
             "--refmap=",
+            "--",  # nothing after it is an option, whatever a flag or config said
             upstream,
             f"+refs/heads/{branch}:{FETCHED}/{branch}",
             check=False,
@@ -111,7 +112,7 @@ class Sync:
                 f"fetching branch '{branch}' of upstream '{upstream}' failed ({res.reason}); check the remote "
                 "name or URL and your network; nothing was changed"
             )
-        return self.repo.out("rev-parse", f"{FETCHED}/{branch}")
+        return self.repo.out("rev-parse", "--verify", "--end-of-options", f"{FETCHED}/{branch}")
 
     # ---- merging in objects only ----------------------------------------------------------------------
     def merge(
@@ -194,9 +195,12 @@ def sync(
     autostash: bool,
 ) -> Outcome:
     repo = Repo.open(repo_path, run)
+    for name, what in ((branch, "upstream branch (--branch)"), (into, "branch (--into)")):
+        if name and not run(["git", "check-ref-format", f"refs/heads/{name}"], mutates=False, check=False).ok:
+            raise Failure(f"{what} '{name}' is not a valid branch name; pass a name such as main or release/v1")
     if repo.is_bare():
         raise Failure(f"'{repo_path}' is a bare repository; run fork-sync in a checkout of the fork")
-    s = Sync(repo, run)
+    s = Merge(repo, run)
     current = s.current_branch()
     target = into or current
     if not target:
@@ -217,7 +221,7 @@ def sync(
     with ui.step(f"fetch {upstream} {branch}"):
         theirs = s.fetch(upstream, branch)
     out = Outcome(branch=target, before=before, upstream=theirs, after=before)
-    if repo.git("merge-base", "--is-ancestor", theirs, before, check=False).ok:
+    if repo.git("merge-base", "--is-ancestor", "--end-of-options", theirs, before, check=False).ok:
         out.up_to_date = True
         ui.ok(f"'{target}' already contains upstream {branch} ({theirs[:12]})")
     else:
@@ -286,15 +290,19 @@ def _move(repo: Repo, branch: str, before: str, new: str, checked_out: bool, sta
 
 
 def _push(repo: Repo, run: Runner, branch: str) -> bool:
-    tracking = repo.git("rev-parse", "--abbrev-ref", "--symbolic-full-name", f"{branch}@{{upstream}}", check=False)
+    tracking = repo.git(
+        *("rev-parse", "--abbrev-ref", "--symbolic-full-name", "--verify", "--quiet", "--end-of-options"),
+        f"{branch}@{{upstream}}",
+        check=False,
+    )
     remote, remote_branch = tracking.out.split("/", 1) if tracking.ok else ("origin", branch)
     known = repo.rev(f"refs/remotes/{remote}/{remote_branch}")
-    ahead = int(repo.out("rev-list", "--count", f"{known}..{branch}" if known else branch))
+    ahead = int(repo.out("rev-list", "--count", "--end-of-options", f"{known}..{branch}" if known else branch))
     if ahead == 0:
         ui.info(f"'{branch}' is not ahead of {remote}/{remote_branch}; nothing to push")
         return False
     res = repo.git(
-        "push", "--quiet", remote, f"refs/heads/{branch}:refs/heads/{remote_branch}", mutates=True, check=False
+        "push", "--quiet", "--", remote, f"refs/heads/{branch}:refs/heads/{remote_branch}", mutates=True, check=False
     )
     if not res.ok:
         raise Failure(

@@ -15,6 +15,8 @@ import pytest
 import support
 from support import commit_all, git
 
+from forkdev.core.errors import Failure
+
 ENV = support.GIT_ENV
 
 
@@ -275,3 +277,68 @@ def test_sigint_at_any_moment_loses_nothing(repos):
             git(fork, "reset", "-q", "--keep", before)
             git(fork, "stash", "pop", "-q")
     assert outcomes == {True, False}, "interrupted both before and after the branch moved"
+
+
+# ---- values never become options ---------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--upstream=--upload-pack=touch {marker}"], {}, "--upstream"),
+        ([], {"INVOKE_FORK_SYNC_UPSTREAM": "--upload-pack=touch {marker}"}, "config fork_sync.upstream"),
+        (["--branch=--upload-pack=touch {marker}"], {}, "--branch"),
+        (["--into=--upload-pack=touch {marker}"], {}, "--into"),
+        (["--protect=--upload-pack=touch {marker}"], {}, "--protect"),
+        (["--strategy=--output={marker}=ours"], {}, "--strategy path"),
+        (["--repo=--upload-pack=touch {marker}"], {}, "--repo"),
+    ],
+)
+def test_a_value_starting_with_a_dash_is_refused_and_runs_nothing(invoke, repos, tmp_path, args, env, named):
+    _, _, fork = repos
+    marker = tmp_path / "ran"
+    state = snapshot(fork)
+    argv = [a.format(marker=marker) for a in args]
+    res = invoke(
+        "fork-sync",
+        *([] if named == "--repo" else ["--repo", str(fork)]),
+        *argv,
+        env={
+            **ENV,
+            **{k: v.format(marker=marker) for k, v in env.items()},
+        },
+    )
+    assert res.code == 1 and "Traceback" not in res.err
+    assert res.last_error.startswith(f"error: {named} '--") and "starts with '-'" in res.last_error
+    assert not marker.exists()
+    assert snapshot(fork) == state
+
+
+def test_values_reach_git_only_after_end_of_options(repos, tmp_path):
+    """Below the task's checks: the fetch itself hands the upstream to git after `--`, so even a value that got
+    past validation names a repository, never an option."""
+    from forkdev.core.gitrepo import Repo
+    from forkdev.core.proc import Runner
+    from forkdev.core.sync import Merge
+
+    _, _, fork = repos
+    marker = tmp_path / "ran"
+    run = Runner(echo=False)
+    with pytest.raises(Failure, match="fetching branch 'main' of upstream '--upload-pack=touch "):
+        Merge(Repo.open(fork, run), run).fetch(f"--upload-pack=touch {marker}", "main")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("branch", ["main:refs/heads/mine", "*", "a..b"])
+def test_a_branch_that_would_widen_the_refspec_is_refused(invoke, repos, branch):
+    _, _, fork = repos
+    state = snapshot(fork)
+    res = sync(invoke, fork, f"--branch={branch}")
+    assert res.code == 1 and "is not a valid branch name" in res.last_error and branch in res.last_error
+    assert snapshot(fork) == state
+
+
+def test_a_url_with_a_command_transport_runs_nothing(invoke, repos, tmp_path):
+    _, _, fork = repos
+    marker = tmp_path / "ran"
+    res = sync(invoke, fork, f"--upstream=ext::sh -c touch% {marker}")
+    assert res.code == 1 and "fetching branch 'main'" in res.last_error
+    assert not marker.exists()
