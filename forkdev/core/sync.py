@@ -19,8 +19,9 @@ import signal
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from . import ui
+from . import lock, ui
 from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
@@ -200,6 +201,23 @@ def sync(
             raise Failure(f"{what} '{name}' is not a valid branch name; pass a name such as main or release/v1")
     if repo.is_bare():
         raise Failure(f"'{repo_path}' is a bare repository; run fork-sync in a checkout of the fork")
+    # One sync per repository at a time: its worktrees share the branches (and our private refs).
+    common = Path(repo.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
+    with lock.exclusive(common / "forkdev" / "fork-sync.lock", f"fork-sync of {repo.path}"):
+        return _sync(run, repo, upstream, branch, into, protect, strategies, push, autostash)
+
+
+def _sync(
+    run: Runner,
+    repo: Repo,
+    upstream: str,
+    branch: str,
+    into: str,
+    protect: list[str],
+    strategies: dict[str, str],
+    push: bool,
+    autostash: bool,
+) -> Outcome:
     s = Merge(repo, run)
     current = s.current_branch()
     target = into or current

@@ -6,6 +6,7 @@ After every run, the user's files and refs are compared byte for byte with what 
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -342,3 +343,91 @@ def test_a_url_with_a_command_transport_runs_nothing(invoke, repos, tmp_path):
     res = sync(invoke, fork, f"--upstream=ext::sh -c touch% {marker}")
     assert res.code == 1 and "fetching branch 'main'" in res.last_error
     assert not marker.exists()
+
+
+# ---- runs that are stopped or overlap: a git on PATH that counts, waits or kills -----------------------------
+# forkdev finds git through PATH, so this script sits in front of the real one. It counts the calls made by the
+# invoke process itself (FORKDEV_TEST_PID, its parent), logging each; at call KILL_AT it kills that process with
+# SIGKILL and runs nothing; at call WAIT_AT it waits for LOG.go before running git. Anything else runs the real git.
+GIT_WRAPPER = r"""#!/bin/sh
+if [ "$PPID" = "${FORKDEV_TEST_PID:-none}" ]; then
+    echo "$*" >> "$FORKDEV_TEST_LOG"
+    n=$(($(wc -l < "$FORKDEV_TEST_LOG")))
+    if [ "$n" = "${FORKDEV_TEST_KILL_AT:-0}" ]; then
+        kill -9 "$PPID"
+        exit 137
+    fi
+    if [ "$n" = "${FORKDEV_TEST_WAIT_AT:-0}" ]; then
+        : > "$FORKDEV_TEST_LOG.waiting"
+        i=0
+        while [ ! -e "$FORKDEV_TEST_LOG.go" ] && [ "$i" -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
+    fi
+fi
+exec "$FORKDEV_TEST_GIT" "$@"
+"""
+
+
+@pytest.fixture
+def wrapped(tmp_path, cache_dir):
+    """spawn(fork, log, *args, kill_at=, wait_at=): `invoke fork-sync` behind the counting git, not waited for."""
+    bin_dir = tmp_path / "wrapped-bin"
+    bin_dir.mkdir()
+    (bin_dir / "git").write_text(GIT_WRAPPER)
+    (bin_dir / "git").chmod(0o755)
+    real = shutil.which("git")
+
+    def spawn(fork: Path, log: Path, *args: str, kill_at: int = 0, wait_at: int = 0) -> subprocess.Popen:
+        env = {
+            **os.environ,
+            **ENV,
+            "INVOKE_CACHE_DIR": str(cache_dir),
+            "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+            "FORKDEV_TEST_GIT": real,
+            "FORKDEV_TEST_LOG": str(log),
+            "FORKDEV_TEST_KILL_AT": str(kill_at),
+            "FORKDEV_TEST_WAIT_AT": str(wait_at),
+        }
+        env.pop("GITHUB_ACTIONS", None)
+        argv = support.invoke_argv("fork-sync", "--repo", str(fork), *args)
+        # `exec` keeps the shell's pid, so $$ is the pid of the invoke process the wrapper must count and kill.
+        shell = 'FORKDEV_TEST_PID=$$; export FORKDEV_TEST_PID; exec "$@"'
+        return subprocess.Popen(
+            ["sh", "-c", shell, "sh", *argv],
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    return spawn
+
+
+def wait_for(path: Path, proc: subprocess.Popen, seconds: float = 30) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert proc.poll() is None, f"exited {proc.returncode} before reaching {path.name}: {proc.communicate()[1]}"
+        assert time.monotonic() < deadline, f"{path} never appeared"
+        time.sleep(0.02)
+
+
+def test_a_second_run_while_one_holds_the_repository_is_refused_naming_its_pid(invoke, repos, wrapped, tmp_path):
+    _, _, fork = repos
+    log = tmp_path / "first.log"
+    first = wrapped(fork, log, wait_at=1_000)  # a dry count first: where is the fetch?
+    assert first.wait(60) == 0, first.communicate()[1]
+    fetch_at = next(i for i, line in enumerate(log.read_text().splitlines(), 1) if " fetch " in f" {line} ")
+    log.unlink()
+    git(fork, "reset", "-q", "--keep", "HEAD~1")  # the test's own repository: back to before the merge
+
+    first = wrapped(fork, log, wait_at=fetch_at)  # holds the lock, waiting in front of its fetch
+    wait_for(log.with_name(log.name + ".waiting"), first)
+    state = snapshot(fork)
+    second = sync(invoke, fork)
+    assert second.code == 1 and "Traceback" not in second.err
+    assert f"another fork-sync of {fork} is running (pid {first.pid}" in second.last_error
+    assert snapshot(fork) == state, "the refused run changed nothing"
+    log.with_name(log.name + ".go").touch()
+    assert first.wait(60) == 0, first.communicate()[1]
+    assert (fork / "vllm/a.py").read_text() == "A = 2\n"
+    assert sync(invoke, fork).code == 0, "the lock is released when its holder ends"
