@@ -1,6 +1,7 @@
 """invoke fork-sync: merge the upstream into the fork; protected paths keep the fork's version; no work is lost.
 
-The task turns flags and config into values and makes one call; the machinery is forkdev/core/sync.py.
+The task turns flags and config into checked values and makes one call; the machinery is in forkdev/core/sync.py
+(the merge) and forkdev/core/carry.py (moving a checked-out branch with the user's work, crash-safe).
 """
 
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
-from .core.sync import parse_strategies, sync
+from .core.sync import Request, parse_strategies, sync
 from .core.tasking import task
 
 
@@ -22,7 +23,7 @@ from .core.tasking import task
         "protect": "a path that keeps the fork's version whatever upstream did; repeatable (adds to config)",
         "strategy": "PATH_OR_GLOB=ours|theirs|union for conflicts there; repeatable (adds to config)",
         "push": "push the branch when it is ahead of its remote",
-        "autostash": "stash uncommitted work, sync, and restore it",
+        "autostash": "carry uncommitted work (staged, unstaged, untracked) across the merge",
         "dry_run": "fetch and compute the merge; move and push nothing",
         "json": "print one JSON object on stdout",
     },
@@ -50,22 +51,22 @@ def fork_sync(
             strategies[validate.plain(path, f"{source} path", pattern)] = how
     protected = [validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect]
     protected += [validate.plain(p, "--protect", pattern) for p in protect or []]
+    request = Request(
+        repo=validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout"),
+        upstream=validate.source(upstream or cfg.upstream, _named("--upstream", upstream)),
+        branch=validate.git_ref(branch or cfg.branch, _named("--branch", branch)),
+        into=validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
+        protect=tuple(protected),
+        strategies=strategies,
+        push=push or cfg.push,
+        autostash=autostash or cfg.autostash,
+    )
     try:
-        out = sync(
-            run,
-            validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout"),
-            validate.source(upstream or cfg.upstream, _named("--upstream", upstream)),
-            validate.git_ref(branch or cfg.branch, _named("--branch", branch)),
-            validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
-            protected,
-            strategies,
-            push or cfg.push,
-            autostash or cfg.autostash,
-        )
+        out = sync(run, request)
     except KeyboardInterrupt:
         raise Failure(
             "interrupted; your work is where it was (if the branch had already moved, it moved whole, "
-            "with your changes restored on top)",
+            "with your changes on top)",
             code=130,
         ) from None
     if json:
@@ -74,6 +75,12 @@ def fork_sync(
         raise Failure(
             f"merging upstream into '{out.branch}' conflicts in {', '.join(out.conflicts)}; nothing was "
             "changed: resolve by hand (git merge) or add --strategy PATH=ours|theirs|union"
+        )
+    if out.work_conflicts:
+        raise Failure(
+            f"your uncommitted changes to {', '.join(out.work_conflicts)} conflict with the merge; nothing was "
+            f"changed and your work is where it was, in {out.repo}: commit it and sync again (the conflict "
+            "then shows as one with upstream), or sync after you are done with it"
         )
     if not out.up_to_date:
         ui.ok(

@@ -3,25 +3,24 @@
 
 The merge is computed by `git merge-tree --write-tree` (no working tree, no index: only objects are written),
 protected paths and per-path strategies are resolved in a temporary index file, and the merge commit is made
-with `git commit-tree`. Only then does the branch move: `git merge --ff-only` when it is checked out (git
-refuses to overwrite local changes), else a compare-and-swap `git update-ref`. A conflict, a failed fetch or
-an interrupt before that point leaves branch, index and working tree exactly as they were.
+with `git commit-tree`. Only then does the branch move: a compare-and-swap `git update-ref` when it is not
+checked out; when it is, carry.py moves index, working tree and branch together, journaled, so that a kill at
+any point is settled by the next run, and the user's work (staged, unstaged, untracked) rides on top. A
+conflict, a failed fetch or an interrupt before that point leaves branch, index and working tree as they were.
+One sync per repository runs at a time.
 """
 
 from __future__ import annotations
 
-import contextlib
-import dataclasses
 import fnmatch
 import functools
 import os
-import signal
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import lock, ui
+from . import carry, lock, ui
 from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
@@ -30,18 +29,36 @@ STRATEGIES = ("ours", "theirs", "union")
 FETCHED = "refs/forkdev/upstream"  # a private ref: the user's remote-tracking refs are left alone
 
 
+@dataclass(frozen=True)
+class Request:
+    """What to sync, as checked values (the task makes it from flags and config)."""
+
+    repo: str
+    upstream: str  # a remote name, URL or path
+    branch: str  # the upstream branch
+    into: str = ""  # "" = the checked-out branch
+    protect: tuple[str, ...] = ()
+    strategies: Mapping[str, str] = field(default_factory=dict)
+    push: bool = False
+    autostash: bool = False
+
+
 @dataclass
 class Outcome:
-    branch: str
-    before: str
-    upstream: str
+    repo: str = ""  # the checkout's top level
+    branch: str = ""
+    before: str = ""
+    upstream: str = ""
     after: str = ""
     up_to_date: bool = False
     restored: list[str] = field(default_factory=list)  # protected paths put back to the fork's version
     resolved: dict[str, str] = field(default_factory=dict)  # path -> strategy
-    conflicts: list[str] = field(default_factory=list)
+    conflicts: list[str] = field(default_factory=list)  # between the fork and upstream: nothing was changed
+    work_conflicts: list[str] = field(default_factory=list)  # between the user's work and the merge: likewise
     pushed: bool = False
-    stash: str = ""  # where the user's work is, if a restore after --autostash did not apply cleanly
+    recovered: str = ""  # what was done with an interrupted sync found first: "rolled back" | "finished"
+    rescue: str = ""  # refs/forkdev/rescue/<time>/: where work found beside an interrupted sync was kept
+    stash: str = ""  # always "": fork-sync no longer stashes (kept for readers of --json)
 
 
 def parse_strategies(items: list[str] | dict[str, str]) -> dict[str, str]:
@@ -88,11 +105,22 @@ class Merge:
             i += 1
         return entries
 
-    def in_progress(self) -> str | None:
-        git_dir = os.path.join(self.repo.path, self.repo.out("rev-parse", "--git-dir"))
+    @staticmethod
+    def in_progress(git_dir: Path) -> str | None:
         for name in ("MERGE_HEAD", "CHERRY_PICK_HEAD", "REVERT_HEAD", "rebase-merge", "rebase-apply"):
-            if os.path.exists(os.path.join(git_dir, name)):
+            if (git_dir / name).exists():
                 return name
+        return None
+
+    def worktree_of(self, branch: str) -> str | None:
+        """The worktree where `branch` is checked out, if any."""
+        lines = self.repo.git("worktree", "list", "--porcelain", "-z").stdout.decode("utf-8", "surrogateescape")
+        path = None
+        for line in lines.split("\0"):
+            if line.startswith("worktree "):
+                path = line.removeprefix("worktree ")
+            elif line == f"branch refs/heads/{branch}":
+                return path
         return None
 
     def fetch(self, upstream: str, branch: str) -> str:
@@ -117,7 +145,15 @@ class Merge:
 
     # ---- merging in objects only ----------------------------------------------------------------------
     def merge(
-        self, ours: str, theirs: str, protect: list[str], strategies: dict[str, str], out: Outcome, message: str
+        self,
+        ours: str,
+        theirs: str,
+        protect: list[str],
+        strategies: Mapping[str, str],
+        out: Outcome,
+        message: str,
+        scratch: Path,
+        ident: Mapping[str, str] | None,
     ) -> str | None:
         res = self.repo.git("merge-tree", "--write-tree", "-z", "--no-messages", ours, theirs, check=False)
         if res.returncode not in (0, 1):
@@ -132,7 +168,7 @@ class Merge:
             mode, oid, stage = meta.split()
             stages.setdefault(path, {})[int(stage)] = (mode, oid)
 
-        with tempfile.TemporaryDirectory(prefix="forkdev-sync-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="merge-", dir=scratch) as tmp:
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
             git = functools.partial(self.repo.git, env=env)  # the temporary index, never the user's
             git("read-tree", tree)
@@ -162,7 +198,7 @@ class Merge:
             if out.conflicts:
                 return None
             result_tree = git("write-tree").out
-        return self.repo.out("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message)
+        return self.repo.git("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message, env=ident).out
 
     def _resolve(self, path: str, st: dict[int, tuple[str, str]], strategy: str | None, tmp: str):
         """(mode, oid) or "delete" for a conflicted path under `strategy`, or None when it stays conflicted."""
@@ -184,43 +220,27 @@ class Merge:
         return None
 
 
-def sync(
-    run: Runner,
-    repo_path: str,
-    upstream: str,
-    branch: str,
-    into: str,
-    protect: list[str],
-    strategies: dict[str, str],
-    push: bool,
-    autostash: bool,
-) -> Outcome:
-    repo = Repo.open(repo_path, run)
-    for name, what in ((branch, "upstream branch (--branch)"), (into, "branch (--into)")):
+def sync(run: Runner, req: Request) -> Outcome:
+    repo = Repo.open(req.repo, run)
+    for name, what in ((req.branch, "upstream branch (--branch)"), (req.into, "branch (--into)")):
         if name and not run(["git", "check-ref-format", f"refs/heads/{name}"], mutates=False, check=False).ok:
             raise Failure(f"{what} '{name}' is not a valid branch name; pass a name such as main or release/v1")
     if repo.is_bare():
-        raise Failure(f"'{repo_path}' is a bare repository; run fork-sync in a checkout of the fork")
-    # One sync per repository at a time: its worktrees share the branches (and our private refs).
-    common = Path(repo.out("rev-parse", "--path-format=absolute", "--git-common-dir"))
-    with lock.exclusive(common / "forkdev" / "fork-sync.lock", f"fork-sync of {repo.path}"):
-        return _sync(run, repo, upstream, branch, into, protect, strategies, push, autostash)
+        raise Failure(f"'{req.repo}' is a bare repository; run fork-sync in a checkout of the fork")
+    place = carry.Place.of(repo)
+    with lock.exclusive(place.lock, f"fork-sync of {repo.path}"), carry.scratch(place):
+        recovery = carry.recover(place, run.dry_run)
+        out = _sync(run, place, req)
+        if recovery:
+            out.recovered, out.rescue = recovery.what, recovery.rescue
+        return out
 
 
-def _sync(
-    run: Runner,
-    repo: Repo,
-    upstream: str,
-    branch: str,
-    into: str,
-    protect: list[str],
-    strategies: dict[str, str],
-    push: bool,
-    autostash: bool,
-) -> Outcome:
+def _sync(run: Runner, place: carry.Place, req: Request) -> Outcome:
+    repo = place.repo
     s = Merge(repo, run)
     current = s.current_branch()
-    target = into or current
+    target = req.into or current
     if not target:
         raise Failure(f"HEAD of '{repo.path}' is detached; check out the fork's branch or pass --into BRANCH")
     before = repo.rev(f"refs/heads/{target}")
@@ -228,24 +248,29 @@ def _sync(
         raise Failure(f"no branch '{target}' in '{repo.path}'; pass --into with an existing branch")
     checked_out = target == current
     if checked_out:
-        busy = s.in_progress()
+        busy = s.in_progress(place.git_dir)
         if busy:
             raise Failure(f"'{repo.path}' has an operation in progress ({busy}); finish or abort it first")
-        dirty = s.dirty()
-        if dirty and not autostash:
+        place.refuse_index_lock()
+        dirty = [] if req.autostash else s.dirty()
+        if dirty:
             listed = ", ".join(dirty[:20]) + (" ..." if len(dirty) > 20 else "")
             raise Failure(f"uncommitted changes in '{repo.path}' ({listed}); commit them, or pass --autostash")
+    else:
+        elsewhere = s.worktree_of(target)
+        if elsewhere:
+            raise Failure(f"branch '{target}' is checked out in '{elsewhere}'; run fork-sync there (--repo)")
 
-    with ui.step(f"fetch {upstream} {branch}"):
-        theirs = s.fetch(upstream, branch)
-    out = Outcome(branch=target, before=before, upstream=theirs, after=before)
+    with ui.step(f"fetch {req.upstream} {req.branch}"):
+        theirs = s.fetch(req.upstream, req.branch)
+    out = Outcome(str(repo.path), branch=target, before=before, upstream=theirs, after=before)
     if repo.git("merge-base", "--is-ancestor", "--end-of-options", theirs, before, check=False).ok:
         out.up_to_date = True
-        ui.ok(f"'{target}' already contains upstream {branch} ({theirs[:12]})")
+        ui.ok(f"'{target}' already contains upstream {req.branch} ({theirs[:12]})")
     else:
         with ui.step("merge (objects only)"):
-            message = f"Merge upstream {branch} ({theirs[:12]}) into {target}"
-            new = s.merge(before, theirs, protect, strategies, out, message)
+            message = f"Merge upstream {req.branch} ({theirs[:12]}) into {target}"
+            new = s.merge(before, theirs, list(req.protect), req.strategies, out, message, place.scratch, None)
         for path in out.restored:
             ui.info(f"  kept the fork's {path}")
         for path, strategy in out.resolved.items():
@@ -255,56 +280,32 @@ def _sync(
                 ui.warn(f"conflict: {path}")
             return out
         out.after = new
+        move = None
+        if checked_out:
+            with ui.step("carry the index and the working tree (objects only)"):
+                move, out.work_conflicts = carry.plan(place, target, before, new)
+            if move is None:
+                return out
         if not run.dry_run:
             with ui.step(f"move {target} to {new[:12]}"):
-                _advance(repo, run, target, before, new, checked_out, autostash and bool(s.dirty()), out)
-    if push:
+                if move is not None:
+                    carry.apply(place, move)
+                else:
+                    _move_branch(repo, target, before, new)
+            if move is not None and move.carries_work:
+                ui.info("  your work is on top, staged and unstaged as it was")
+    if req.push:
         out.pushed = _push(repo, run, target)
     return out
 
 
-@contextlib.contextmanager
-def _uninterruptible() -> Iterator[None]:
-    """Hold a Ctrl-C until the block is done, then raise it: stash, fast-forward and restore happen whole.
-    (The block's git commands run shielded, so the signal sent to our process group does not reach them.)"""
-    received: list[int] = []
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-    if received:
-        raise KeyboardInterrupt
-
-
-def _advance(
-    repo: Repo, run: Runner, branch: str, before: str, new: str, checked_out: bool, stash: bool, out: Outcome
-) -> None:
-    """Move the branch to the merge: the only step that touches the user's checkout, done as one piece."""
-    repo = dataclasses.replace(repo, run=dataclasses.replace(run, shielded=True))
-    with _uninterruptible():
-        _move(repo, branch, before, new, checked_out, stash, out)
-
-
-def _move(repo: Repo, branch: str, before: str, new: str, checked_out: bool, stash: bool, out: Outcome) -> None:
-    if not checked_out:
-        repo.git("update-ref", "-m", "fork-sync", f"refs/heads/{branch}", new, before, mutates=True)
-        return
-    stashed = False
-    if stash:
-        repo.git("stash", "push", "--include-untracked", "--quiet", "-m", "forkdev fork-sync autostash", mutates=True)
-        stashed = True
-    try:
-        repo.git("merge", "--ff-only", "--quiet", new, mutates=True)
-    finally:
-        if stashed:
-            res = repo.git("stash", "pop", "--quiet", mutates=True, check=False)
-            if not res.ok:
-                out.stash = repo.out("rev-parse", "refs/stash")
-                ui.warn(
-                    f"your changes did not re-apply cleanly; they are safe in stash {out.stash[:12]} "
-                    "('git stash list'); apply them with 'git stash pop'"
-                )
+def _move_branch(repo: Repo, branch: str, before: str, new: str) -> None:
+    """A branch that is not checked out moves by compare-and-swap: nothing else of the user's is touched."""
+    res = repo.git(
+        "update-ref", "-m", "fork-sync: merge upstream", f"refs/heads/{branch}", new, before, mutates=True, check=False
+    )
+    if not res.ok:
+        raise Failure(f"'{branch}' moved while fork-sync ran ({res.reason}); nothing was changed: run it again")
 
 
 def _push(repo: Repo, run: Runner, branch: str) -> bool:

@@ -170,16 +170,17 @@ def test_a_dirty_tree_is_refused_and_autostash_keeps_every_byte(invoke, repos, k
     assert refused.code != 0 and name in refused.last_error and "--autostash" in refused.last_error
     assert snapshot(fork) == state
 
-    if kind == "staged":  # upstream changed the same file: the user's version must survive, maybe in the stash
+    if kind == "staged":  # upstream changed the same file: refused before anything moves, the work in place
         res = sync(invoke, fork, "--autostash")
-        assert res.code == 0, res.err
-        kept = (fork / name).read_text() == "A = 'staged'\n" or "A = 'staged'" in git(fork, "stash", "show", "-p")
-        assert kept
-    else:
-        res = sync(invoke, fork, "--autostash")
-        assert res.code == 0, res.err
-        assert (fork / name).read_bytes() == state["files"][name]
-        assert git(fork, "stash", "list") == ""
+        assert res.code == 1 and "Traceback" not in res.err
+        assert "your uncommitted changes to vllm/a.py conflict with the merge; nothing was changed" in res.last_error
+        assert f"your work is where it was, in {fork}" in res.last_error
+        assert snapshot(fork) == state
+        return
+    res = sync(invoke, fork, "--autostash")
+    assert res.code == 0, res.err
+    assert (fork / name).read_bytes() == state["files"][name]
+    assert git(fork, "stash", "list") == ""
     assert (fork / "extras/shared.txt").read_text() == "fork's version\n"
 
 
@@ -278,6 +279,107 @@ def test_sigint_at_any_moment_loses_nothing(repos):
             git(fork, "reset", "-q", "--keep", before)
             git(fork, "stash", "pop", "-q")
     assert outcomes == {True, False}, "interrupted both before and after the branch moved"
+
+
+# ---- the user's work rides on top of the merge, exactly ---------------------------------------------------------
+def work(repo: Path) -> dict:
+    """The user's work as git and the disk show it: staged diff, unstaged diff, untracked files, and the bytes
+    and modes of every file outside .git."""
+    return {
+        "staged": git(repo, "diff", "--cached", "--binary"),
+        "unstaged": git(repo, "diff", "--binary"),
+        "untracked": git(repo, "ls-files", "--others", "--exclude-standard"),
+        "files": {
+            str(p.relative_to(repo)): (p.read_bytes(), p.stat().st_mode)
+            for p in sorted(repo.rglob("*"))
+            if p.is_file() and ".git" not in p.relative_to(repo).parts
+        },
+    }
+
+
+def make_work(fork: Path) -> None:
+    """A staged edit, an edit staged then edited again, an unstaged edit, a staged and an unstaged deletion, an
+    executable bit, an untracked file and an ignored one: none of them in files the upstream change touches."""
+    write(fork, {"README.md": "staged notes\n", "vllm/conflict.py": "X = 'staged'\n"})
+    git(fork, "add", "README.md", "vllm/conflict.py")
+    write(fork, {"vllm/conflict.py": "X = 'staged, then more'\n", "extras/mine.txt": "unstaged edit\n"})
+    git(fork, "rm", "-q", "--cached", ".github/workflows/fork-sync.yml")
+    (fork / "extras/shared.txt").unlink()
+    (fork / "README.md").chmod(0o755)
+    write(fork, {"notes/wip.txt": "untracked work\n", "build/_C.so": "ignored build output\n"})
+    write(fork, {".gitignore": "*.so\nfork-only/\nbuild/\n"})
+
+
+def test_autostash_carries_the_staged_unstaged_split_and_every_byte(invoke, repos):
+    _, _, fork = repos
+    make_work(fork)
+    before = work(fork)
+    merged_before = git(fork, "rev-parse", "HEAD")
+    res = sync(invoke, fork, "--autostash", "--strategy", ".gitignore=ours")
+    assert res.code == 0, res.err
+    assert git(fork, "rev-parse", "HEAD^1") == merged_before
+    assert git(fork, "show", "HEAD:vllm/a.py") == "A = 2", "upstream's change is in the merge"
+    after = work(fork)
+    assert after["files"].pop("vllm/a.py")[0] == b"A = 2\n", "upstream's change is in the working tree"
+    before["files"].pop("vllm/a.py")
+    assert after == before, "staged, unstaged, untracked, ignored: every byte, mode and the split"
+    assert git(fork, "stash", "list") == "" and not (fork / ".git/forkdev/fork-sync.journal").exists()
+    assert git(fork, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == ""
+
+
+@pytest.mark.parametrize("kind", ["unstaged", "untracked"])
+def test_work_that_would_conflict_with_the_merge_is_refused_and_left_in_place(invoke, repos, kind):
+    up, _, fork = repos
+    if kind == "unstaged":
+        write(fork, {"vllm/a.py": "A = 'mine'\n"})  # upstream changes this line too
+        name = "vllm/a.py"
+    else:
+        write(up, {"vllm/new.py": "NEW = 'upstream'\n"})
+        commit_all(up, "upstream adds vllm/new.py")
+        write(fork, {"vllm/new.py": "NEW = 'mine, untracked'\n"})
+        name = "vllm/new.py"
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--autostash", "--json")
+    assert res.code == 1 and "Traceback" not in res.err
+    assert f"your uncommitted changes to {name} conflict with the merge; nothing was changed" in res.last_error
+    assert res.json["work_conflicts"] == [name] and res.json["after"] != res.json["before"]
+    assert snapshot(fork) == state
+
+
+def test_an_ignored_file_where_the_merge_puts_one_is_refused(invoke, repos):
+    """git's checkout would overwrite it (a local build of vllm/_C.so, a .env): fork-sync does not."""
+    up, _, fork = repos
+    write(up, {"vllm/_C.so": "upstream's binary\n"})
+    git(up, "add", "-f", "vllm/_C.so")
+    commit_all(up, "upstream ships a binary its .gitignore matches")
+    write(fork, {"vllm/_C.so": "my local build\n"})
+    state = snapshot(fork)
+    for args in ([], ["--autostash"]):
+        res = sync(invoke, fork, *args)
+        assert res.code == 1 and "the merge brings vllm/_C.so where" in res.last_error, res.err
+        assert "has a file that git ignores; move it away" in res.last_error
+        assert snapshot(fork) == state
+    (fork / "vllm/_C.so").unlink()
+    assert sync(invoke, fork).code == 0
+    assert (fork / "vllm/_C.so").read_text() == "upstream's binary\n"
+
+
+def test_a_stale_index_lock_is_one_line_naming_it_and_the_remedy(invoke, repos):
+    _, _, fork = repos
+    write(fork, {"README.md": "my notes\n"})
+    lock = fork / ".git" / "index.lock"
+    lock.write_bytes(b"")
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--autostash")
+    assert res.code == 1 and "Traceback" not in res.err
+    assert res.last_error == (
+        f"error: '{lock}' exists: another git command is using '{fork}', or one was killed; if none is running, "
+        f"remove it (rm '{lock}') and run fork-sync again; nothing was changed"
+    )
+    assert snapshot(fork) == state
+    lock.unlink()
+    assert sync(invoke, fork, "--autostash").code == 0
+    assert (fork / "README.md").read_text() == "my notes\n"
 
 
 # ---- values never become options ---------------------------------------------------------------------------
