@@ -10,7 +10,7 @@ from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.sync import Request, parse_strategies, sync
-from .core.tasking import task
+from .core.tasking import task, toggle
 
 
 @task(
@@ -23,7 +23,9 @@ from .core.tasking import task
         "protect": "a path that keeps the fork's version whatever upstream did; repeatable (adds to config)",
         "strategy": "PATH_OR_GLOB=ours|theirs|union for conflicts there; repeatable (adds to config)",
         "push": "push the branch when it is ahead of its remote",
+        "no_push": "do not push, even when config fork_sync.push says so",
         "autostash": "carry uncommitted work (staged, unstaged, untracked) across the merge",
+        "no_autostash": "refuse a dirty tree, even when config fork_sync.autostash says otherwise",
         "dry_run": "fetch and compute the merge; move and push nothing",
         "json": "print one JSON object on stdout",
     },
@@ -37,7 +39,9 @@ def fork_sync(
     protect=None,
     strategy=None,
     push=False,
+    no_push=False,
     autostash=False,
+    no_autostash=False,
     dry_run=False,
     json=False,
 ):
@@ -58,8 +62,8 @@ def fork_sync(
         into=validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
         protect=tuple(protected),
         strategies=strategies,
-        push=push or cfg.push,
-        autostash=autostash or cfg.autostash,
+        push=toggle("push", push, no_push, cfg.push),
+        autostash=toggle("autostash", autostash, no_autostash, cfg.autostash),
     )
     try:
         out = sync(run, request)

@@ -26,7 +26,13 @@ from .gitrepo import Repo
 from .proc import Runner
 
 STRATEGIES = ("ours", "theirs", "union")
-FETCHED = "refs/forkdev/upstream"  # a private ref: the user's remote-tracking refs are left alone
+FETCHED = "refs/forkdev/upstream"  # a private ref; the remote-tracking ref moves only after a successful sync
+DRY_RUN_IDENT = {
+    "GIT_AUTHOR_NAME": "forkdev dry-run",
+    "GIT_AUTHOR_EMAIL": "dry-run@forkdev.invalid",
+    "GIT_COMMITTER_NAME": "forkdev dry-run",
+    "GIT_COMMITTER_EMAIL": "dry-run@forkdev.invalid",
+}
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class Outcome:
     conflicts: list[str] = field(default_factory=list)  # between the fork and upstream: nothing was changed
     work_conflicts: list[str] = field(default_factory=list)  # between the user's work and the merge: likewise
     pushed: bool = False
+    tracking: str = ""  # the remote-tracking ref moved to the fetched commit, when the upstream is a remote
     recovered: str = ""  # what was done with an interrupted sync found first: "rolled back" | "finished"
     rescue: str = ""  # refs/forkdev/rescue/<time>/: where work found beside an interrupted sync was kept
     stash: str = ""  # always "": fork-sync no longer stashes (kept for readers of --json)
@@ -111,6 +118,23 @@ class Merge:
             if (git_dir / name).exists():
                 return name
         return None
+
+    def identity(self, dry_run: bool) -> dict[str, str] | None:
+        """The identity for the merge commit: git's own (None), a stand-in for a dry run, or a Failure saying
+        how to set one."""
+        for var in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT"):
+            res = self.repo.git("var", var, check=False)
+            if not res.ok:
+                break
+        else:
+            return None
+        if dry_run:
+            ui.info("no git identity is set: the dry run's merge commit is made as 'forkdev dry-run'")
+            return DRY_RUN_IDENT
+        raise Failure(
+            f"git has no identity to make the merge commit in '{self.repo.path}' ({res.reason}); set one with "
+            "git config user.name 'Your Name' && git config user.email you@example.com (add --global for all)"
+        )
 
     def worktree_of(self, branch: str) -> str | None:
         """The worktree where `branch` is checked out, if any."""
@@ -268,9 +292,10 @@ def _sync(run: Runner, place: carry.Place, req: Request) -> Outcome:
         out.up_to_date = True
         ui.ok(f"'{target}' already contains upstream {req.branch} ({theirs[:12]})")
     else:
+        ident = s.identity(run.dry_run)
         with ui.step("merge (objects only)"):
             message = f"Merge upstream {req.branch} ({theirs[:12]}) into {target}"
-            new = s.merge(before, theirs, list(req.protect), req.strategies, out, message, place.scratch, None)
+            new = s.merge(before, theirs, list(req.protect), req.strategies, out, message, place.scratch, ident)
         for path in out.restored:
             ui.info(f"  kept the fork's {path}")
         for path, strategy in out.resolved.items():
@@ -294,6 +319,7 @@ def _sync(run: Runner, place: carry.Place, req: Request) -> Outcome:
                     _move_branch(repo, target, before, new)
             if move is not None and move.carries_work:
                 ui.info("  your work is on top, staged and unstaged as it was")
+    out.tracking = _track(repo, req.upstream, req.branch, theirs)
     if req.push:
         out.pushed = _push(repo, run, target)
     return out
@@ -306,6 +332,39 @@ def _move_branch(repo: Repo, branch: str, before: str, new: str) -> None:
     )
     if not res.ok:
         raise Failure(f"'{branch}' moved while fork-sync ran ({res.reason}); nothing was changed: run it again")
+
+
+def tracking_ref(refspecs: list[str], ref: str) -> str | None:
+    """Where a remote's fetch refspecs put `ref` (refs/heads/main -> refs/remotes/upstream/main), or None."""
+    mapped = None
+    for spec in refspecs:
+        spec = spec.strip().removeprefix("+")
+        negative = spec.startswith("^")
+        src, _, dst = spec.removeprefix("^").partition(":")
+        if "*" in src:
+            head, _, tail = src.partition("*")
+            if not (ref.startswith(head) and ref.endswith(tail) and len(ref) >= len(head) + len(tail)):
+                continue
+            found = dst.replace("*", ref[len(head) : len(ref) - len(tail)], 1) if dst else None
+        elif src == ref:
+            found = dst or None
+        else:
+            continue
+        if negative:
+            return None
+        mapped = mapped or found
+    return mapped
+
+
+def _track(repo: Repo, upstream: str, branch: str, theirs: str) -> str:
+    """After a successful sync, the remote-tracking ref of the fetched branch, as `git pull` leaves it; only when
+    the upstream is a named remote (a URL has no remote-tracking refs)."""
+    specs = repo.git("config", "--get-all", f"remote.{upstream}.fetch", check=False)
+    ref = tracking_ref(specs.out.splitlines(), f"refs/heads/{branch}") if specs.ok else None
+    if ref is None:
+        return ""
+    res = repo.git("update-ref", "-m", f"fork-sync: fetch {upstream} {branch}", ref, theirs, mutates=True)
+    return "" if res.dry else ref
 
 
 def _push(repo: Repo, run: Runner, branch: str) -> bool:

@@ -382,6 +382,74 @@ def test_a_stale_index_lock_is_one_line_naming_it_and_the_remedy(invoke, repos):
     assert (fork / "README.md").read_text() == "my notes\n"
 
 
+# ---- identity, flags over config, the remote-tracking ref ----------------------------------------------------------
+def no_identity(tmp_path: Path) -> dict[str, str]:
+    """An environment where git knows no user: no config files, no guessing, empty identity variables."""
+    home = tmp_path / "home-without-gitconfig"
+    home.mkdir()
+    idents = ("GIT_AUTHOR_NAME", "GIT_AUTHOR_EMAIL", "GIT_COMMITTER_NAME", "GIT_COMMITTER_EMAIL")
+    return {
+        **dict.fromkeys(idents, ""),
+        "HOME": str(home),
+        "XDG_CONFIG_HOME": str(home),
+        "GIT_CONFIG_NOSYSTEM": "1",
+        "GIT_CONFIG_COUNT": "1",
+        "GIT_CONFIG_KEY_0": "user.useConfigOnly",
+        "GIT_CONFIG_VALUE_0": "true",
+    }
+
+
+def test_without_a_git_identity_a_dry_run_works_and_a_real_run_says_how_to_set_one(invoke, repos, tmp_path):
+    _, _, fork = repos
+    env = no_identity(tmp_path)
+    state = snapshot(fork)
+    dry = invoke("fork-sync", "--repo", str(fork), "--dry-run", "--json", env=env)
+    assert dry.code == 0, dry.err
+    assert dry.json["after"] != dry.json["before"] and dry.json["dry_run"] is True
+    real = invoke("fork-sync", "--repo", str(fork), env=env)
+    assert real.code == 1 and "Traceback" not in real.err
+    assert real.last_error.startswith(f"error: git has no identity to make the merge commit in '{fork}'")
+    assert "git config user.name 'Your Name' && git config user.email you@example.com" in real.last_error
+    assert snapshot(fork) == state
+
+
+def test_no_push_and_no_autostash_switch_off_what_config_switches_on(invoke, repos):
+    _, origin, fork = repos
+    on = {**ENV, "INVOKE_FORK_SYNC_PUSH": "1", "INVOKE_FORK_SYNC_AUTOSTASH": "1"}
+    remote_before = support.sh("git", "-C", origin, "rev-parse", "main")
+    write(fork, {"README.md": "my notes\n"})
+    state = snapshot(fork)
+    refused = invoke("fork-sync", "--repo", str(fork), "--no-autostash", env=on)
+    assert refused.code == 1 and "uncommitted changes" in refused.last_error and "README.md" in refused.last_error
+    assert snapshot(fork) == state
+    kept = invoke("fork-sync", "--repo", str(fork), "--no-push", env=on)
+    assert kept.code == 0, kept.err
+    assert (fork / "README.md").read_text() == "my notes\n", "config's autostash carried the work"
+    assert support.sh("git", "-C", origin, "rev-parse", "main") == remote_before, "--no-push won over config"
+    pushed = invoke("fork-sync", "--repo", str(fork), env=on)
+    assert pushed.code == 0, pushed.err
+    assert support.sh("git", "-C", origin, "rev-parse", "main") == git(fork, "rev-parse", "HEAD")
+    both = invoke("fork-sync", "--repo", str(fork), "--push", "--no-push", env=ENV)
+    assert both.code == 1 and "--push and --no-push contradict each other" in both.last_error
+
+
+def test_the_remote_tracking_ref_follows_a_successful_sync_of_a_named_remote(invoke, repos):
+    up, _, fork = repos
+    assert git(fork, "for-each-ref", "refs/remotes/upstream/") == ""
+    res = sync(invoke, fork, "--json")
+    assert res.code == 0, res.err
+    assert res.json["tracking"] == "refs/remotes/upstream/main"
+    assert git(fork, "rev-parse", "refs/remotes/upstream/main") == git(up, "rev-parse", "HEAD")
+    write(up, {"README.md": "upstream 3\n"})
+    commit_all(up, "upstream 3")
+    by_url = sync(invoke, fork, "--upstream", str(up), "--json")  # a URL has no remote-tracking refs
+    assert by_url.code == 0 and by_url.json["tracking"] == ""
+    assert git(fork, "rev-parse", "refs/remotes/upstream/main") != git(up, "rev-parse", "HEAD")
+    up_to_date = sync(invoke, fork, "--json")  # nothing to merge, still fetched: the ref catches up
+    assert up_to_date.code == 0 and up_to_date.json["up_to_date"] is True
+    assert git(fork, "rev-parse", "refs/remotes/upstream/main") == git(up, "rev-parse", "HEAD")
+
+
 # ---- values never become options ---------------------------------------------------------------------------
 @pytest.mark.parametrize(
     ("args", "env", "named"),
