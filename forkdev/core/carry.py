@@ -9,9 +9,10 @@ stash, the staged/unstaged split was always lost, and a pop that conflicted left
    conflicts, nothing is touched and the files are named.
 2. journal: refs/forkdev/sync/* keep every object from gc; then a journal (JSON, written and fsynced beside
    the lock, renamed into place) names the branch, both tips and the four snapshots.
-3. move: index I -> I' (`read-tree -m`: git refuses if the index changed meanwhile), working tree W -> W'
-   (`read-tree -m -u` on the scratch index, whose stat data is fresh: git refuses to overwrite a file that
-   changed meanwhile), then the branch by compare-and-swap. The journal and the refs go last.
+3. move: index I -> I' (`read-tree -i -m`: the index only, refused if it changed meanwhile; without -i git
+   would also demand that the user's files match the index, which unstaged work does not), working tree
+   W -> W' (`read-tree -m -u` on the scratch index, whose stat data is fresh: git refuses to overwrite a file
+   that changed meanwhile), then the branch by compare-and-swap. The journal and the refs go last.
 
 A journal found by the next run is settled first (`recover`): the branch still at the old tip -> roll back (the
 working tree to W, the index to I), at the new commit -> finish. Whatever mix of before and after a stop left,
@@ -274,7 +275,8 @@ def apply(place: Place, move: Move) -> None:
         _set_refs(repo, move.refs())
         write_journal(place.journal, move)
         try:
-            repo.git("read-tree", "-m", move.index, move.index_after, mutates=True)
+            # -i: the index only (git refuses if it changed meanwhile); the tree moves next, on the scratch index
+            repo.git("read-tree", "-i", "-m", move.index, move.index_after, mutates=True)
             scratch_index = {"GIT_INDEX_FILE": str(place.scratch / "move.index")}  # matches W, stat data fresh
             repo.git("read-tree", "-m", "-u", move.tree, move.tree_after, env=scratch_index, mutates=True)
             repo.git("update-index", "-q", "--refresh", mutates=True)
@@ -404,7 +406,7 @@ def settle(place: Place, move: Move, forward: bool) -> str:
 
     def index() -> None:
         if found[0] != target[0]:
-            repo.git("read-tree", "-m", found[0], target[0], mutates=True)
+            repo.git("read-tree", "-i", "-m", found[0], target[0], mutates=True)
 
     def tree() -> None:
         if found[1] != target[1]:

@@ -327,6 +327,29 @@ def test_autostash_carries_the_staged_unstaged_split_and_every_byte(invoke, repo
     assert git(fork, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == ""
 
 
+def test_work_in_files_upstream_also_changed_is_merged_under_it_when_it_does_not_conflict(invoke, repos):
+    up, _, fork = repos
+    lines = "".join(f"line {i}\n" for i in range(1, 10))
+    write(up, {"vllm/long.py": lines, "vllm/other.py": lines})
+    commit_all(up, "upstream: two longer files")
+    assert sync(invoke, fork).code == 0
+    write(up, {"vllm/long.py": "upstream\n" + lines[7:], "vllm/other.py": "upstream\n" + lines[7:]})
+    commit_all(up, "upstream edits the first lines")
+    write(fork, {"vllm/other.py": lines + "staged\n"})
+    git(fork, "add", "vllm/other.py")
+    write(fork, {"vllm/long.py": lines + "unstaged\n", "vllm/other.py": lines + "staged\nunstaged\n"})
+    staged, unstaged = git(fork, "diff", "--cached", "-U0"), git(fork, "diff", "-U0")
+    res = sync(invoke, fork, "--autostash")
+    assert res.code == 0, res.err
+    assert (fork / "vllm/long.py").read_text() == "upstream\n" + lines[7:] + "unstaged\n"
+    assert (fork / "vllm/other.py").read_text() == "upstream\n" + lines[7:] + "staged\nunstaged\n"
+    assert git(fork, "show", ":vllm/other.py") == ("upstream\n" + lines[7:] + "staged").strip()
+    hunks = [line for line in git(fork, "diff", "--cached", "-U0").splitlines() if line.startswith(("+", "-"))]
+    assert hunks == [line for line in staged.splitlines() if line.startswith(("+", "-"))]
+    hunks = [line for line in git(fork, "diff", "-U0").splitlines() if line.startswith(("+", "-"))]
+    assert hunks == [line for line in unstaged.splitlines() if line.startswith(("+", "-"))]
+
+
 @pytest.mark.parametrize("kind", ["unstaged", "untracked"])
 def test_work_that_would_conflict_with_the_merge_is_refused_and_left_in_place(invoke, repos, kind):
     up, _, fork = repos
