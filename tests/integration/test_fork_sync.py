@@ -10,6 +10,7 @@ import shutil
 import signal
 import subprocess
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -306,8 +307,16 @@ def make_work(fork: Path) -> None:
     git(fork, "rm", "-q", "--cached", ".github/workflows/fork-sync.yml")
     (fork / "extras/shared.txt").unlink()
     (fork / "README.md").chmod(0o755)
-    write(fork, {"notes/wip.txt": "untracked work\n", "build/_C.so": "ignored build output\n"})
-    write(fork, {".gitignore": "*.so\nfork-only/\nbuild/\n"})
+    write(fork, {"notes/wip.txt": "untracked work\n", "vllm/_local.so": "ignored build output\n"})
+
+
+def merged(before: dict) -> dict:
+    """The user's work (as `work` shows it) after the fixture's upstream change is merged under it: the files
+    upstream changed hold the merge's content; the diffs, untracked files and every other byte are as they were."""
+    after = {**before, "files": dict(before["files"])}
+    after["files"]["vllm/a.py"] = (b"A = 2\n", before["files"]["vllm/a.py"][1])
+    after["files"][".gitignore"] = (b"*.so\nfork-only/\nupstream-only/\n", before["files"][".gitignore"][1])
+    return after
 
 
 def test_autostash_carries_the_staged_unstaged_split_and_every_byte(invoke, repos):
@@ -315,14 +324,11 @@ def test_autostash_carries_the_staged_unstaged_split_and_every_byte(invoke, repo
     make_work(fork)
     before = work(fork)
     merged_before = git(fork, "rev-parse", "HEAD")
-    res = sync(invoke, fork, "--autostash", "--strategy", ".gitignore=ours")
+    res = sync(invoke, fork, "--autostash")
     assert res.code == 0, res.err
     assert git(fork, "rev-parse", "HEAD^1") == merged_before
     assert git(fork, "show", "HEAD:vllm/a.py") == "A = 2", "upstream's change is in the merge"
-    after = work(fork)
-    assert after["files"].pop("vllm/a.py")[0] == b"A = 2\n", "upstream's change is in the working tree"
-    before["files"].pop("vllm/a.py")
-    assert after == before, "staged, unstaged, untracked, ignored: every byte, mode and the split"
+    assert work(fork) == merged(before), "staged, unstaged, untracked, ignored: every byte, mode and the split"
     assert git(fork, "stash", "list") == "" and not (fork / ".git/forkdev/fork-sync.journal").exists()
     assert git(fork, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == ""
 
@@ -624,3 +630,102 @@ def test_a_second_run_while_one_holds_the_repository_is_refused_naming_its_pid(i
     assert first.wait(60) == 0, first.communicate()[1]
     assert (fork / "vllm/a.py").read_text() == "A = 2\n"
     assert sync(invoke, fork).code == 0, "the lock is released when its holder ends"
+
+
+def counted(wrapped, fork: Path, tmp_path: Path) -> list[str]:
+    """The git calls of an uninterrupted `fork-sync --autostash` (which it runs), one line each."""
+    full = wrapped(fork, tmp_path / "count.log", "--autostash")
+    assert full.wait(60) == 0, full.communicate()[1]
+    return (tmp_path / "count.log").read_text().splitlines()
+
+
+def test_a_kill_before_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path):
+    """The crash matrix: SIGKILL the task just before its N-th git call, for every N of a run with --autostash
+    over staged, unstaged, untracked and ignored work; then a plain second run. Each time the branch ends merged
+    and the work is back byte for byte, staged and unstaged as it was; and right after the kill, without a
+    journal the checkout is wholly before or wholly after."""
+    up, _, fork = repos
+    make_work(fork)
+    before_work = work(fork)
+    expected = merged(before_work)
+    before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(fork, pristine, symlinks=True)
+
+    calls = counted(wrapped, fork, tmp_path)
+    tree = git(fork, "rev-parse", "HEAD^{tree}")
+    assert work(fork) == expected and len(calls) > 30
+
+    def rounds(worker: int) -> list[int]:
+        done = []
+        home = tmp_path / f"worker{worker}"
+        home.mkdir()
+        checkout = home / "fork"
+        for n in range(1 + worker, len(calls) + 1, 2):
+            where = f"killed before call {n}: git {calls[n - 1]}"
+            if checkout.exists():
+                shutil.rmtree(checkout)
+            shutil.copytree(pristine, checkout, symlinks=True)
+            crash = wrapped(checkout, home / f"{n}.log", "--autostash", kill_at=n)
+            err = crash.communicate(timeout=60)[1]
+            assert crash.returncode == -signal.SIGKILL, f"{where}: not killed ({crash.returncode}): {err}"
+            journal = (checkout / ".git/forkdev/fork-sync.journal").exists()
+            if not journal:
+                assert work(checkout) in (before_work, expected), f"{where}: a checkout half moved, no journal"
+            res = sync(invoke, checkout, "--autostash")
+            assert res.code == 0, f"{where}\n{res.err}"
+            assert ("an interrupted fork-sync" in res.err) == journal, f"{where}: says what it settled\n{res.err}"
+            assert git(checkout, "rev-list", "--parents", "-n1", "HEAD").split()[1:] == [before, theirs], where
+            assert git(checkout, "rev-parse", "HEAD^{tree}") == tree, where
+            assert work(checkout) == expected, where
+            assert git(checkout, "stash", "list") == "", where
+            assert git(checkout, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == "", where
+            assert os.listdir(checkout / ".git/forkdev") == ["fork-sync.lock"], where
+            done.append(n)
+        return done
+
+    with ThreadPoolExecutor(2) as pool:
+        covered = sorted(n for done in pool.map(rounds, (0, 1)) for n in done)
+    assert covered == list(range(1, len(calls) + 1))
+
+
+def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invoke, repos, wrapped, tmp_path, cache_dir):
+    """Two `fork-sync --autostash` started together on one checkout, one of them killed before its N-th git call
+    (N = 0: not killed): each run succeeds, is refused by the lock or was killed; a third run then finds the
+    branch merged once and the work intact, staged and unstaged as it was."""
+    up, _, fork = repos
+    make_work(fork)
+    expected = merged(work(fork))
+    before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(fork, pristine, symlinks=True)
+    calls = counted(wrapped, fork, tmp_path)
+    moves = [i for i, line in enumerate(calls, 1) if " read-tree -i -m " in line][0]  # the first change
+    env = {**os.environ, **ENV, "INVOKE_CACHE_DIR": str(cache_dir)}
+    outcomes = set()
+    for n in sorted({0, *range(2, moves, 5), *range(moves - 2, len(calls) + 1)}):
+        where = f"killed before call {n}" if n else "no kill"
+        shutil.rmtree(fork)
+        shutil.copytree(pristine, fork, symlinks=True)
+        first = wrapped(fork, tmp_path / f"{n}.log", "--autostash", kill_at=n)
+        second = subprocess.Popen(
+            support.invoke_argv("fork-sync", "--repo", str(fork), "--autostash"),
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for proc in (first, second):
+            err = proc.communicate(timeout=60)[-1]
+            last = err.strip().splitlines()[-1] if err.strip() else ""
+            assert proc.returncode in (0, 1, -signal.SIGKILL), f"{where}: {err}"
+            if proc.returncode == 1:
+                assert "another fork-sync of" in last and "is running (pid" in last, f"{where}: {err}"
+            outcomes.add(proc.returncode)
+        res = sync(invoke, fork, "--autostash")
+        assert res.code == 0, f"{where}\n{res.err}"
+        assert git(fork, "rev-list", "--parents", "-n1", "HEAD").split()[1:] == [before, theirs], where
+        assert work(fork) == expected, where
+        assert git(fork, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == "", where
+    assert 0 in outcomes
