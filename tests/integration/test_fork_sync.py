@@ -546,13 +546,19 @@ def test_a_url_with_a_command_transport_runs_nothing(invoke, repos, tmp_path):
 
 # ---- runs that are stopped or overlap: a git on PATH that counts, waits or kills -----------------------------
 # forkdev finds git through PATH, so this script sits in front of the real one. It counts the calls made by the
-# invoke process itself (FORKDEV_TEST_PID, its parent), logging each; at call KILL_AT it kills that process with
-# SIGKILL and runs nothing; at call WAIT_AT it waits for LOG.go before running git. Anything else runs the real git.
+# invoke process itself (FORKDEV_TEST_PID, its parent), logging each. At call KILL_AT it kills that process with
+# SIGKILL and runs nothing; at call KILL_AFTER it runs git, then kills it (the process never sees the result);
+# at call WAIT_AT it waits for LOG.go before running git. Anything else runs the real git.
 GIT_WRAPPER = r"""#!/bin/sh
 if [ "$PPID" = "${FORKDEV_TEST_PID:-none}" ]; then
     echo "$*" >> "$FORKDEV_TEST_LOG"
     n=$(($(wc -l < "$FORKDEV_TEST_LOG")))
     if [ "$n" = "${FORKDEV_TEST_KILL_AT:-0}" ]; then
+        kill -9 "$PPID"
+        exit 137
+    fi
+    if [ "$n" = "${FORKDEV_TEST_KILL_AFTER:-0}" ]; then
+        "$FORKDEV_TEST_GIT" "$@"
         kill -9 "$PPID"
         exit 137
     fi
@@ -568,14 +574,17 @@ exec "$FORKDEV_TEST_GIT" "$@"
 
 @pytest.fixture
 def wrapped(tmp_path, cache_dir):
-    """spawn(fork, log, *args, kill_at=, wait_at=): `invoke fork-sync` behind the counting git, not waited for."""
+    """spawn(fork, log, *args, kill_at=, kill_after=, wait_at=): `invoke fork-sync` behind the counting git, not
+    waited for."""
     bin_dir = tmp_path / "wrapped-bin"
     bin_dir.mkdir()
     (bin_dir / "git").write_text(GIT_WRAPPER)
     (bin_dir / "git").chmod(0o755)
     real = shutil.which("git")
 
-    def spawn(fork: Path, log: Path, *args: str, kill_at: int = 0, wait_at: int = 0) -> subprocess.Popen:
+    def spawn(
+        fork: Path, log: Path, *args: str, kill_at: int = 0, kill_after: int = 0, wait_at: int = 0
+    ) -> subprocess.Popen:
         env = {
             **os.environ,
             **ENV,
@@ -584,6 +593,7 @@ def wrapped(tmp_path, cache_dir):
             "FORKDEV_TEST_GIT": real,
             "FORKDEV_TEST_LOG": str(log),
             "FORKDEV_TEST_KILL_AT": str(kill_at),
+            "FORKDEV_TEST_KILL_AFTER": str(kill_after),
             "FORKDEV_TEST_WAIT_AT": str(wait_at),
         }
         env.pop("GITHUB_ACTIONS", None)
@@ -639,11 +649,12 @@ def counted(wrapped, fork: Path, tmp_path: Path) -> list[str]:
     return (tmp_path / "count.log").read_text().splitlines()
 
 
-def test_a_kill_before_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path):
+def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path):
     """The crash matrix: SIGKILL the task just before its N-th git call, for every N of a run with --autostash
-    over staged, unstaged, untracked and ignored work; then a plain second run. Each time the branch ends merged
-    and the work is back byte for byte, staged and unstaged as it was; and right after the kill, without a
-    journal the checkout is wholly before or wholly after."""
+    over staged, unstaged, untracked and ignored work, and just after each call from the first that writes a
+    ref on (there a kill can fall between git and the journal's write or removal); then a plain second run.
+    Each time the branch ends merged and the work is back byte for byte, staged and unstaged as it was; and
+    right after the kill, without a journal the checkout is wholly before or wholly after."""
     up, _, fork = repos
     make_work(fork)
     before_work = work(fork)
@@ -656,17 +667,25 @@ def test_a_kill_before_any_git_call_loses_nothing_and_the_next_run_settles_it(in
     tree = git(fork, "rev-parse", "HEAD^{tree}")
     assert work(fork) == expected and len(calls) > 30
 
-    def rounds(worker: int) -> list[int]:
+    refs_from = next(i for i, line in enumerate(calls, 1) if line.endswith(" update-ref --stdin"))
+    points = [(n, "before") for n in range(1, len(calls) + 1)] + [
+        (n, "after") for n in range(refs_from, len(calls) + 1)
+    ]
+
+    settled: set[str] = set()
+
+    def rounds(worker: int) -> list[tuple[int, str]]:
         done = []
         home = tmp_path / f"worker{worker}"
         home.mkdir()
         checkout = home / "fork"
-        for n in range(1 + worker, len(calls) + 1, 2):
-            where = f"killed before call {n}: git {calls[n - 1]}"
+        for n, when in points[worker::2]:
+            where = f"killed {when} call {n}: git {calls[n - 1]}"
             if checkout.exists():
                 shutil.rmtree(checkout)
             shutil.copytree(pristine, checkout, symlinks=True)
-            crash = wrapped(checkout, home / f"{n}.log", "--autostash", kill_at=n)
+            kill = {"kill_at": n} if when == "before" else {"kill_after": n}
+            crash = wrapped(checkout, home / f"{n}-{when}.log", "--autostash", **kill)
             err = crash.communicate(timeout=60)[1]
             assert crash.returncode == -signal.SIGKILL, f"{where}: not killed ({crash.returncode}): {err}"
             journal = (checkout / ".git/forkdev/fork-sync.journal").exists()
@@ -675,18 +694,20 @@ def test_a_kill_before_any_git_call_loses_nothing_and_the_next_run_settles_it(in
             res = sync(invoke, checkout, "--autostash")
             assert res.code == 0, f"{where}\n{res.err}"
             assert ("an interrupted fork-sync" in res.err) == journal, f"{where}: says what it settled\n{res.err}"
+            settled.update(what for what in ("was rolled back", "was finished") if what in res.err)
             assert git(checkout, "rev-list", "--parents", "-n1", "HEAD").split()[1:] == [before, theirs], where
             assert git(checkout, "rev-parse", "HEAD^{tree}") == tree, where
             assert work(checkout) == expected, where
             assert git(checkout, "stash", "list") == "", where
             assert git(checkout, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == "", where
             assert os.listdir(checkout / ".git/forkdev") == ["fork-sync.lock"], where
-            done.append(n)
+            done.append((n, when))
         return done
 
     with ThreadPoolExecutor(2) as pool:
-        covered = sorted(n for done in pool.map(rounds, (0, 1)) for n in done)
-    assert covered == list(range(1, len(calls) + 1))
+        covered = [point for done in pool.map(rounds, (0, 1)) for point in done]
+    assert sorted(covered) == sorted(points)
+    assert settled == {"was rolled back", "was finished"}
 
 
 def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invoke, repos, wrapped, tmp_path, cache_dir):
