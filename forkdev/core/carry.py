@@ -289,14 +289,14 @@ def apply(place: Place, move: Move) -> None:
 
 def _undo(place: Place, move: Move, exc: Failure) -> None:
     try:
-        rescue = settle(place, move, forward=False)
+        rescue, _ = settle(place, move, forward=False)
     except Failure as again:
         raise Failure(
             f"moving '{move.branch}' to the merge failed ({exc}), and undoing it too ({again}); your work is kept "
             f"in {SYNC_REFS}/tree (files) and {SYNC_REFS}/index (staged): run fork-sync again to finish the undo"
         ) from None
     close(place, move)
-    kept = f"; edits made meanwhile are also kept in {rescue}/" if rescue else ""
+    kept = f"; files changed meanwhile were left as they were, and are also kept in {rescue}/" if rescue else ""
     raise Failure(
         f"moving '{move.branch}' to the merge failed ({exc}); nothing was changed: '{move.branch}', the index and "
         f"the working tree are as they were{kept}"
@@ -368,22 +368,30 @@ def recover(place: Place, dry_run: bool) -> Recovery | None:
     forward = tip == move.new
     checkout = checkout.shielded()
     with uninterruptible():
-        rescue = settle(checkout, move, forward)
+        rescue, odd = settle(checkout, move, forward)
         close(place, move)
     done = (
         f"finished: '{move.branch}' is at the merge {move.new[:12]}"
+        + (", your work on top of it (staged and unstaged as it was)" if move.carries_work else "")
         if forward
         else f"rolled back: '{move.branch}' is at {move.before[:12]} again"
+        + (", your work back as it was (staged and unstaged)" if move.carries_work else "")
     )
-    work = ", your work on top as it was (staged and unstaged)" if move.carries_work else ""
-    kept = f"; files edited since were left as they are, and everything is also kept in {rescue}/" if rescue else ""
-    ui.warn(f"an interrupted fork-sync (pid {move.pid}, {move.started}) was {done}{work}{kept}")
+    kept = ""
+    if rescue:
+        named = ", ".join(odd[:10]) + (" ..." if len(odd) > 10 else "")
+        kept = (
+            f"; {named} changed after the interruption and were left as they are; the work before the sync "
+            f"({rescue}/tree, /index) and as found ({rescue}/tree_found, /index_found) are kept"
+        )
+    ui.warn(f"an interrupted fork-sync (pid {move.pid}, {move.started}) was {done}{kept}")
     return Recovery("finished" if forward else "rolled back", move, rescue)
 
 
-def settle(place: Place, move: Move, forward: bool) -> str:
+def settle(place: Place, move: Move, forward: bool) -> tuple[str, list[str]]:
     """Bring the index and the working tree to the move's end (forward) or start, from whatever mix of the two
-    they hold. A path that holds neither is left as it is; then everything is kept under a rescue ref, returned."""
+    they hold. A path that holds neither is left as it is; then everything is kept under a rescue ref. Returns
+    (that ref's prefix or "", those paths)."""
     repo = place.repo
     place.refuse_index_lock()
     start, end = (move.index, move.tree), (move.index_after, move.tree_after)
@@ -419,7 +427,7 @@ def settle(place: Place, move: Move, forward: bool) -> str:
     for step in (index, tree) if forward else (tree, index):
         step()
     repo.git("update-index", "-q", "--refresh", mutates=True)
-    return rescue
+    return rescue, sorted(set(odd[0]) | set(odd[1]))
 
 
 def _neither(repo: Repo, found: str, goal: str, other: str) -> list[str]:

@@ -750,3 +750,99 @@ def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invok
         assert work(fork) == expected, where
         assert git(fork, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == "", where
     assert 0 in outcomes
+
+
+def interrupted(wrapped, pristine: Path, checkout: Path, log: Path, calls: list[str], when: str) -> None:
+    """A fresh copy of the pristine checkout at `checkout`, with a sync killed around its branch move: before it
+    (index and working tree moved: to roll back) or after it (the journal still there: to finish)."""
+    if checkout.exists():
+        shutil.rmtree(checkout)
+    shutil.copytree(pristine, checkout, symlinks=True)
+    cas = next(i for i, line in enumerate(calls, 1) if " update-ref -m fork-sync: merge upstream " in line)
+    crash = wrapped(checkout, log, "--autostash", **({"kill_at": cas} if when == "before" else {"kill_after": cas}))
+    crash.communicate(timeout=60)
+    assert crash.returncode == -signal.SIGKILL and (checkout / ".git/forkdev/fork-sync.journal").exists()
+
+
+@pytest.mark.parametrize("when", ["before", "after"])
+def test_a_kill_while_settling_an_interrupted_sync_is_settled_by_the_run_after(invoke, repos, wrapped, tmp_path, when):
+    up, _, fork = repos
+    make_work(fork)
+    expected = merged(work(fork))
+    before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
+    pristine = tmp_path / "pristine"
+    shutil.copytree(fork, pristine, symlinks=True)
+    calls = counted(wrapped, fork, tmp_path)
+    interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, when)
+    settling = wrapped(fork, tmp_path / "settling.log", "--autostash")  # the calls of a run that settles it
+    assert settling.wait(60) == 0, settling.communicate()[1]
+    settle_calls = (tmp_path / "settling.log").read_text().splitlines()
+    done = next(i for i, line in enumerate(settle_calls, 1) if line.endswith(" symbolic-ref --quiet --short HEAD"))
+
+    def rounds(worker: int) -> int:
+        home = tmp_path / f"worker{worker}"
+        home.mkdir()
+        checkout = home / "fork"
+        for n in range(5 + worker, done + 1, 2):
+            where = f"first killed {when} its branch move, then the settling run killed before its call {n}"
+            interrupted(wrapped, pristine, checkout, home / f"first-{n}.log", calls, when)
+            second = wrapped(checkout, home / f"second-{n}.log", "--autostash", kill_at=n)
+            second.communicate(timeout=60)
+            assert second.returncode == -signal.SIGKILL, where
+            res = sync(invoke, checkout, "--autostash")
+            assert res.code == 0, f"{where}\n{res.err}"
+            assert git(checkout, "rev-list", "--parents", "-n1", "HEAD").split()[1:] == [before, theirs], where
+            assert work(checkout) == expected, where
+            assert git(checkout, "for-each-ref", "refs/forkdev/sync/", "refs/forkdev/rescue/") == "", where
+        return n
+
+    with ThreadPoolExecutor(2) as pool:
+        assert sorted(pool.map(rounds, (0, 1)))[-1] == done
+
+
+def test_edits_made_after_a_kill_are_left_alone_and_kept_under_a_rescue_ref(invoke, repos, wrapped, tmp_path):
+    _, _, fork = repos
+    make_work(fork)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(fork, pristine, symlinks=True)
+    calls = counted(wrapped, fork, tmp_path)
+    interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
+    write(fork, {"extras/mine.txt": "edited after the kill\n", "late.txt": "new after the kill\n"})
+    dry = sync(invoke, fork, "--autostash", "--dry-run")
+    assert dry.code == 0 and "is pending; a real run settles it first" in dry.err
+    assert (fork / ".git/forkdev/fork-sync.journal").exists()
+    res = sync(invoke, fork, "--autostash", "--json")
+    assert res.code == 0, res.err
+    rescue = res.json["rescue"]
+    assert res.json["recovered"] == "rolled back" and rescue.startswith("refs/forkdev/rescue/")
+    assert "extras/mine.txt, late.txt changed after the interruption and were left as they are" in res.err
+    assert f"the work before the sync ({rescue}/tree, /index) and as found ({rescue}/tree_found" in res.err
+    assert (fork / "extras/mine.txt").read_text() == "edited after the kill\n"
+    assert (fork / "late.txt").read_text() == "new after the kill\n"
+    assert git(fork, "show", f"{rescue}/tree:extras/mine.txt") == "unstaged edit", "the work as it was"
+    assert git(fork, "show", f"{rescue}/tree_found:extras/mine.txt") == "edited after the kill"
+    assert git(fork, "show", f"{rescue}/index:README.md") == "staged notes"
+    staged = [".github/workflows/fork-sync.yml", "README.md", "vllm/conflict.py"]
+    assert git(fork, "diff", "--cached", "--name-only").splitlines() == staged, "the split is kept"
+    assert (fork / "vllm/a.py").read_text() == "A = 2\n" and git(fork, "for-each-ref", "refs/forkdev/sync/") == ""
+
+
+def test_an_interrupted_sync_whose_branch_moved_since_is_neither_undone_nor_finished(invoke, repos, wrapped, tmp_path):
+    _, _, fork = repos
+    make_work(fork)
+    pristine = tmp_path / "pristine"
+    shutil.copytree(fork, pristine, symlinks=True)
+    calls = counted(wrapped, fork, tmp_path)
+    interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
+    git(fork, "commit", "-q", "--allow-empty", "-m", "the user commits after the kill")
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--autostash")
+    assert res.code == 1 and "Traceback" not in res.err
+    assert "an interrupted fork-sync of 'main' was found, but 'main' has moved since" in res.last_error
+    rescue = res.last_error.split("kept in ")[1].split("/tree")[0]
+    assert git(fork, "show", f"{rescue}/tree:extras/mine.txt") == "unstaged edit"
+    assert git(fork, "show", f"{rescue}/index:README.md") == "staged notes"
+    assert {k: v for k, v in snapshot(fork).items() if k != "refs"} == {k: v for k, v in state.items() if k != "refs"}
+    assert (
+        not (fork / ".git/forkdev/fork-sync.journal").exists() and git(fork, "for-each-ref", "refs/forkdev/sync/") == ""
+    )
