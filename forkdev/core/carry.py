@@ -17,15 +17,14 @@ stash, the staged/unstaged split was always lost, and a pop that conflicted left
 A journal found by the next run is settled first (`recover`): the branch still at the old tip -> roll back (the
 working tree to W, the index to I), at the new commit -> finish. Whatever mix of before and after a stop left,
 each path is brought to its goal; a path holding neither (edited after the stop) is left as it is, and then
-everything is also kept under refs/forkdev/rescue/<time>/. The index moves before the working tree so that,
-whenever the tree holds a file the move added, the index knows it (even one that .gitignore matches).
+everything is also kept under refs/forkdev/rescue/<time>/. Going forward the index moves before the working
+tree, going back after it: so whenever the tree holds a file the merge added, the index knows it (even one that
+.gitignore matches), and a capture after a stop in between sees it. journal.py holds the state on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
 import os
 import shutil
 import signal
@@ -37,8 +36,8 @@ from pathlib import Path
 from . import ui
 from .errors import Failure
 from .gitrepo import Repo
+from .journal import SNAPSHOTS, SYNC_REFS, Move, Place, read_journal, remove_journal, write_journal
 
-SYNC_REFS = "refs/forkdev/sync"
 RESCUE_REFS = "refs/forkdev/rescue"
 # The snapshot commits are private (never on a branch, never pushed), so they need no identity of the user's.
 SNAPSHOT_IDENT = {
@@ -47,125 +46,6 @@ SNAPSHOT_IDENT = {
     "GIT_COMMITTER_NAME": "forkdev",
     "GIT_COMMITTER_EMAIL": "forkdev@localhost",
 }
-SNAPSHOTS = ("index", "tree", "index_after", "tree_after")
-
-
-@dataclass(frozen=True)
-class Place:
-    """A checkout and fork-sync's own files: the lock, the journal and scratch indexes live in the repository's
-    common git dir (one sync per repository); the index is the worktree's."""
-
-    repo: Repo
-    git_dir: Path
-    home: Path  # <git-common-dir>/forkdev
-
-    @classmethod
-    def of(cls, repo: Repo) -> Place:
-        git_dir, common = repo.out("rev-parse", "--path-format=absolute", "--git-dir", "--git-common-dir").split("\n")
-        return cls(repo, Path(git_dir), Path(common) / "forkdev")
-
-    @property
-    def lock(self) -> Path:
-        return self.home / "fork-sync.lock"
-
-    @property
-    def journal(self) -> Path:
-        return self.home / "fork-sync.journal"
-
-    @property
-    def scratch(self) -> Path:
-        return self.home / "scratch"
-
-    def shielded(self) -> Place:
-        """The same place, its git commands in their own session: a Ctrl-C to our process group misses them."""
-        run = dataclasses.replace(self.repo.run, shielded=True)
-        return dataclasses.replace(self, repo=dataclasses.replace(self.repo, run=run))
-
-    def refuse_index_lock(self) -> None:
-        lock = self.git_dir / "index.lock"
-        if lock.exists():
-            raise Failure(
-                f"'{lock}' exists: another git command is using '{self.repo.path}', or one was killed; if none "
-                f"is running, remove it (rm '{lock}') and run fork-sync again; nothing was changed"
-            )
-
-
-@contextlib.contextmanager
-def scratch(place: Place) -> Iterator[Path]:
-    """An empty scratch folder for the sync's temporary indexes (one left by a killed run is removed first)."""
-    if place.scratch.exists():
-        shutil.rmtree(place.scratch)
-    place.scratch.mkdir(parents=True)
-    try:
-        yield place.scratch
-    finally:
-        shutil.rmtree(place.scratch)
-
-
-@dataclass(frozen=True)
-class Move:
-    """A move of a checked-out branch and the user's work: what the journal holds. Snapshots are commits."""
-
-    worktree: str  # the checkout's top level
-    branch: str
-    before: str  # the branch's tip when the sync began
-    new: str  # the commit it moves to
-    index: str  # I, on `before`
-    tree: str  # W, on `before`
-    index_after: str  # I', on `new`
-    tree_after: str  # W', on `new`
-    pid: int = 0
-    started: str = ""
-
-    @property
-    def carries_work(self) -> bool:
-        return self.index != self.before or self.tree != self.before
-
-    def refs(self) -> dict[str, str]:
-        return {f"{SYNC_REFS}/{name}": getattr(self, name) for name in (*SNAPSHOTS, "new")}
-
-
-# ---- the journal ---------------------------------------------------------------------------------------------------
-def write_journal(path: Path, move: Move) -> None:
-    """Whole or not at all: written and fsynced beside its place, then renamed over it (and the folder fsynced)."""
-    data = json.dumps({"version": 1, **dataclasses.asdict(move)}, indent=2).encode() + b"\n"
-    tmp = path.with_name(path.name + ".new")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def read_journal(path: Path) -> Move | None:
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return None
-    try:
-        data = json.loads(raw)
-        if data.pop("version") != 1:
-            raise ValueError("unknown version")
-        return Move(**data)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise Failure(
-            f"the fork-sync journal '{path}' cannot be read ({exc}); the work it was about is kept in "
-            f"{SYNC_REFS}/ (git for-each-ref {SYNC_REFS}): check 'git status', then remove the file"
-        ) from None
-
-
-def remove_journal(path: Path) -> None:
-    path.unlink()
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # ---- planning, in objects only -------------------------------------------------------------------------------------

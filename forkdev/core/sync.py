@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import carry, lock, ui
+from . import carry, journal, lock, ui
 from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
@@ -249,10 +249,8 @@ def sync(run: Runner, req: Request) -> Outcome:
     for name, what in ((req.branch, "upstream branch (--branch)"), (req.into, "branch (--into)")):
         if name and not run(["git", "check-ref-format", f"refs/heads/{name}"], mutates=False, check=False).ok:
             raise Failure(f"{what} '{name}' is not a valid branch name; pass a name such as main or release/v1")
-    if repo.is_bare():
-        raise Failure(f"'{req.repo}' is a bare repository; run fork-sync in a checkout of the fork")
-    place = carry.Place.of(repo)
-    with lock.exclusive(place.lock, f"fork-sync of {repo.path}"), carry.scratch(place):
+    place = journal.Place.of(repo)  # (a bare repository has no top level: Repo.open refused it)
+    with lock.exclusive(place.lock, f"fork-sync of {repo.path}"), journal.scratch(place):
         recovery = carry.recover(place, run.dry_run)
         out = _sync(run, place, req)
         if recovery:
@@ -260,7 +258,7 @@ def sync(run: Runner, req: Request) -> Outcome:
         return out
 
 
-def _sync(run: Runner, place: carry.Place, req: Request) -> Outcome:
+def _sync(run: Runner, place: journal.Place, req: Request) -> Outcome:
     repo = place.repo
     s = Merge(repo, run)
     current = s.current_branch()

@@ -235,7 +235,8 @@ def test_dry_run_moves_nothing(invoke, repos):
 
 
 def test_bad_input_is_one_line(invoke, repos, tmp_path):
-    _, _, fork = repos
+    _, origin, fork = repos
+    assert "not a git checkout" in sync(invoke, origin).last_error, "a bare repository has nothing to carry"
     assert "malformed --strategy" in sync(invoke, fork, "--strategy", "nonsense").last_error
     assert "unknown strategy 'mine'" in sync(invoke, fork, "--strategy", "x=mine").last_error
     assert "no branch 'nope'" in sync(invoke, fork, "--into", "nope").last_error

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from forkdev.core import carry
+from forkdev.core import journal
 from forkdev.core.errors import Failure
 from forkdev.core.sync import matches, parse_strategies, tracking_ref
 
@@ -28,20 +28,20 @@ def test_where_a_remote_puts_a_fetched_branch(refspecs, ref, expected):
     assert tracking_ref(refspecs, ref) == expected
 
 
-def move(**kw) -> carry.Move:
-    fields = {name: f"{i:040x}" for i, name in enumerate(("before", "new", *carry.SNAPSHOTS), 1)}
-    return carry.Move(**({"worktree": "/w", "branch": "main", "pid": 7, "started": "now"} | fields | kw))
+def move(**kw) -> journal.Move:
+    fields = {name: f"{i:040x}" for i, name in enumerate(("before", "new", *journal.SNAPSHOTS), 1)}
+    return journal.Move(**({"worktree": "/w", "branch": "main", "pid": 7, "started": "now"} | fields | kw))
 
 
 def test_the_journal_round_trips_and_is_replaced_whole(tmp_path):
     path = tmp_path / "fork-sync.journal"
-    assert carry.read_journal(path) is None
-    carry.write_journal(path, move())
-    carry.write_journal(path, move(branch="dev"))
-    assert carry.read_journal(path) == move(branch="dev")
+    assert journal.read_journal(path) is None
+    journal.write_journal(path, move())
+    journal.write_journal(path, move(branch="dev"))
+    assert journal.read_journal(path) == move(branch="dev")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["fork-sync.journal"], "no temporary file is left"
-    carry.remove_journal(path)
-    assert carry.read_journal(path) is None
+    journal.remove_journal(path)
+    assert journal.read_journal(path) is None
 
 
 @pytest.mark.parametrize("text", ["{", '{"version": 2}', '{"version": 1, "branch": "main"}'])
@@ -49,13 +49,13 @@ def test_an_unreadable_journal_is_one_sentence_saying_where_the_work_is(tmp_path
     path = tmp_path / "fork-sync.journal"
     path.write_text(text)
     with pytest.raises(Failure, match=r"cannot be read .*kept in refs/forkdev/sync/.*then remove the file"):
-        carry.read_journal(path)
+        journal.read_journal(path)
 
 
 def test_a_move_carries_work_only_when_index_or_tree_differ_from_the_tip():
     clean = move(index=f"{1:040x}", tree=f"{1:040x}")
     assert not clean.carries_work and move().carries_work
-    assert set(move().refs()) == {f"refs/forkdev/sync/{n}" for n in (*carry.SNAPSHOTS, "new")}
+    assert set(move().refs()) == {f"refs/forkdev/sync/{n}" for n in (*journal.SNAPSHOTS, "new")}
 
 
 def test_strategies_and_patterns():
