@@ -358,7 +358,11 @@ def _track(repo: Repo, upstream: str, branch: str, theirs: str) -> str:
     """After a successful sync, the remote-tracking ref of the fetched branch, as `git pull` leaves it; only when
     the upstream is a named remote (a URL has no remote-tracking refs)."""
     specs = repo.git("config", "--get-all", f"remote.{upstream}.fetch", check=False)
-    ref = tracking_ref(specs.out.splitlines(), f"refs/heads/{branch}") if specs.ok else None
+    if specs.returncode == 1:  # no such key: a URL or a path, not a remote
+        return ""
+    if not specs.ok:
+        raise Failure(f"reading remote '{upstream}' from git config failed ({specs.reason}); check .git/config")
+    ref = tracking_ref(specs.out.splitlines(), f"refs/heads/{branch}")
     if ref is None:
         return ""
     res = repo.git("update-ref", "-m", f"fork-sync: fetch {upstream} {branch}", ref, theirs, mutates=True)

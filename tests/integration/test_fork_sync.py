@@ -631,13 +631,15 @@ def test_a_second_run_while_one_holds_the_repository_is_refused_naming_its_pid(i
     git(fork, "reset", "-q", "--keep", "HEAD~1")  # the test's own repository: back to before the merge
 
     first = wrapped(fork, log, wait_at=fetch_at)  # holds the lock, waiting in front of its fetch
-    wait_for(log.with_name(log.name + ".waiting"), first)
-    state = snapshot(fork)
-    second = sync(invoke, fork)
-    assert second.code == 1 and "Traceback" not in second.err
-    assert f"another fork-sync of {fork} is running (pid {first.pid}" in second.last_error
-    assert snapshot(fork) == state, "the refused run changed nothing"
-    log.with_name(log.name + ".go").touch()
+    try:
+        wait_for(log.with_name(log.name + ".waiting"), first)
+        state = snapshot(fork)
+        second = sync(invoke, fork)
+        assert second.code == 1 and "Traceback" not in second.err
+        assert f"another fork-sync of {fork} is running (pid {first.pid}" in second.last_error
+        assert snapshot(fork) == state, "the refused run changed nothing"
+    finally:
+        log.with_name(log.name + ".go").touch()  # never leave the first run waiting
     assert first.wait(60) == 0, first.communicate()[1]
     assert (fork / "vllm/a.py").read_text() == "A = 2\n"
     assert sync(invoke, fork).code == 0, "the lock is released when its holder ends"
