@@ -249,7 +249,7 @@ def recover(place: Place, dry_run: bool) -> Recovery | None:
     checkout = checkout.shielded()
     with uninterruptible():
         rescue, odd = settle(checkout, move, forward)
-        close(place, move)
+        close(checkout, move)  # the same journal and refs, through the shielded runner
     done = (
         f"finished: '{move.branch}' is at the merge {move.new[:12]}"
         + (", your work on top of it (staged and unstaged as it was)" if move.carries_work else "")
