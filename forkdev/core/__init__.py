@@ -6,7 +6,10 @@ Running things
     engine      docker / podman as a frozen value; every quirk commented where it is handled
     gitrepo     git, read-only, and the cached bare mirror of an upstream
     registry    the distribution API: tag exists, tags, delete, bounded retries, stored logins
-    sync        fork-sync's merge in objects and its journaled, crash-safe move of the branch
+    sync        fork-sync: validation, lock, fetch, the merge in objects, tracking ref, push
+    carry       moving a checked-out branch with the user's work (staged/unstaged split), and settling an
+                interrupted move (roll back or finish)
+    journal     fork-sync's state on disk: lock, journal written before the first change, scratch
 
 Images
     thin        the plan of a thin image: changed files, deletions, stale bytecode, new directories

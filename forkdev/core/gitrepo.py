@@ -1,7 +1,8 @@
 """Git, read through the process seam, and the cached bare mirror of an upstream.
 
-Nothing here writes to a user's checkout; the few writes fork-sync needs live in fork_sync.py and are named
-there. User values reach git after `--end-of-options` (refs) or `--` (paths, repositories).
+Nothing here writes to a user's checkout; the few writes fork-sync needs (a temporary index, moving a branch)
+live in sync.py and carry.py and are named there. User values reach git after `--end-of-options` (refs) or `--`
+(paths, repositories).
 """
 
 from __future__ import annotations
