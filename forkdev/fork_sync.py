@@ -17,8 +17,9 @@ from .core.tasking import task, toggle
     iterable=["protect", "strategy"],
     help={
         "repo": "the fork's checkout (default: config fork_sync.repo, '.')",
-        "upstream": "remote name or URL/path of the upstream (default: config fork_sync.upstream, 'upstream')",
-        "branch": "the upstream branch (default: config fork_sync.branch, 'main')",
+        "upstream": "remote name or URL/path of the upstream (default: the fork's remote config upstream.remote, "
+        "'upstream', when it has one, else upstream.url or the target's)",
+        "branch": "the upstream branch (default: config upstream.branch, 'main')",
         "into": "the fork's branch to merge into (default: the current branch)",
         "protect": "a path that keeps the fork's version whatever upstream did; repeatable (adds to config)",
         "strategy": "PATH_OR_GLOB=ours|theirs|union for conflicts there; repeatable (adds to config)",
@@ -55,10 +56,11 @@ def fork_sync(
             strategies[validate.plain(path, f"{source} path", pattern)] = how
     protected = [validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect]
     protected += [validate.plain(p, "--protect", pattern) for p in protect or []]
+    checkout = validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout")
     request = Request(
-        repo=validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout"),
-        upstream=validate.source(upstream or cfg.upstream, _named("--upstream", upstream)),
-        branch=validate.git_ref(branch or cfg.branch, _named("--branch", branch)),
+        repo=checkout,
+        upstream=validate.source(upstream, "--upstream") if upstream else default_upstream(c, checkout, run),
+        branch=validate.git_ref(branch or c.config.upstream.branch, _named("--branch", branch, "upstream.branch")),
         into=validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
         protect=tuple(protected),
         strategies=strategies,
@@ -94,6 +96,16 @@ def fork_sync(
         )
 
 
-def _named(flag: str, given: object) -> str:
+def default_upstream(c, checkout: str, run: Runner) -> str:
+    """The fork's remote `upstream.remote` when it has one, else upstream.url, else the target's upstream URL."""
+    remote = validate.plain(c.config.upstream.remote, "config upstream.remote", "name a remote of the fork")
+    has = run(["git", "-C", checkout, "config", "--get", f"remote.{remote}.url"], mutates=False, check=False)
+    if has.ok:
+        return remote
+    url = c.config.upstream.url
+    return validate.source(url, "config upstream.url") if url else config.of(c, None).upstream
+
+
+def _named(flag: str, given: object, key: str = "") -> str:
     """How an error names a value: by its flag when it came from one, else by its config key."""
-    return flag if given else f"config fork_sync.{flag.removeprefix('--')}"
+    return flag if given else f"config {key or 'fork_sync.' + flag.removeprefix('--')}"

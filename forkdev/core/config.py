@@ -104,9 +104,10 @@ DEFAULTS: dict[str, Any] = {
         "retries": 3,  # retries of a registry call answered 429/5xx or timed out
         "insecure": [],  # registries spoken to over plain HTTP besides loopback ones (host:port)
     },
-    "upstream": {
+    "upstream": {  # the one upstream every task works from
         "url": "",  # "" = the target's upstream; a local path works (offline, tests)
         "branch": "main",
+        "remote": "upstream",  # fork-sync fetches from this remote of the fork when it has one, else from url
     },
     "dev": {
         "base": "",  # "" = the target's published image for the merge-base, else its nightly image
@@ -165,8 +166,6 @@ DEFAULTS: dict[str, Any] = {
     },
     "fork_sync": {
         "repo": ".",
-        "upstream": "upstream",  # a remote name or a URL/path
-        "branch": "main",  # the upstream branch
         "into": "",  # "" = the current branch
         "protect": ["extras/", ".github/workflows/fork-sync.yml"],
         "strategies": {".gitignore": "union"},

@@ -485,7 +485,12 @@ def test_the_remote_tracking_ref_follows_a_successful_sync_of_a_named_remote(inv
     ("args", "env", "named"),
     [
         (["--upstream=--upload-pack=touch {marker}"], {}, "--upstream"),
-        ([], {"INVOKE_FORK_SYNC_UPSTREAM": "--upload-pack=touch {marker}"}, "config fork_sync.upstream"),
+        ([], {"INVOKE_UPSTREAM_REMOTE": "--upload-pack=touch {marker}"}, "config upstream.remote"),
+        (
+            [],
+            {"INVOKE_UPSTREAM_URL": "--upload-pack=touch {marker}", "INVOKE_UPSTREAM_REMOTE": "no"},
+            "config upstream.url",
+        ),
         (["--branch=--upload-pack=touch {marker}"], {}, "--branch"),
         (["--into=--upload-pack=touch {marker}"], {}, "--into"),
         (["--protect=--upload-pack=touch {marker}"], {}, "--protect"),
@@ -504,7 +509,7 @@ def test_a_value_starting_with_a_dash_is_refused_and_runs_nothing(invoke, repos,
         *argv,
         env={
             **ENV,
-            **{k: v.format(marker=marker) for k, v in env.items()},
+            **{k: v.format(marker=marker, m=marker) for k, v in env.items()},
         },
     )
     assert res.code == 1 and "Traceback" not in res.err
