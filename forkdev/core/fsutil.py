@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Failure
+from .scratch import alive
 
 MARKER = ".forkdev-overlay"
 NAME_MAX = 255  # bytes in one path component (Linux)
@@ -322,7 +323,7 @@ def sweep(dest: Path) -> list[Path]:
         m = staging.fullmatch(name)
         path = dest.parent / name
         st = _lstat(path)
-        if not m or st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or _alive(int(m[1])):
+        if not m or st is None or not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or alive(int(m[1])):
             continue
         if marked(path):
             shutil.rmtree(path)
@@ -333,18 +334,6 @@ def sweep(dest: Path) -> list[Path]:
                 continue
         removed.append(path)
     return removed
-
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _lstat(path: str | os.PathLike[str]) -> os.stat_result | None:
