@@ -150,7 +150,7 @@ def build_group(job: Job, group: Group, report) -> None:
                     dockerfile_text=full.dockerfile,
                 )
                 full.fixes = fullbuild.build(job.engine, job.run, job.repo, job.target, spec).fixes
-    except Failure as exc:
+    except (Failure, OSError) as exc:  # one group's failure (a full disk included) stays with its commits
         for item in group.items:
             item.status, item.error = "failed", f"the full build of its native state failed: {exc}"
             item.log = str(job.logs / f"{full.commit}.log")
@@ -196,7 +196,7 @@ def build_item(job: Job, item: Item, native_tag: str) -> None:
             if job.push and job.registry is not None:
                 job.registry.check()
                 job.engine.push(job.run, item.image, timeout=job.policy.timeout)
-    except Failure as exc:
+    except (Failure, OSError) as exc:
         item.status, item.error = "failed", str(exc)
     finally:
         item.seconds = time.monotonic() - start
