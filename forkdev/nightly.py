@@ -21,6 +21,7 @@ from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import mirror
+from .core.image import instant
 from .core.lock import exclusive
 from .core.proc import Runner
 from .core.registry import Ref, Registry
@@ -312,7 +313,7 @@ def _prune_local(engine: Engine, run: Runner, repository: str, keep: int, keep_t
     for ref in refs:
         info = engine.inspect_image(run, ref)
         if info is not None:
-            created[ref] = (str(info.get("Created", "")), Engine.image_id(info))
+            created[ref] = (instant(str(info.get("Created", ""))), Engine.image_id(info))
     latest = engine.inspect_image(run, f"{repository}:nightly")
     protected = Engine.image_id(latest) if latest else None
     newest_first = sorted(created, key=lambda r: created[r][0], reverse=True)
@@ -325,7 +326,7 @@ def _prune_local(engine: Engine, run: Runner, repository: str, keep: int, keep_t
 def _prune_registry(registry: Registry, repo: Ref, keep: int, keep_too: set[str]) -> list[str]:
     tags = [t for t in registry.tags(repo.repository) if t.startswith("nightly-")]
     protected = registry.digest(repo.repository, "nightly")
-    created = {t: registry.created(repo.repository, t) for t in tags}
+    created = {t: instant(registry.created(repo.repository, t)) for t in tags}
     newest_first = sorted(tags, key=lambda t: created[t], reverse=True)
     doomed = [t for t in newest_first[keep:] if t not in keep_too and registry.digest(repo.repository, t) != protected]
     for t in doomed:

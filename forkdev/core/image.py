@@ -18,6 +18,7 @@ import hashlib
 import io
 import json
 import posixpath
+import re
 import tarfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,22 @@ def canonical(obj: Any) -> bytes:
 
 def rfc3339(epoch: int) -> str:
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+_WHEN = re.compile(r"(\d{4}-\d\d-\d\d)[T ](\d\d:\d\d:\d\d)(?:\.(\d+))?\s*(Z|[+-]\d\d:?\d\d)?")
+
+
+def instant(text: str) -> float:
+    """Seconds since the epoch of an image's creation time as an engine or a registry gives it: RFC 3339 with any
+    number of fractional digits and any offset ("...T10:00:00.123456789Z", "...+01:00"), or Go's default form
+    ("2026-11-25 10:00:00.12 +0000 UTC"). Comparing these as strings orders them wrongly; -inf when unreadable."""
+    m = _WHEN.match(text.strip())
+    if not m:
+        return float("-inf")
+    day, clock, frac, zone = m.groups()
+    zone = "+0000" if zone in (None, "Z") else zone.replace(":", "")
+    when = dt.datetime.strptime(f"{day}T{clock}{zone}", "%Y-%m-%dT%H:%M:%S%z")
+    return when.timestamp() + (float("0." + frac) if frac else 0.0)
 
 
 def layer(files: list[tuple[str, int, bytes]], whiteouts: list[str], dirs: list[str], epoch: int) -> Layer:

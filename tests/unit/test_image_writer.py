@@ -99,3 +99,16 @@ def test_the_oci_archive_names_the_image_and_the_base_layers_by_digest():
     assert [layer["digest"] for layer in manifest["layers"]] == [*BASE.diff_ids, new.diff_id]
     assert manifest["config"]["digest"] == "sha256:" + hashlib.sha256(cfg).hexdigest()
     assert len(blobs) == 3, "config, manifest and the new layer: no base layer travels"
+
+
+def test_creation_times_compare_as_instants_whatever_their_form():
+    """Engines and registries write creation times with 0-9 fractional digits, Z or an offset, or in Go's form;
+    as strings "...:00.5Z" sorts after "...:00.51Z" and "+01:00" is not UTC. Prune orders by these."""
+    base = image.instant("2026-11-25T10:00:00Z")
+    assert base == 1795600800.0
+    assert image.instant("2026-11-25T10:00:00.5Z") < image.instant("2026-11-25T10:00:00.51Z")
+    assert image.instant("2026-11-25T11:00:00+01:00") == base
+    assert image.instant("2026-11-25 10:00:00.25 +0000 UTC") == base + 0.25
+    assert image.instant("2026-11-25T10:00:00.123456789Z") > base
+    assert image.instant("") == float("-inf") and image.instant("yesterday") == float("-inf")
+    assert image.instant(image.rfc3339(1795600800)) == base
