@@ -10,6 +10,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 
 import pytest
@@ -233,8 +234,17 @@ def test_live_sync_brings_edits_additions_and_deletions_in_and_restarts_the_serv
         text=True,
         cwd=support.ROOT,
     )
+    # Read its output all along: a test that reads only at the end stalls the tool once a pipe is full.
+    drained = {"out": [], "err": []}
+    readers = [
+        threading.Thread(target=lambda k=k, f=f: drained[k].extend(f), daemon=True)
+        for k, f in (("out", proc.stdout), ("err", proc.stderr))
+    ]
+    for r in readers:
+        r.start()
+    name = f"forkdev-sync-{proc.pid}"
     try:
-        name = wait_for(lambda: running(engine), "the container")[0]
+        wait_for(lambda: name in running(engine), "the container")
         src = "/opt/vllm-source/"
 
         def in_container(path: str) -> bytes | None:
@@ -257,7 +267,17 @@ def test_live_sync_brings_edits_additions_and_deletions_in_and_restarts_the_serv
         wait_for(lambda: logs().count("started") >= 2, "the server's restart")
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=60)
+        try:
+            proc.wait(timeout=60)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+            if name in running(engine):
+                subprocess.run([engine.exe, "rm", "-f", name], capture_output=True)
+        for r in readers:
+            r.join(10)
+    out, err = "".join(drained["out"]), "".join(drained["err"])
+    assert proc.returncode == 0, err[-2000:]
     assert "not synced: native sources changed (csrc/k.cu)" in err
-    assert running(engine) == [], "leaving the sync stops and removes the container"
+    assert name not in running(engine), "leaving the sync stops and removes the container"
     assert SECRET not in out + err
