@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import json as jsonlib
 import os
+import signal
 import socket
 import sys
 import threading
@@ -214,6 +215,8 @@ def _live(c, proc: Runner, engine: Engine, spec: ctr.Spec, repo: Repo, target, r
     if proc.dry_run:
         return
     stop = threading.Event()
+    # A kill (SIGTERM) or a closed terminal (SIGHUP) leaves the sync as Ctrl-C does: the container goes too.
+    previous = {sig: signal.signal(sig, _leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         info = engine.inspect_image(proc, spec.image) or {}
         where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, config.cache_dir(c)).location
@@ -224,9 +227,15 @@ def _live(c, proc: Runner, engine: Engine, spec: ctr.Spec, repo: Repo, target, r
         pass
     finally:
         stop.set()
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if not keep:
             proc(engine.cmd("rm", "--force", spec.name), check=False)
     ui.result(spec.name)
+
+
+def _leave(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 @task(iterable=["env"], help={**SHARED, "command": "run this command in the shell instead of an interactive one"})

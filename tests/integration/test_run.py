@@ -233,6 +233,9 @@ def test_live_sync_brings_edits_additions_and_deletions_in_and_restarts_the_serv
         stderr=subprocess.PIPE,
         text=True,
         cwd=support.ROOT,
+        # A suite started in the background by a shell without job control ignores SIGINT, and children inherit
+        # that: give the tool the Ctrl-C a user's terminal would.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     # Read its output all along: a test that reads only at the end stalls the tool once a pipe is full.
     drained = {"out": [], "err": []}
@@ -281,3 +284,28 @@ def test_live_sync_brings_edits_additions_and_deletions_in_and_restarts_the_serv
     assert "not synced: native sources changed (csrc/k.cu)" in err
     assert name not in running(engine), "leaving the sync stops and removes the container"
     assert SECRET not in out + err
+
+
+def test_a_live_sync_that_is_killed_with_sigterm_removes_its_container(engine, world, checkout):
+    proc = subprocess.Popen(
+        support.invoke_argv("run", "--repo", str(checkout), "--image", world.editable, "--sync", "--", "sleep", "600"),
+        env={**os.environ, "INVOKE_ENGINE_NAME": engine.kind},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=support.ROOT,
+    )
+    name = f"forkdev-sync-{proc.pid}"
+    try:
+        wait_for(lambda: name in running(engine), "the container")
+        time.sleep(1.0)  # the watcher is up
+        proc.terminate()
+        _, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        leftover = name in running(engine)
+        if leftover:
+            subprocess.run([engine.exe, "rm", "-f", name], capture_output=True)
+    assert not leftover, "a SIGTERM leaves the sync as Ctrl-C does, container removed"
+    assert f"+ {engine.exe} rm --force {name}" in err
