@@ -308,7 +308,11 @@ def _prune_local(engine: Engine, run: Runner, repository: str, keep: int, keep_t
     """Untag the oldest local nightly-<sha> tags beyond `keep`; never what `nightly` or `keep_too` name (the last
     full nightly, which later thin nightlies build on)."""
     listing = run(engine.cmd("images", "--format", "{{.Repository}}:{{.Tag}}", "--", repository), mutates=False)
-    refs = sorted({r.removeprefix("localhost/") for r in listing.out.split() if ":nightly-" in r})
+    # Only this repository's tags, exactly: podman matches a name given to `images` loosely, and names local
+    # images localhost/NAME.
+    names = {r.removeprefix("localhost/") for r in listing.out.split()}
+    mine = repository.removeprefix("localhost/")
+    refs = sorted(r for r in names if r.rpartition(":")[0] == mine and ":nightly-" in r)
     created = {}
     for ref in refs:
         info = engine.inspect_image(run, ref)

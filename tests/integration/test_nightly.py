@@ -187,7 +187,7 @@ def test_prune_keeps_the_newest_by_creation_time_and_never_nightly_or_the_last_f
     res = nightly("--keep", "1", "--json", task="nightly.prune")
     assert res.code == 0, res.err
     # Newest first by creation: shas[1], shas[2] (what `nightly` is), shas[0], then the full build (now).
-    assert res.json["removed"] == [f"{nightly.repository}:nightly-{shas[0]}"]
+    assert res.json["removed"] == [f"{nightly.repository}:nightly-{shas[0]}"], (shas, full, res.err[-3000:])
     listing = support.sh(nightly.engine.exe, "images", "--format", "{{.Tag}}", nightly.repository).split()
     assert sorted(listing) == sorted(["nightly", f"nightly-{shas[1]}", f"nightly-{shas[2]}", f"nightly-{full}"])
 
