@@ -10,7 +10,7 @@ from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.sync import Request, parse_strategies, sync
-from .core.tasking import task, toggle
+from .core.tasking import runner, task, toggle
 
 
 @task(
@@ -45,10 +45,11 @@ def fork_sync(
     no_autostash=False,
     dry_run=False,
     json=False,
+    quiet=False,
 ):
     """Merge upstream into the fork; protected paths keep the fork's version; no work is ever lost."""
     cfg = c.config.fork_sync
-    run = Runner(dry_run=config.dry_run(c, dry_run))
+    run = runner(c, dry_run, quiet)
     pattern = "pass a path or glob of the repository"
     strategies = {}
     for source, items in (("config fork_sync.strategies", dict(cfg.strategies)), ("--strategy", list(strategy or []))):

@@ -37,8 +37,7 @@ from .core.fsutil import (
     write_tree,
 )
 from .core.gitrepo import Repo
-from .core.proc import Runner
-from .core.tasking import setting, task
+from .core.tasking import runner, setting, task
 
 LINE = re.compile(
     r"^(?P<src>[^\s#]+)"
@@ -251,9 +250,9 @@ def resolve_dest(c, repo: Repo, flag: str | None) -> Path:
         "dry_run": "parse, transform and list; write nothing",
     },
 )
-def overlay(c, repo=None, definitions=None, dest=None, dry_run=False):
+def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=False):
     """Copy the overlay definitions' files, transformed, into the overlay directory (the checkout is only read)."""
-    run = Runner(dry_run=config.dry_run(c, dry_run))
+    run = runner(c, dry_run, quiet)
     with os_errors("make the overlay"):
         setting(None, c.config.cache_dir, "", "cache_dir")  # where the tool keeps what it makes
         r = Repo.open(setting(repo, c.config.overlay.repo, "--repo", "overlay.repo"), run)

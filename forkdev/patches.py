@@ -43,7 +43,7 @@ from .core.fsutil import (
 from .core.gitrepo import Repo
 from .core.proc import Runner
 from .core.scratch import sweep
-from .core.tasking import setting, task
+from .core.tasking import runner, setting, task
 
 DIFF_PATH = re.compile(rb"^(?:---|\+\+\+) (?:[ab]/)?(?P<path>\S+)", re.M)
 
@@ -301,9 +301,9 @@ def resolve_into(c, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path
         "json": "print one JSON object on stdout",
     },
 )
-def patches(c, repo=None, registry=None, into=None, check=False, reverse=False, json=False):
+def patches(c, repo=None, registry=None, into=None, check=False, reverse=False, json=False, quiet=False):
     """Apply the fork's ordered .diff patches, all or nothing; any failure exits non-zero."""
-    run = Runner(dry_run=config.dry_run(c, check))
+    run = runner(c, check, quiet)
     with os_errors("apply the patches"):
         setting(None, c.config.cache_dir, "", "cache_dir")  # where the tool keeps what it makes
         r = Repo.open(setting(repo, c.config.patches.repo, "--repo", "patches.repo"), run)

@@ -96,3 +96,23 @@ def test_docker_buildkit_follows_the_client_version_and_is_asked_only_once():
     info["Client"]["Version"] = "20.10.24+dfsg1"
     assert engine.Engine._from_version("docker", "docker", info, "host").buildkit(NoBuildx()) is True
     assert engine.Engine._from_version("podman", "podman", info, "host").buildkit(NoBuildx()) is True
+
+
+def test_every_task_takes_quiet_and_dry_run():
+    """The shared flags are the same on every task a user can run (patches names its dry run --check); a task
+    that only reads (verify, gpu-check, cron.status) has nothing to dry-run."""
+    from forkdev.cli import namespace
+
+    def tasks(coll, prefix=""):
+        for name, t in coll.tasks.items():
+            yield prefix + name, t
+        for name, sub in coll.collections.items():
+            yield from tasks(sub, prefix + name + ".")
+
+    missing = []
+    for name, t in tasks(namespace()):
+        args = {a.name for a in t.get_arguments()}
+        reads_only = name in {"verify", "gpu-check", "cron.status"}
+        if "quiet" not in args or not (reads_only or {"dry_run", "check"} & args):
+            missing.append(name)
+    assert missing == [], f"tasks without --quiet or --dry-run: {missing}"
