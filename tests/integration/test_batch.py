@@ -106,7 +106,8 @@ def test_one_full_build_per_native_state_and_every_image_is_its_commit(engine, t
     for item in out["commits"]:
         by_commit.setdefault(item["commit"], []).append(item)
     failed = [i["commit"] for i in out["commits"] if i["status"] == "failed"]
-    assert failed == [shas[4]], f"the broken commit fails alone:\n{res.err[-3000:]}"
+    why = {i["commit"][:10]: i.get("error") for i in out["commits"] if i["status"] == "failed"}
+    assert failed == [shas[4]], f"the broken commit fails alone: {why}\n{res.err[-2000:]}"
     assert out["full_builds"] == 4 and out["failed"] == 1
     assert shas[9] not in by_commit, "the blacklist is honoured"
     assert "1 of 19 commits failed" in res.err.splitlines()[-1]
