@@ -27,7 +27,7 @@ from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.proc import Runner
-from .core.scratch import scratch
+from .core.scratch import alive, scratch
 from .core.tasking import remainder, runner, task
 
 SHARED = {
@@ -97,6 +97,7 @@ def prepare(
     variables += envfiles.explicit(configured, "config run.env") + envfiles.explicit(list(env or []))
     check_ports(ports)
     engine = config.engine(c, run)
+    sweep_orphans(engine, run)
     info = engine.inspect_image(run, image_ref)
     if info is None:
         raise Failure(f"no image '{image_ref}' here; build it with 'invoke dev' or 'invoke nightly', or pull it")
@@ -140,10 +141,19 @@ def prepare(
         loop=loop,
         userns_keep_id=rootless and mount_source,
         selinux=ctr.selinux_enforcing(),
-        labels={"dev.forkdev.run": purpose},
+        labels=ctr.owner_labels(purpose),
     )
     report = {"image": image_ref, "gpu": picked, "variables": sorted({v.key for v in variables}), "name": spec.name}
     return engine, spec, report
+
+
+def sweep_orphans(engine: Engine, run: Runner) -> None:
+    """Remove the containers a killed run of this machine left (its pid is in the name; the host in a label)."""
+    here = f"label={ctr.HOST_LABEL}={socket.gethostname()}"
+    listing = run(engine.cmd("ps", "-a", "--filter", here, "--format", "{{.Names}}"), mutates=False)
+    for name in ctr.orphans(listing.out.split(), alive):
+        ui.info(f"removing {name}, left by a run that was killed")
+        run(engine.cmd("rm", "--force", name), check=False)
 
 
 @task(

@@ -8,6 +8,7 @@ when asked, then execs the image's own entrypoint and command, so signals and th
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,5 +116,22 @@ def command_of(image: dict, given: list[str]) -> list[str]:
     return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
 
 
+HOST_LABEL = "dev.forkdev.host"  # the machine whose process owns the container: only there is its pid meaningful
+
+
 def container_name(purpose: str) -> str:
     return f"forkdev-{purpose}-{os.getpid()}"
+
+
+def owner_labels(purpose: str) -> dict[str, str]:
+    return {"dev.forkdev.run": purpose, HOST_LABEL: socket.gethostname()}
+
+
+def orphans(names: list[str], alive) -> list[str]:
+    """Of this machine's forkdev containers, those whose owning process is gone (a kill -9 skips its cleanup)."""
+    found = []
+    for name in names:
+        _, _, pid = name.rpartition("-")
+        if name.startswith("forkdev-") and pid.isdigit() and not alive(int(pid)):
+            found.append(name)
+    return found

@@ -309,3 +309,27 @@ def test_a_live_sync_that_is_killed_with_sigterm_removes_its_container(engine, w
             subprocess.run([engine.exe, "rm", "-f", name], capture_output=True)
     assert not leftover, "a SIGTERM leaves the sync as Ctrl-C does, container removed"
     assert f"+ {engine.exe} rm --force {name}" in err
+
+
+def test_a_container_left_by_a_kill_9_is_removed_by_the_next_run(engine, world, checkout, tool):
+    proc = subprocess.Popen(
+        support.invoke_argv("run", "--repo", str(checkout), "--image", world.editable, "--sync", "--", "sleep", "600"),
+        env={**os.environ, "INVOKE_ENGINE_NAME": engine.kind},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd=support.ROOT,
+    )
+    name = f"forkdev-sync-{proc.pid}"
+    try:
+        wait_for(lambda: name in running(engine), "the container")
+        proc.kill()  # SIGKILL: no cleanup runs
+        proc.wait(30)
+        assert name in running(engine), "a kill -9 leaves the container (nothing can run then)"
+        res = tool("run", "--repo", str(checkout), "--image", world.editable, "--", "true")
+        assert res.code == 0, res.err
+        assert f"removing {name}, left by a run that was killed" in res.err
+        assert name not in running(engine)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        subprocess.run([engine.exe, "rm", "-f", name], capture_output=True)

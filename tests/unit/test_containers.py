@@ -130,3 +130,8 @@ def test_the_variables_script_is_literal_in_the_shell_and_later_values_win(tmp_p
     assert out.stdout == f"flag|{tricky}"
     assert not Path("/tmp/forkdev-pwned").exists()
     assert shlex.split(text.splitlines()[0]) == ["export", "A=flag"]
+
+
+def test_only_forkdev_containers_of_dead_processes_are_orphans():
+    names = ["forkdev-sync-100", "forkdev-run-200", "forkdev-shell-x", "mine-300", "forkdev-sync-", "forkdev-run-400"]
+    assert container.orphans(names, lambda pid: pid == 200) == ["forkdev-sync-100", "forkdev-run-400"]
