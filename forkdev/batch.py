@@ -24,6 +24,7 @@ from .core.errors import Failure
 from .core.gitrepo import Repo, mirror
 from .core.proc import Runner
 from .core.registry import Ref, Registry
+from .core.scratch import sweep
 from .core.ship import Request, ship
 from .core.tasking import runner, task, toggle
 from .nightly import build_args
@@ -239,6 +240,8 @@ def batch(
 ):
     """Per-commit images from a dataset of commits, one compile per native state; a re-run resumes."""
     run = runner(c, dry_run, quiet)
+    if not run.dry_run:
+        sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
     cfg = c.config.batch
     profile = config.of(c, target)
     path = Path(validate.plain(dataset, "DATASET")).expanduser()

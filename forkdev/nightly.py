@@ -25,6 +25,7 @@ from .core.image import instant
 from .core.lock import exclusive
 from .core.proc import Runner
 from .core.registry import Ref, Registry
+from .core.scratch import sweep
 from .core.ship import Request, ship
 from .core.tasking import runner, task, toggle
 
@@ -91,6 +92,8 @@ def build(
 ):
     """Base image of the latest upstream commit: nightly + nightly-<sha>; one compile per native state."""
     run = runner(c, dry_run, quiet)
+    if not run.dry_run:
+        sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
     cfg = c.config.nightly
     profile = config.of(c, target)
     url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")

@@ -125,7 +125,7 @@ class Stage:
                 self.original[rel] = read(under(target, rel, "patched path"))
             except Failure as exc:
                 raise Failure(f"{exc} (patched path '{shown(rel)}')") from None
-        sweep(Path(tempfile.gettempdir()), "patches")  # what a killed run (kill -9) left
+        sweep(purpose="patches")  # what a killed run (kill -9) left
         self.tmp = Path(tempfile.mkdtemp(prefix=f"forkdev-patches-{os.getpid()}-"))
         try:
             self.root = self.tmp / "tree"

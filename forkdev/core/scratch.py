@@ -16,7 +16,7 @@ from pathlib import Path
 def scratch(purpose: str, parent: Path | None = None) -> Iterator[Path]:
     """A fresh directory `forkdev-<purpose>-<pid>-*` for the block, removed after it whatever happens."""
     root = Path(parent or tempfile.gettempdir())
-    sweep(root, purpose)
+    sweep(root)  # every purpose: a killed full build's context is gone even if the next run builds thin
     path = Path(tempfile.mkdtemp(prefix=f"forkdev-{purpose}-{os.getpid()}-", dir=root))
     try:
         yield path
@@ -24,11 +24,12 @@ def scratch(purpose: str, parent: Path | None = None) -> Iterator[Path]:
         shutil.rmtree(path, ignore_errors=True)
 
 
-def sweep(root: Path, purpose: str) -> list[Path]:
-    """Remove `forkdev-<purpose>-<pid>-*` directories of ours whose process no longer runs; returns them."""
+def sweep(root: Path | None = None, purpose: str = "*") -> list[Path]:
+    """Remove `forkdev-<purpose>-<pid>-<random>` directories of ours (of any purpose by default) whose process
+    no longer runs; returns them. mkdtemp's random part has no '-', so the pid is the second field from the end."""
     removed = []
-    for path in root.glob(f"forkdev-{purpose}-*-*"):
-        pid = path.name[len(f"forkdev-{purpose}-") :].split("-", 1)[0]
+    for path in Path(root or tempfile.gettempdir()).glob(f"forkdev-{purpose}-*-*"):
+        pid = path.name.rsplit("-", 2)[-2]
         try:
             st = os.lstat(path)
         except OSError:

@@ -42,3 +42,17 @@ def test_the_next_run_removes_what_a_killed_run_left_and_nothing_else(tmp_path):
     time.sleep(0.1)
     assert sweep(tmp_path, "test") == [left]
     assert alive.is_dir() and other.is_dir() and target.is_dir()
+
+
+def test_any_scratch_sweeps_what_a_killed_run_left_whatever_its_purpose(tmp_path):
+    """A nightly killed in its full build leaves its context; the next run may build thin and never make one."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    left = tmp_path / os.path.basename(proc.stdout.readline().strip())
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    old_style = tmp_path / "forkdev-patches-d9pdd32r"  # no pid in its name: not provably ours to remove
+    old_style.mkdir()
+    with scratch("other-purpose", tmp_path) as mine:
+        assert mine.is_dir()
+        assert not left.exists()
+    assert old_style.is_dir() and not mine.exists()
