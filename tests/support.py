@@ -71,6 +71,17 @@ def git(repo: Path, *args: str, input: bytes | None = None) -> str:
     )
 
 
+def write_files(root: Path, files: dict[str, str | None]) -> None:
+    """Write each file (parents made); None deletes it."""
+    for path, text in files.items():
+        f = root / path
+        if text is None:
+            f.unlink()
+        else:
+            f.parent.mkdir(parents=True, exist_ok=True)
+            f.write_text(text)
+
+
 def commit_all(repo: Path, message: str) -> str:
     git(repo, "add", "-A")
     git(repo, "commit", "-q", "--allow-empty", "-m", message)

@@ -23,13 +23,7 @@ COMPILED = {"vllm/_C.abi3.so", "vllm/BUILD_VERSION"}  # made by the build, not i
 
 
 def commit(up: Path, changes: dict[str, str | None], message: str) -> str:
-    for path, text in changes.items():
-        f = up / path
-        if text is None:
-            f.unlink()
-        else:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(text)
+    support.write_files(up, changes)
     return support.commit_all(up, message)
 
 

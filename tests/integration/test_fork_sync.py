@@ -22,14 +22,7 @@ from forkdev.core.errors import Failure
 ENV = support.GIT_ENV
 
 
-def write(root: Path, files: dict[str, str | None]) -> None:
-    for path, text in files.items():
-        f = root / path
-        if text is None:
-            f.unlink()
-        else:
-            f.parent.mkdir(parents=True, exist_ok=True)
-            f.write_text(text)
+write = support.write_files
 
 
 def snapshot(repo: Path) -> dict:
