@@ -51,6 +51,7 @@ def thin_image(
         ref=ref,
         target=profile,
         source=source,
+        upstream=upstream,
         bases=(explicit,) if explicit else (),
         explicit_base=bool(explicit),
         repository=str(c.config.dev.repository).format(target=profile.name),
@@ -64,7 +65,9 @@ def thin_image(
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
     engine = config.engine(c, run)
     if not explicit:
-        candidates = bases.candidates(profile, repo, ref, upstream, c.config.upstream.branch)
+        candidates = bases.candidates(
+            profile, config.nightly_repository(c, profile), repo, ref, upstream, c.config.upstream.branch
+        )
         request = dataclasses.replace(request, bases=tuple(candidates))
     result = ship.ship(engine, run, request)
     if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default

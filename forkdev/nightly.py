@@ -97,7 +97,7 @@ def build(
     cfg = c.config.nightly
     profile = config.of(c, target)
     url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")
-    repository = validate.repository(cfg.repository or profile.nightly_image, "nightly.repository")
+    repository = config.nightly_repository(c, profile)
     pushing = toggle("push", push, no_push, cfg.push)
     if pushing and not validate.registry_host(repository):
         raise Failure(
@@ -284,7 +284,7 @@ def prune(c, keep=None, push=False, target=None, dry_run=False, json=False, quie
     """Remove the oldest nightly-<sha> tags (by creation time, never by name); `nightly` itself stays."""
     run = runner(c, dry_run, quiet)
     profile = config.of(c, target)
-    repository = validate.repository(c.config.nightly.repository or profile.nightly_image, "nightly.repository")
+    repository = config.nightly_repository(c, profile)
     try:
         count = int(keep if keep is not None else c.config.nightly.keep)
     except (TypeError, ValueError):

@@ -46,7 +46,7 @@ def last_dev_image(cache: Path, repo: Repo) -> str | None:
 def pick_image(c: Any, repo: Repo, image: str | None, target: config.Target) -> str:
     if image:
         return validate.image_ref(image, "--image")
-    return last_dev_image(config.cache_dir(c), repo) or f"{target.nightly_image}:nightly"
+    return last_dev_image(config.cache_dir(c), repo) or f"{config.nightly_repository(c, target)}:nightly"
 
 
 def check_ports(ports: list[int]) -> None:

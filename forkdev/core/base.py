@@ -113,7 +113,7 @@ def image_config(image: dict[str, Any]) -> dict[str, Any]:
     return {k: raw[k] for k in CONFIG_FIELDS if k in raw}
 
 
-def candidates(target: Target, repo: Repo, ref: str | None, upstream_url: str, branch: str) -> list[str]:
+def candidates(target: Target, nightly: str, repo: Repo, ref: str | None, upstream_url: str, branch: str) -> list[str]:
     """The default bases, best first: the upstream's published image of the merge-base, then our nightly."""
     found = []
     remotes = [r for r in (repo.remote_for(upstream_url), "upstream", "origin") if r]
@@ -125,7 +125,7 @@ def candidates(target: Target, repo: Repo, ref: str | None, upstream_url: str, b
         res = repo.git("merge-base", "--end-of-options", ref or "HEAD", tip, check=False)
         if res.ok and res.out:
             found.append(target.published_base.format(sha=res.out))
-    found.append(f"{target.nightly_image}:nightly")
+    found.append(f"{nightly}:nightly")
     return found
 
 

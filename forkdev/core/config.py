@@ -20,6 +20,7 @@ from .engine import Engine
 from .errors import Failure
 from .proc import Runner
 from .registry import Policy
+from .validate import repository as valid_repository
 
 
 @dataclass(frozen=True)
@@ -219,6 +220,11 @@ def engine(c: Any, run: Runner) -> Engine:
     """The container engine the config names (or the one found), probed once for this task."""
     cfg = c.config.engine
     return Engine.detect(run, cfg.name, cfg.network, cfg.get("client") or "")
+
+
+def nightly_repository(c: Any, profile: Target) -> str:
+    """The repository `invoke nightly` tags, and so where `dev` and `run` look for `:nightly` by default."""
+    return valid_repository(c.config.nightly.repository or profile.nightly_image, "nightly.repository")
 
 
 def registry_policy(c: Any) -> Policy:

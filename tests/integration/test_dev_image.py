@@ -367,8 +367,19 @@ def test_an_unknown_sha_for_build(world, tool):
 
 def test_a_missing_base_image(fork, tool):
     res = tool("dev", str(fork))
-    # The default: the upstream's published image of the merge-base, then the local nightly.
-    assert_one_line_error(res, "vllm/vllm-openai:nightly-", "forkdev/vllm:nightly", "invoke nightly", "--base")
+    # The default: the upstream's published image of the merge-base, then the nightly of nightly.repository.
+    assert_one_line_error(res, "vllm/vllm-openai:nightly-", "forkdev-test/nightly-absent:nightly", "invoke nightly")
+    assert "--base" in res.last_error
+
+
+def test_without_base_dev_starts_from_the_nightly_that_nightly_repository_names(engine, world, fork, tool):
+    support.sh(engine.exe, "tag", world.editable, "forkdev-test/own-nightly:nightly")
+    try:
+        res = tool("dev", str(fork), "--json", env={"INVOKE_NIGHTLY_REPOSITORY": "forkdev-test/own-nightly"})
+    finally:
+        support.sh(engine.exe, "rmi", "forkdev-test/own-nightly:nightly")
+    assert res.code == 0, res.err
+    assert res.json["base"] == "forkdev-test/own-nightly:nightly"
 
 
 def test_a_base_only_the_other_engine_has_is_named_with_the_command_that_moves_it(engine, world, fork, invoke):
