@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .core import base as bases
 from .core import config, fullbuild, native, ui, validate
 from .core import dataset as datasets
 from .core import labels as L
@@ -131,6 +132,7 @@ class Job:
     push: bool
     skip_pushed: bool
     source: str
+    upstream: str
     policy: Any
 
 
@@ -139,8 +141,9 @@ def build_group(job: Job, group: Group, report) -> None:
     native_tag = f"{job.repository}:native-{group.state[:12]}"
     full = group.full
     try:
-        existing = job.engine.inspect_image(job.run, native_tag)
-        if existing is None or Engine.labels(existing).get(L.NATIVE_HASH) != group.state:
+        why = _why_full(job, native_tag, group.state)
+        if why:
+            ui.info(f"full build of {full.commit[:12]}: {why}")
             with ui.log_to(job.logs / f"{full.commit}.log", console=False):
                 spec = fullbuild.Spec(
                     commit=full.commit,
@@ -162,6 +165,20 @@ def build_group(job: Job, group: Group, report) -> None:
         report(item)
 
 
+def _why_full(job: Job, native_tag: str, state: str) -> str:
+    """Why the native state must be compiled, or "" when its image from an earlier run serves: the same native
+    hash, built from a commit this upstream has (its thin layers are diffs from that commit)."""
+    existing = job.engine.inspect_image(job.run, native_tag)
+    if existing is None:
+        return "no image of its native state yet"
+    if Engine.labels(existing).get(L.NATIVE_HASH) != state:
+        return f"{native_tag} is of another native state"
+    built_from = bases.revision_of(existing) or ""
+    if not job.repo.has_commit(built_from):
+        return f"{native_tag} was built from {built_from[:12] or 'an unknown commit'}, which {job.upstream} lacks"
+    return ""
+
+
 def build_item(job: Job, item: Item, native_tag: str) -> None:
     start = time.monotonic()
     item.image = f"{job.repository}:{item.commit}"
@@ -181,6 +198,7 @@ def build_item(job: Job, item: Item, native_tag: str) -> None:
                     ref=item.commit,
                     target=job.target,
                     source=job.source or None,
+                    upstream=job.upstream,
                     bases=(native_tag,),
                     explicit_base=True,
                     repository=job.repository,
@@ -303,6 +321,7 @@ def batch(
         push=pushing,
         skip_pushed=skip_pushed,
         source=url if "://" in url else "",
+        upstream=url,
         policy=policy,
     )
     items = [i for g in groups for i in g.items]

@@ -178,6 +178,7 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
             ref=sha,
             target=profile,
             source=labels.get(L.SOURCE),
+            upstream=url,
             bases=(full_image,),
             explicit_base=True,
             repository=repository,

@@ -41,6 +41,7 @@ class Request:
     epoch: int | None = None  # SOURCE_DATE_EPOCH, when set
     primary: str | None = None  # the image's own tag; None: <repository>:local-<sha12>[-dirty-<hash>]
     labels: Mapping[str, str] = field(default_factory=dict)  # more labels (e.g. the nightly's native hash)
+    upstream: str = ""  # where the base's commit can be fetched from ("" = the target's upstream)
 
 
 def pushed_refs(req: Request, primary: str) -> list[str]:
@@ -71,7 +72,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
             engine, run, list(req.bases), explicit=req.explicit_base, cache=req.cache, target=req.target
         )
     with ui.step("changes"):
-        plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch)
+        plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch, req.upstream)
         thin.describe(plan, base)
     if plan.native and not req.force:
         listed = ", ".join(plan.native[:20]) + (" ..." if len(plan.native) > 20 else "")

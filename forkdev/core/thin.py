@@ -110,11 +110,11 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
     return found
 
 
-def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | None = None) -> Plan:
+def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | None = None, upstream: str = "") -> Plan:
     if not repo.has_commit(base.revision):
         raise Failure(
             f"the base's commit {base.revision[:12]} (image '{base.ref}') is not in {repo.path}; fetch it: "
-            f"git -C {repo.path} fetch {target.upstream} {base.revision}"
+            f"git -C {repo.path} fetch {upstream or target.upstream} {base.revision}"
         )
     revision = repo.resolve(ref, "REF") if ref is not None else repo.resolve("HEAD", "HEAD")
     changes = repo.changes(base.revision, ref)

@@ -137,6 +137,37 @@ def test_one_full_build_per_native_state_and_every_image_is_its_commit(engine, t
     assert not re.search(r"^\+ \S+ load ", again.err, re.M)
 
 
+def test_a_native_image_built_from_a_commit_the_upstream_lacks_is_compiled_again(engine, tool, history, tmp_path):
+    """Same native state, rewritten history (or an image left by another upstream): its thin layers would be diffs
+    from a commit this upstream does not have, so the state is compiled again instead of every commit failing."""
+    up, shas = history
+    repository = f"forkdev-test/batch-rewritten-{engine.kind}"
+    env = {"INVOKE_CACHE_DIR": str(tmp_path / "cache")}
+    if engine.kind == "docker":
+        env["INVOKE_ENGINE_CLIENT"] = "/usr/bin/docker"
+    (tmp_path / "before").write_text(shas[-1] + "\n")
+    res = tool("batch", str(tmp_path / "before"), "--upstream", str(up), "--repository", repository, env=env)
+    assert res.code == 0, res.err[-3000:]
+
+    rewritten = tmp_path / "rewritten"
+    support.git(tmp_path, "clone", "-q", str(up), str(rewritten))
+    support.git(rewritten, "commit", "-q", "--amend", "-m", "the same tree, history rewritten")
+    support.git(rewritten, "remote", "remove", "origin")  # no ref keeps the old commit, and no object of it is left
+    support.git(rewritten, "reflog", "expire", "--expire=now", "--all")
+    support.git(rewritten, "gc", "-q", "--prune=now")
+    new = support.git(rewritten, "rev-parse", "HEAD")
+    (tmp_path / "after").write_text(new + "\n")
+    res = tool(
+        "batch", str(tmp_path / "after"), "--upstream", str(rewritten), "--repository", repository, "--json", env=env
+    )
+    assert res.code == 0, res.err[-3000:]
+    native_tag = f"{repository}:native-{res.json['commits'][0]['state'][:12]}"
+    assert f"{native_tag} was built from {shas[-1][:12]}, which {rewritten} lacks" in res.err, res.err
+    assert support.inspect(engine, native_tag)["Config"]["Labels"]["org.opencontainers.image.revision"] == new
+    got = tree_of_image(engine, f"{repository}:{new}")
+    assert {k: v for k, v in got.items() if k not in COMPILED} == tree_of_commit(rewritten, new)
+
+
 def test_skip_pushed_skips_what_the_registry_has_and_fails_closed_when_it_cannot_say(
     engine, tool, history, tmp_path, registry
 ):
