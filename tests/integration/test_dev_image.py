@@ -409,8 +409,8 @@ def test_a_base_commit_missing_from_the_checkout(engine, world, tmp_path, tool):
     base = support.derive_image(
         engine, world.editable, "forkdev-test/vllm-base:unseen", f'LABEL org.opencontainers.image.revision="{unseen}"'
     )
-    res = tool("dev", str(old), "--base", base)
-    assert_one_line_error(res, unseen[:12], "git -C", "fetch")
+    res = tool("dev", str(old), "--base", base, env={"INVOKE_UPSTREAM_URL": str(unseen_repo)})
+    assert_one_line_error(res, unseen[:12], f"git -C {old} fetch {unseen_repo} {unseen}")
 
 
 @pytest.mark.parametrize("engine_name", ["", "docker"])
