@@ -1,9 +1,11 @@
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +51,8 @@ def invoke(cache_dir):
             **os.environ,
             "INVOKE_CACHE_DIR": str(cache_dir),
             "INVOKE_DEV_REPOSITORY": "forkdev-test/{target}-dev",
+            # Never the user's forkdev/vllm:nightly: what a machine holds must not change what a test sees.
+            "INVOKE_NIGHTLY_REPOSITORY": "forkdev-test/nightly-absent",
             **(env or {}),
         }
         full_env.pop("GITHUB_ACTIONS", None)
@@ -77,12 +81,46 @@ def _engine(name: str) -> Engine:
 ENGINES = [e for e in os.environ.get("FORKDEV_TEST_ENGINES", "docker,podman").split(",") if e]
 
 
+class Sessions:
+    """Test sessions on one machine share its engines and the tests' image names (forkdev-test/...). A shared
+    flock says who else is running: the first session sweeps what a killed one left (a stale native image or
+    nightly tag changes what a test sees), and only the last one out removes the images, never one another
+    session is using."""
+
+    def __init__(self) -> None:
+        self.fh = open(Path(tempfile.gettempdir()) / "forkdev-test-sessions.lock", "a")  # noqa: SIM115
+        self.first = self.alone()
+
+    def alone(self) -> bool:
+        """Whether no other session holds the lock now; this one holds it shared either way afterwards."""
+        try:
+            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        fcntl.flock(self.fh, fcntl.LOCK_SH)  # a failed conversion may have dropped the shared lock: take it again
+        return alone
+
+    def close(self) -> None:
+        self.fh.close()
+
+
+@pytest.fixture(scope="session")
+def sessions():
+    s = Sessions()
+    yield s
+    s.close()
+
+
 @pytest.fixture(scope="session", params=ENGINES)
-def engine(request) -> Engine:
+def engine(request, sessions) -> Engine:
     """Each engine-backed test runs on docker and on podman; what the session built is removed at its end."""
     e = _engine(request.param)
+    keep = os.environ.get("FORKDEV_TEST_KEEP") == "1"
+    if sessions.first and not keep:
+        support.remove_test_images(e)  # what a killed session left
     yield e
-    if os.environ.get("FORKDEV_TEST_KEEP") != "1":
+    if not keep and sessions.alone():
         support.remove_test_images(e)
 
 
