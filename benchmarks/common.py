@@ -21,6 +21,8 @@ HISTORY = int(os.environ.get("BENCH_COMMITS", "10000"))
 def invoke(*args: str, cache: Path, env: dict[str, str] | None = None) -> tuple[float, subprocess.CompletedProcess]:
     """`invoke ARGS` as a user runs it; (seconds, result). A failure ends the benchmark with its stderr."""
     full = {**os.environ, "INVOKE_CACHE_DIR": str(cache), "INVOKE_DEV_REPOSITORY": "forkdev-bench/{target}-dev"}
+    # As on a user's machine: modules cached as .pyc after the first run (a CI image may set this to disable it).
+    full.pop("PYTHONDONTWRITEBYTECODE", None)
     full.update(env or {})
     start = time.perf_counter()
     res = subprocess.run(support.invoke_argv(*args), capture_output=True, text=True, env=full)

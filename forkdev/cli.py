@@ -22,4 +22,9 @@ def namespace() -> Collection:
     return ns
 
 
-program = Program(namespace=namespace(), name="forkdev", binary="forkdev", version=__version__)
+def __getattr__(name: str) -> Program:
+    """`program` (the console script's `forkdev.cli:program.run`), made on first use: importing this module for
+    tasks.py builds the collection once, not twice."""
+    if name == "program":
+        return Program(namespace=namespace(), name="forkdev", binary="forkdev", version=__version__)
+    raise AttributeError(name)
