@@ -192,6 +192,29 @@ class Merge:
             mode, oid, stage = meta.split()
             stages.setdefault(path, {})[int(stage)] = (mode, oid)
 
+        if not stages and not (protect and self._differs(ours, tree, protect)):
+            result_tree = tree  # no conflict, and the fork's protected paths came through as they were
+        else:
+            result_tree = self._settle(ours, tree, stages, protect, strategies, out, scratch)
+            if result_tree is None:
+                return None
+        return self.repo.git("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message, env=ident).out
+
+    def _differs(self, ours: str, tree: str, paths: list[str]) -> bool:
+        return self.repo.git("diff-tree", "-r", "--quiet", ours, tree, "--", *paths, check=False).returncode != 0
+
+    def _settle(
+        self,
+        ours: str,
+        tree: str,
+        stages: dict[str, dict[int, tuple[str, str]]],
+        protect: list[str],
+        strategies: Mapping[str, str],
+        out: Outcome,
+        scratch: Path,
+    ) -> str | None:
+        """The merged tree with the fork's protected paths put back and conflicts resolved by strategy, built in
+        a scratch index; None when a conflict remains (listed in `out`)."""
         with tempfile.TemporaryDirectory(prefix="merge-", dir=scratch) as tmp:
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
             git = functools.partial(self.repo.git, env=env)  # the temporary index, never the user's
@@ -221,8 +244,7 @@ class Merge:
                     git("update-index", "--add", "--cacheinfo", f"{entry[0]},{entry[1]},{path}")
             if out.conflicts:
                 return None
-            result_tree = git("write-tree").out
-        return self.repo.git("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message, env=ident).out
+            return git("write-tree").out
 
     def _resolve(self, path: str, st: dict[int, tuple[str, str]], strategy: str | None, tmp: str):
         """(mode, oid) or "delete" for a conflicted path under `strategy`, or None when it stays conflicted."""
