@@ -35,6 +35,7 @@ def run(engine: Engine, work: Path) -> dict:
 
     fork = work / "fork"
     support.sh("git", "clone", "-q", up, fork)
+    support.settle_checkout(fork)  # a checkout as users have one
     rng = random.Random(1)
     py = sorted(p for p in support.git(fork, "ls-files", "vllm").splitlines() if p.endswith(".py"))
     picked = rng.sample(py, CHANGED + 2)

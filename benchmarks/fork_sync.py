@@ -3,24 +3,11 @@ vLLM-sized fork 500 upstream commits behind, carrying its own extras/ and workfl
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 
 from common import invoke, median, support, timed, vllm_sized_upstream
 
 BEHIND = 500
-
-
-def settle(clone: Path) -> None:
-    """Make a fresh clone a checkout as a user has one: its files older than its index. Straight after a clone
-    they are racily clean (as new as the index), and every git command re-reads them: the merge took 0.31 s
-    instead of 0.12 s, which flattered the ratio."""
-    hour_ago = time.time() - 3600
-    for path in support.git(clone, "ls-files", "-z").split("\0"):
-        if path:
-            os.utime(clone / path, (hour_ago, hour_ago), follow_symlinks=False)
-    support.git(clone, "update-index", "-q", "--refresh")
 
 
 def run(work: Path, rounds: int = 7) -> dict:
@@ -39,7 +26,7 @@ def run(work: Path, rounds: int = 7) -> dict:
         for clone in (a, b):
             support.sh("git", "clone", "-q", seed, clone)
             support.git(clone, "remote", "add", "upstream", str(up))
-            settle(clone)
+            support.settle_checkout(clone)  # a checkout as users have one
 
         def run_ours(a=a):
             ours.append(timed(lambda: invoke("fork-sync", "--repo", str(a), "--quiet", cache=work / "cache")))
