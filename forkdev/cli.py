@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from invoke import Collection, Program
 
 from . import __version__, batch, build, cron, dev, fork_sync, nightly, overlay, patches, run, smoke, verify, wheel
@@ -22,9 +25,18 @@ def namespace() -> Collection:
     return ns
 
 
+class Forkdev(Program):
+    def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
+        try:
+            super().run(argv, exit)
+        except BrokenPipeError:  # the reader left (`forkdev --list | head`): stop quietly, as a shell tool does
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail too
+            sys.exit(141)
+
+
 def __getattr__(name: str) -> Program:
     """`program` (the console script's `forkdev.cli:program.run`), made on first use: importing this module for
     tasks.py builds the collection once, not twice."""
     if name == "program":
-        return Program(namespace=namespace(), name="forkdev", binary="forkdev", version=__version__)
+        return Forkdev(namespace=namespace(), name="forkdev", binary="forkdev", version=__version__)
     raise AttributeError(name)

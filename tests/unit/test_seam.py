@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -116,3 +119,17 @@ def test_every_task_takes_quiet_and_dry_run():
         if "quiet" not in args or not (reads_only or {"dry_run", "check"} & args):
             missing.append(name)
     assert missing == [], f"tasks without --quiet or --dry-run: {missing}"
+
+
+def test_a_reader_that_leaves_early_gets_no_traceback():
+    """`forkdev --list | head`: the pipe closes under the program, which stops quietly with SIGPIPE's status."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader has already left: the first write fails
+    try:
+        res = subprocess.run(
+            [sys.executable, "-m", "forkdev", "--list"], stdout=write_end, stderr=subprocess.PIPE, text=True
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
+    assert res.returncode == 141
