@@ -192,7 +192,7 @@ class Merge:
             mode, oid, stage = meta.split()
             stages.setdefault(path, {})[int(stage)] = (mode, oid)
 
-        if not stages and not (protect and self._differs(ours, tree, protect)):
+        if res.returncode == 0 and not stages and not (protect and self._differs(ours, tree, protect)):
             result_tree = tree  # no conflict, and the fork's protected paths came through as they were
         else:
             result_tree = self._settle(ours, tree, stages, protect, strategies, out, scratch)
@@ -226,7 +226,11 @@ class Merge:
                 present = git("ls-files", "-z", "--", *protect).stdout
                 if present:
                     git("update-index", "-z", "--force-remove", "--stdin", input=present)
-                listing = git("ls-tree", "-r", "-z", ours, "--", *protect).stdout
+                # The fork's entries, matched as `ls-files` matched them above (ls-tree takes no globs: a protected
+                # `*.cfg` would have been removed and never put back).
+                forks = {"GIT_INDEX_FILE": os.path.join(tmp, "ours")}
+                self.repo.git("read-tree", ours, env=forks)
+                listing = self.repo.git("ls-files", "-s", "-z", "--", *protect, env=forks).stdout
                 if listing:
                     git("update-index", "-z", "--index-info", input=listing)
             for path, st in sorted(stages.items()):

@@ -146,6 +146,20 @@ def test_a_conflict_in_a_protected_path_keeps_the_forks_side(invoke, repos):
     assert (fork / ".github/workflows/fork-sync.yml").read_text() == "name: fork-sync\n"
 
 
+def test_a_protected_glob_keeps_the_forks_files_when_upstream_changes_them(invoke, repos):
+    up, _, fork = repos
+    write(fork, {"conf/a.cfg": "fork's a\n", "conf/b.cfg": "fork's b\n"})
+    commit_all(fork, "fork: its own config")
+    write(up, {"conf/a.cfg": "upstream's a\n", "vllm/a.py": "A = 3\n"})
+    commit_all(up, "upstream adds conf/a.cfg too")
+    res = sync(invoke, fork, "--protect", "*.cfg", "--json")
+    assert res.code == 0, res.err
+    assert (fork / "conf/a.cfg").read_text() == "fork's a\n"
+    assert (fork / "conf/b.cfg").read_text() == "fork's b\n"
+    assert git(fork, "ls-tree", "-r", "--name-only", "HEAD", "conf").split() == ["conf/a.cfg", "conf/b.cfg"]
+    assert "*.cfg" in res.json["restored"] and (fork / "vllm/a.py").read_text() == "A = 3\n"
+
+
 @pytest.mark.parametrize("kind", ["staged", "unstaged", "untracked"])
 def test_a_dirty_tree_is_refused_and_autostash_keeps_every_byte(invoke, repos, kind):
     _, _, fork = repos
