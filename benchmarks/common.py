@@ -14,6 +14,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import support  # noqa: E402
 
+# The benchmarks' own FROM image: a test session running beside them sweeps and removes forkdev-test/ images.
+support.OS_IMAGE = "forkdev-bench/debian:bookworm"
+
 # vLLM's main branch has about 10,000 first-parent commits; the tree has 4,494 files and 62 MB.
 HISTORY = int(os.environ.get("BENCH_COMMITS", "10000"))
 

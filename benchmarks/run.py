@@ -9,7 +9,6 @@ import contextlib
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -46,24 +45,13 @@ def main() -> None:
     keep = os.environ.get("BENCH_WORKDIR")  # keep the generated trees there, to look at or profile
     if keep:
         shutil.rmtree(keep, ignore_errors=True)
-    engines = {}
-    for kind in ("docker", "podman"):
-        with contextlib.suppress(Exception):
-            engines[kind] = Engine.detect(Runner(echo=False), kind)
-    had_os_image = {kind: has_image(e, support.OS_IMAGE) for kind, e in engines.items()}
     try:
         measure_all(parts, keep)
     finally:
-        if not keep:  # what the benchmarks built (forkdev-bench/..., and the OS image if they made it)
-            for kind, engine in engines.items():
+        if not keep:  # what the benchmarks built (forkdev-bench/..., their OS image included), on both engines
+            for kind in ("docker", "podman"):
                 with contextlib.suppress(Exception):
-                    support.remove_test_images(engine, ("forkdev-bench",), False)
-                if not had_os_image[kind] and has_image(engine, support.OS_IMAGE):
-                    subprocess.run([engine.exe, "image", "rm", support.OS_IMAGE], capture_output=True)
-
-
-def has_image(engine: Engine, ref: str) -> bool:
-    return subprocess.run([engine.exe, "image", "inspect", ref], capture_output=True).returncode == 0
+                    support.remove_test_images(Engine.detect(Runner(echo=False), kind), ("forkdev-bench",), False)
 
 
 def measure_all(parts: list[str], keep: str | None) -> None:

@@ -173,9 +173,11 @@ def _why_full(job: Job, native_tag: str, state: str) -> str:
         return "no image of its native state yet"
     if Engine.labels(existing).get(L.NATIVE_HASH) != state:
         return f"{native_tag} is of another native state"
-    built_from = bases.revision_of(existing) or ""
+    built_from = bases.revision_of(existing)
+    if not built_from:
+        return f"{native_tag} has no revision label"
     if not job.repo.has_commit(built_from):
-        return f"{native_tag} was built from {built_from[:12] or 'an unknown commit'}, which {job.upstream} lacks"
+        return f"{native_tag} was built from {built_from[:12]}, which {job.upstream} lacks"
     return ""
 
 
@@ -272,7 +274,7 @@ def batch(
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]
     if not rows:
         raise Failure(f"no commit to build in '{path}'" + (" after the blacklist" if skipped else "") + "; add rows")
-    repo_name = validate.repository(str(repository or cfg.repository).format(target=profile.name), "--repository")
+    repo_name = validate.repository(config.for_target(repository or cfg.repository, profile), "--repository")
     pushing = toggle("push", push, no_push, cfg.push)
     if (pushing or skip_pushed) and not validate.registry_host(repo_name):
         raise Failure(

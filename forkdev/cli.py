@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import select
 import sys
 
 from invoke import Collection, Program
@@ -29,14 +30,27 @@ class Forkdev(Program):
     def run(self, argv: list[str] | str | None = None, exit: bool = True) -> None:
         try:
             super().run(argv, exit)
-        except BrokenPipeError:  # the reader left (`forkdev --list | head`): stop quietly, as a shell tool does
+        except BrokenPipeError:
+            if not exit or not _reader_left(sys.stdout.fileno()):
+                raise
+            # The reader of our stdout left (`forkdev --list | head`): stop quietly, as a shell tool does.
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail too
             sys.exit(141)
+
+
+def _reader_left(fd: int) -> bool:
+    """Whether `fd` is a pipe whose reading end is closed (poll reports an error on it)."""
+    poller = select.poll()
+    poller.register(fd, select.POLLOUT)
+    return any(event & select.POLLERR for _, event in poller.poll(0))
 
 
 def __getattr__(name: str) -> Program:
     """`program` (the console script's `forkdev.cli:program.run`), made on first use: importing this module for
     tasks.py builds the collection once, not twice."""
     if name == "program":
-        return Forkdev(namespace=namespace(), name="forkdev", binary="forkdev", version=__version__)
+        made = globals()["program"] = Forkdev(
+            namespace=namespace(), name="forkdev", binary="forkdev", version=__version__
+        )
+        return made
     raise AttributeError(name)

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -79,27 +80,36 @@ def _engine(name: str) -> Engine:
 
 
 ENGINES = [e for e in os.environ.get("FORKDEV_TEST_ENGINES", "docker,podman").split(",") if e]
+KEEP = os.environ.get("FORKDEV_TEST_KEEP") == "1"  # leave what the tests built, to look at
 
 
 class Sessions:
-    """Test sessions on one machine share its engines and the tests' image names (forkdev-test/...). A shared
-    flock says who else is running: the first session sweeps what a killed one left (a stale native image or
-    nightly tag changes what a test sees), and only the last one out removes the images, never one another
-    session is using."""
+    """Test sessions on one machine share its engines and the tests' image names (forkdev-test/...). A lock on one
+    file says who else is running: the first session sweeps what a killed one left (a stale native image or
+    nightly tag changes what a test sees) before anyone builds, and only the last one out removes the images,
+    never one another session is using. POSIX record locks (lockf): a failed upgrade keeps the shared lock."""
 
     def __init__(self) -> None:
-        self.fh = open(Path(tempfile.gettempdir()) / "forkdev-test-sessions.lock", "a")  # noqa: SIM115
-        self.first = self.alone()
+        self.fh = open(Path(tempfile.gettempdir()) / "forkdev-test-sessions.lock", "a+")  # noqa: SIM115
+        with self.alone() as first:
+            if first and not KEEP:
+                for name in ENGINES:
+                    with contextlib.suppress(Failure):
+                        support.remove_test_images(Engine.detect(Runner(echo=False), name, "host"))
 
-    def alone(self) -> bool:
-        """Whether no other session holds the lock now; this one holds it shared either way afterwards."""
+    @contextlib.contextmanager
+    def alone(self):
+        """Yields whether no other session holds the lock; if none does, the block runs holding it exclusively.
+        Shared again afterwards."""
         try:
-            fcntl.flock(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.lockf(self.fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
             alone = True
-        except BlockingIOError:
+        except OSError:
             alone = False
-        fcntl.flock(self.fh, fcntl.LOCK_SH)  # a failed conversion may have dropped the shared lock: take it again
-        return alone
+        try:
+            yield alone
+        finally:
+            fcntl.lockf(self.fh, fcntl.LOCK_SH)
 
     def close(self) -> None:
         self.fh.close()
@@ -116,12 +126,10 @@ def sessions():
 def engine(request, sessions) -> Engine:
     """Each engine-backed test runs on docker and on podman; what the session built is removed at its end."""
     e = _engine(request.param)
-    keep = os.environ.get("FORKDEV_TEST_KEEP") == "1"
-    if sessions.first and not keep:
-        support.remove_test_images(e)  # what a killed session left
     yield e
-    if not keep and sessions.alone():
-        support.remove_test_images(e)
+    with sessions.alone() as last:
+        if last and not KEEP:
+            support.remove_test_images(e)
 
 
 @pytest.fixture

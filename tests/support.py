@@ -401,14 +401,14 @@ ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
 """
 
 
-def make_buildable_upstream(root: Path, os_image: str = OS_IMAGE, limit_bytes: int = 512) -> str:
+def make_buildable_upstream(root: Path, os_image: str | None = None, limit_bytes: int = 512) -> str:
     """A vLLM-shaped upstream whose docker/Dockerfile builds in seconds from the debootstrap image. (docker's
     BuildKit resolves FROM images in a registry even when they are local, so docker tests name the image as
     pushed to the loopback registry.)"""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
     write_tree(root, limit_bytes=limit_bytes)
-    (root / "docker" / "Dockerfile").write_text(BUILD_DOCKERFILE.format(os_image=os_image, site=SITE))
+    (root / "docker" / "Dockerfile").write_text(BUILD_DOCKERFILE.format(os_image=os_image or OS_IMAGE, site=SITE))
     (root / "pyproject.toml").write_text(  # as vLLM's: the version comes from git through setuptools-scm
         '[build-system]\nrequires = ["setuptools", "setuptools-scm"]\n\n[tool.setuptools_scm]\n'
     )

@@ -117,7 +117,8 @@ DEFAULTS: dict[str, Any] = {
         "force": False,
     },
     "nightly": {
-        "repository": "",  # "" = the target's nightly_image (e.g. forkdev/vllm); --push needs a registry in it
+        # "" = the target's nightly_image (e.g. forkdev/vllm); {target} is its name; --push needs a registry in it
+        "repository": "",
         "push": False,
         "keep": 14,  # nightly.prune keeps this many nightly-<sha> tags
         "cuda_arch": "",  # vLLM's torch_cuda_arch_list, e.g. "9.0 10.0"; "" = the Dockerfile's default
@@ -222,9 +223,16 @@ def engine(c: Any, run: Runner) -> Engine:
     return Engine.detect(run, cfg.name, cfg.network, cfg.get("client") or "")
 
 
+def for_target(value: object, profile: Target) -> str:
+    """A configured repository with `{target}` filled in (a plain replace: any other brace is left for the
+    validation to name, never a format error)."""
+    return str(value).replace("{target}", profile.name)
+
+
 def nightly_repository(c: Any, profile: Target) -> str:
     """The repository `invoke nightly` tags, and so where `dev` and `run` look for `:nightly` by default."""
-    return valid_repository(c.config.nightly.repository or profile.nightly_image, "nightly.repository")
+    configured = c.config.nightly.repository or profile.nightly_image
+    return valid_repository(for_target(configured, profile), "nightly.repository")
 
 
 def registry_policy(c: Any) -> Policy:

@@ -255,3 +255,16 @@ def test_a_missing_dataset_or_blacklist_is_one_line(tool, history, tmp_path):
     data.write_text(shas[0] + "\n")
     res = tool("batch", str(data), "--upstream", str(up), "--blacklist", str(tmp_path / "none"))
     assert res.code != 0 and "cannot read blacklist" in res.err.splitlines()[-1]
+
+
+@pytest.mark.parametrize("repository", ["a/{", "a/{x}", "{target}/{"])
+def test_a_repository_with_braces_is_one_line_not_a_traceback(invoke, tmp_path, repository):
+    """`{target}` is filled in; any other brace is a bad repository, named, before anything runs."""
+    data = tmp_path / "d.txt"
+    data.write_text("0123456789abcdef0123456789abcdef01234567\n")
+    res = invoke("batch", str(data), "--repository", repository, "--dry-run")
+    assert res.code != 0 and "Traceback" not in res.err
+    assert res.last_error.startswith(f"error: --repository '{repository.replace('{target}', 'vllm')}' is not a valid")
+    env = {"INVOKE_DEV_REPOSITORY": repository}
+    res = invoke("dev", str(support.ROOT), "--dry-run", env=env)
+    assert res.code != 0 and "Traceback" not in res.err and "dev.repository" in res.last_error

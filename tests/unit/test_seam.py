@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -127,7 +128,11 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     os.close(read_end)  # the reader has already left: the first write fails
     try:
         res = subprocess.run(
-            [sys.executable, "-m", "forkdev", "--list"], stdout=write_end, stderr=subprocess.PIPE, text=True
+            [sys.executable, "-m", "forkdev", "--list"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=Path(__file__).resolve().parents[2],  # this checkout's forkdev, not an installed copy
         )
     finally:
         os.close(write_end)
