@@ -51,8 +51,20 @@ def fork_sync(
     cfg = c.config.fork_sync
     run = runner(c, dry_run, quiet)
     pattern = "pass a path or glob of the repository"
+    if not isinstance(cfg.protect, (list, tuple)):  # a string would protect each of its characters ("." = all)
+        raise Failure(
+            f"config fork_sync.protect is {type(cfg.protect).__name__} {cfg.protect!r:.60}, not a list; write it as "
+            "a list of paths, e.g. [extras/, .github/workflows/fork-sync.yml]"
+        )
+    try:
+        configured = dict(cfg.strategies)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config fork_sync.strategies is {type(cfg.strategies).__name__}, not a mapping; write PATH_OR_GLOB: "
+            "ours|theirs|union entries, e.g. {.gitignore: union}"
+        ) from None
     strategies = {}
-    for source, items in (("config fork_sync.strategies", dict(cfg.strategies)), ("--strategy", list(strategy or []))):
+    for source, items in (("config fork_sync.strategies", configured), ("--strategy", list(strategy or []))):
         for path, how in parse_strategies(items).items():
             strategies[validate.plain(path, f"{source} path", pattern)] = how
     protected = [validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect]

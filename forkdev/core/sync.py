@@ -201,7 +201,13 @@ class Merge:
         return self.repo.git("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message, env=ident).out
 
     def _differs(self, ours: str, tree: str, paths: list[str]) -> bool:
-        return self.repo.git("diff-tree", "-r", "--quiet", ours, tree, "--", *paths, check=False).returncode != 0
+        res = self.repo.git("diff-tree", "-r", "--quiet", ours, tree, "--", *paths, check=False)
+        if res.returncode not in (0, 1):
+            raise Failure(
+                f"git does not take the protected paths {', '.join(paths)} ({res.reason}); fix config "
+                "fork_sync.protect or --protect (paths or globs inside the repository); nothing was changed"
+            )
+        return res.returncode == 1
 
     def _settle(
         self,
@@ -219,22 +225,22 @@ class Merge:
             env = {"GIT_INDEX_FILE": os.path.join(tmp, "index")}
             git = functools.partial(self.repo.git, env=env)  # the temporary index, never the user's
             git("read-tree", tree)
-            if protect:  # every protected path takes the fork's entries, whatever the merge made of them
-                out.restored = sorted(
-                    p for p in protect if git("diff-tree", "-r", "--quiet", ours, tree, "--", p, check=False).returncode
-                )
+            # Git alone says what is protected (one pathspec engine for all of it): the merge's entries there
+            # go, the fork's come back, and no conflict or strategy there counts.
+            protected: set[str] = set()
+            if protect:
+                out.restored = sorted(p for p in protect if self._differs(ours, tree, [p]))
                 present = git("ls-files", "-z", "--", *protect).stdout
                 if present:
                     git("update-index", "-z", "--force-remove", "--stdin", input=present)
-                # The fork's entries, matched as `ls-files` matched them above (ls-tree takes no globs: a protected
-                # `*.cfg` would have been removed and never put back).
-                forks = {"GIT_INDEX_FILE": os.path.join(tmp, "ours")}
+                forks = {"GIT_INDEX_FILE": os.path.join(tmp, "ours")}  # ls-tree would take no globs
                 self.repo.git("read-tree", ours, env=forks)
                 listing = self.repo.git("ls-files", "-s", "-z", "--", *protect, env=forks).stdout
                 if listing:
                     git("update-index", "-z", "--index-info", input=listing)
+                protected = set(_paths(present)) | {e.split("\t", 1)[1] for e in _paths(listing)}
             for path, st in sorted(stages.items()):
-                if any(matches(path, p) for p in protect):
+                if path in protected:
                     continue
                 strategy = next((s for p, s in strategies.items() if matches(path, p)), None)
                 entry = self._resolve(path, st, strategy, tmp)
@@ -256,7 +262,8 @@ class Merge:
             return st.get(2, "delete")
         if strategy == "theirs":
             return st.get(3, "delete")
-        if strategy == "union" and 2 in st and 3 in st:
+        regular = all(mode in ("100644", "100755") for mode, _ in st.values())
+        if strategy == "union" and 2 in st and 3 in st and regular:  # lines of text: not links, not submodules
             files = []
             for stage in (2, 1, 3):
                 f = os.path.join(tmp, f"stage{stage}")
@@ -265,9 +272,16 @@ class Merge:
                         fh.write(self.repo.git("cat-file", "blob", st[stage][1]).stdout)
                 files.append(f)
             merged = self.run(["git", "merge-file", "-p", "--union", *files], mutates=False, check=False)
+            if merged.returncode != 0:  # binary files, or an error: it stays a conflict, named
+                return None
             oid = self.repo.git("hash-object", "-w", "--stdin", input=merged.stdout).out
-            return (st[2][0], oid)
+            base_mode = st.get(1, ("",))[0]
+            return (st[3][0] if st[2][0] == base_mode else st[2][0], oid)  # a mode change on either side wins
         return None
+
+
+def _paths(raw: bytes) -> list[str]:
+    return [p for p in raw.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def sync(run: Runner, req: Request) -> Outcome:

@@ -5,6 +5,7 @@ After every run, the user's files and refs are compared byte for byte with what 
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -158,6 +159,79 @@ def test_a_protected_glob_keeps_the_forks_files_when_upstream_changes_them(invok
     assert (fork / "conf/b.cfg").read_text() == "fork's b\n"
     assert git(fork, "ls-tree", "-r", "--name-only", "HEAD", "conf").split() == ["conf/a.cfg", "conf/b.cfg"]
     assert "*.cfg" in res.json["restored"] and (fork / "vllm/a.py").read_text() == "A = 3\n"
+
+
+def both_edit_conflict_py(up: Path, fork: Path) -> None:
+    write(fork, {"vllm/conflict.py": "X = 'fork'\n"})
+    commit_all(fork, "fork edits conflict.py")
+    write(up, {"vllm/conflict.py": "X = 'upstream'\n"})
+    commit_all(up, "upstream edits conflict.py")
+
+
+@pytest.mark.parametrize(
+    ("args", "kept"),
+    [
+        # git decides what a protected path is, so a strategy never overrides it, however the path is written
+        (["--protect", "./vllm/conflict.py", "--strategy", "*=theirs"], True),
+        (["--protect", ":(glob)vllm/conflict.*", "--strategy", "*=theirs"], True),
+        # a file is not under the folder `vllm/conflict.py/`: not protected, so the conflict is named, not committed
+        (["--protect", "vllm/conflict.py/"], False),
+    ],
+)
+def test_protected_means_what_git_matches_and_no_conflict_marker_is_ever_committed(invoke, repos, args, kept):
+    up, _, fork = repos
+    both_edit_conflict_py(up, fork)
+    state = snapshot(fork)
+    res = sync(invoke, fork, *args)
+    if kept:
+        assert res.code == 0, res.err
+        assert (fork / "vllm/conflict.py").read_text() == "X = 'fork'\n"
+        assert (fork / "vllm/a.py").read_text() == "A = 2\n"
+    else:
+        assert res.code != 0 and "vllm/conflict.py" in res.last_error and "Traceback" not in res.err
+        assert snapshot(fork) == state
+    assert "<<<<<<<" not in git(fork, "show", "HEAD:vllm/conflict.py")
+
+
+def test_union_leaves_what_it_cannot_merge_as_a_conflict_and_keeps_a_mode_change(invoke, repos):
+    up, _, fork = repos
+    write(up, {"data.bin": "\0base\n", "run.sh": "echo base\n"})  # a binary file and a script, then in both
+    commit_all(up, "base files")
+    assert sync(invoke, fork).code == 0
+    write(fork, {"data.bin": "\0fork\n", "run.sh": "echo base\necho fork\n"})
+    commit_all(fork, "fork edits both")
+    write(up, {"data.bin": "\0upstream\n", "run.sh": "echo upstream\necho base\n"})
+    (up / "run.sh").chmod(0o755)
+    commit_all(up, "upstream edits both, run.sh executable")
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--strategy", "*=union")
+    assert res.code != 0 and "data.bin" in res.last_error, res.err
+    assert snapshot(fork) == state, "binary files are not merged line by line: nothing changed"
+    assert sync(invoke, fork, "--strategy", "*.sh=union", "--strategy", "data.bin=ours").code == 0
+    assert (fork / "data.bin").read_bytes() == b"\0fork\n"
+    assert set((fork / "run.sh").read_text().splitlines()) == {"echo upstream", "echo base", "echo fork"}
+    assert git(fork, "ls-tree", "HEAD", "run.sh").split()[0] == "100755", "upstream's chmod +x survives union"
+
+
+@pytest.mark.parametrize("value", ["app.cfg", None, 5])
+def test_config_protect_that_is_not_a_list_is_refused(invoke, repos, tmp_path, value):
+    _, _, fork = repos
+    conf = tmp_path / "conf.json"
+    conf.write_text(json.dumps({"fork_sync": {"protect": value}}))
+    state = snapshot(fork)
+    res = invoke("-f", str(conf), "fork-sync", "--repo", str(fork), env=ENV)
+    assert res.code != 0 and "Traceback" not in res.err
+    assert res.last_error.startswith("error: config fork_sync.protect is") and "list" in res.last_error
+    assert snapshot(fork) == state
+
+
+def test_a_protect_value_git_refuses_is_one_line(invoke, repos):
+    _, _, fork = repos
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--protect", ":(bogus)x")
+    assert res.code != 0 and "Traceback" not in res.err
+    assert "protected paths :(bogus)x" in res.last_error and "--protect" in res.last_error
+    assert snapshot(fork) == state
 
 
 @pytest.mark.parametrize("kind", ["staged", "unstaged", "untracked"])
