@@ -195,7 +195,7 @@ class Merge:
         if res.returncode == 0 and not stages and not (protect and self._differs(ours, tree, protect)):
             result_tree = tree  # no conflict, and the fork's protected paths came through as they were
         else:
-            result_tree = self._settle(ours, tree, stages, protect, strategies, out, scratch)
+            result_tree = self._settle(ours, theirs, tree, stages, protect, strategies, out, scratch)
             if result_tree is None:
                 return None
         return self.repo.git("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message, env=ident).out
@@ -212,6 +212,7 @@ class Merge:
     def _settle(
         self,
         ours: str,
+        theirs: str,
         tree: str,
         stages: dict[str, dict[int, tuple[str, str]]],
         protect: list[str],
@@ -239,8 +240,12 @@ class Merge:
                 if listing:
                     git("update-index", "-z", "--index-info", input=listing)
                 protected = set(_paths(present)) | {e.split("\t", 1)[1] for e in _paths(listing)}
+            sides = self._in_either(ours, theirs, list(stages)) if stages else set()
             for path, st in sorted(stages.items()):
                 if path in protected:
+                    continue
+                if path not in sides:  # merge-tree moved it aside as PATH~COMMIT: no strategy can place it
+                    out.conflicts.append(f"{path.rsplit('~', 1)[0]} (a file on one side, a folder on the other)")
                     continue
                 strategy = next((s for p, s in strategies.items() if matches(path, p)), None)
                 entry = self._resolve(path, st, strategy, tmp)
@@ -255,6 +260,16 @@ class Merge:
             if out.conflicts:
                 return None
             return git("write-tree").out
+
+    def _in_either(self, ours: str, theirs: str, paths: list[str]) -> set[str]:
+        """Which of `paths` (literal) are files in `ours` or `theirs`."""
+        found: set[str] = set()
+        for side in (ours, theirs):
+            raw = self.repo.git(
+                "ls-tree", "-r", "-z", "--name-only", side, "--", *paths, env={"GIT_LITERAL_PATHSPECS": "1"}
+            ).stdout
+            found.update(_paths(raw))
+        return found
 
     def _resolve(self, path: str, st: dict[int, tuple[str, str]], strategy: str | None, tmp: str):
         """(mode, oid) or "delete" for a conflicted path under `strategy`, or None when it stays conflicted."""

@@ -213,6 +213,20 @@ def test_union_leaves_what_it_cannot_merge_as_a_conflict_and_keeps_a_mode_change
     assert git(fork, "ls-tree", "HEAD", "run.sh").split()[0] == "100755", "upstream's chmod +x survives union"
 
 
+@pytest.mark.parametrize("args", [[], ["--strategy", "*=theirs"]])
+def test_a_file_meeting_a_folder_is_a_conflict_named_by_its_path_whatever_the_strategy(invoke, repos, args):
+    up, _, fork = repos
+    write(fork, {"tools/run.txt": "the fork's folder\n"})
+    commit_all(fork, "fork: a folder tools/")
+    write(up, {"tools": "upstream's file\n"})
+    commit_all(up, "upstream: a file tools")
+    state = snapshot(fork)
+    res = sync(invoke, fork, *args)
+    assert res.code != 0 and "Traceback" not in res.err
+    assert "tools (a file on one side, a folder on the other)" in res.err and "tools~" not in res.last_error
+    assert snapshot(fork) == state
+
+
 @pytest.mark.parametrize("value", ["app.cfg", None, 5])
 def test_config_protect_that_is_not_a_list_is_refused(invoke, repos, tmp_path, value):
     _, _, fork = repos
