@@ -198,6 +198,11 @@ class Merge:
             result_tree = self._settle(ours, theirs, tree, stages, protect, strategies, out, scratch)
             if result_tree is None:
                 return None
+            if result_tree != tree and result_tree == self.repo.out("rev-parse", f"{ours}^{{tree}}"):
+                ui.warn(
+                    f"the protected paths ({', '.join(protect)}) took in every change upstream made: the merge keeps "
+                    "the fork's tree as it was; narrow config fork_sync.protect / --protect if that is not meant"
+                )
         return self.repo.git("commit-tree", result_tree, "-p", ours, "-p", theirs, "-m", message, env=ident).out
 
     def _differs(self, ours: str, tree: str, paths: list[str]) -> bool:

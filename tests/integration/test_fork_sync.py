@@ -227,6 +227,15 @@ def test_a_file_meeting_a_folder_is_a_conflict_named_by_its_path_whatever_the_st
     assert snapshot(fork) == state
 
 
+def test_protecting_everything_is_said(invoke, repos):
+    up, _, fork = repos
+    before = git(fork, "rev-parse", "HEAD^{tree}")
+    res = sync(invoke, fork, "--protect", ".")
+    assert res.code == 0, res.err
+    assert "took in every change upstream made" in res.err
+    assert git(fork, "rev-parse", "HEAD^{tree}") == before
+
+
 @pytest.mark.parametrize("value", ["app.cfg", None, 5])
 def test_config_protect_that_is_not_a_list_is_refused(invoke, repos, tmp_path, value):
     _, _, fork = repos
