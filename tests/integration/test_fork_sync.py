@@ -93,6 +93,18 @@ def repos(tmp_path):
     return up, origin, fork
 
 
+def diverge(up: Path, fork: Path, forks: dict[str, str], upstreams: dict[str, str]) -> None:
+    """The fork and upstream each commit their own version of some files."""
+    write(fork, forks)
+    commit_all(fork, "the fork's side")
+    write(up, upstreams)
+    commit_all(up, "upstream's side")
+
+
+def both_edit_conflict_py(up: Path, fork: Path) -> None:
+    diverge(up, fork, {"vllm/conflict.py": "X = 'fork'\n"}, {"vllm/conflict.py": "X = 'upstream'\n"})
+
+
 def sync(invoke, fork: Path, *args: str):
     return invoke("fork-sync", "--repo", str(fork), *args, env=ENV)
 
@@ -125,10 +137,7 @@ def test_upstream_deleting_a_protected_file_does_not_delete_the_forks(invoke, re
 
 def test_a_conflict_elsewhere_aborts_and_leaves_everything_as_it_was(invoke, repos):
     up, _, fork = repos
-    write(fork, {"vllm/conflict.py": "X = 'fork'\n"})
-    commit_all(fork, "fork edits conflict.py")
-    write(up, {"vllm/conflict.py": "X = 'upstream'\n"})
-    commit_all(up, "upstream edits conflict.py")
+    both_edit_conflict_py(up, fork)
     state = snapshot(fork)
     res = sync(invoke, fork)
     assert res.code != 0 and "Traceback" not in res.err
@@ -159,13 +168,6 @@ def test_a_protected_glob_keeps_the_forks_files_when_upstream_changes_them(invok
     assert (fork / "conf/b.cfg").read_text() == "fork's b\n"
     assert git(fork, "ls-tree", "-r", "--name-only", "HEAD", "conf").split() == ["conf/a.cfg", "conf/b.cfg"]
     assert "*.cfg" in res.json["restored"] and (fork / "vllm/a.py").read_text() == "A = 3\n"
-
-
-def both_edit_conflict_py(up: Path, fork: Path) -> None:
-    write(fork, {"vllm/conflict.py": "X = 'fork'\n"})
-    commit_all(fork, "fork edits conflict.py")
-    write(up, {"vllm/conflict.py": "X = 'upstream'\n"})
-    commit_all(up, "upstream edits conflict.py")
 
 
 @pytest.mark.parametrize(
@@ -216,10 +218,7 @@ def test_union_leaves_what_it_cannot_merge_as_a_conflict_and_keeps_a_mode_change
 @pytest.mark.parametrize("args", [[], ["--strategy", "*=theirs"]])
 def test_a_file_meeting_a_folder_is_a_conflict_named_by_its_path_whatever_the_strategy(invoke, repos, args):
     up, _, fork = repos
-    write(fork, {"tools/run.txt": "the fork's folder\n"})
-    commit_all(fork, "fork: a folder tools/")
-    write(up, {"tools": "upstream's file\n"})
-    commit_all(up, "upstream: a file tools")
+    diverge(up, fork, {"tools/run.txt": "the fork's folder\n"}, {"tools": "upstream's file\n"})
     state = snapshot(fork)
     res = sync(invoke, fork, *args)
     assert res.code != 0 and "Traceback" not in res.err
