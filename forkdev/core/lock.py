@@ -11,14 +11,14 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
-from filelock import FileLock, Timeout
-
 from .errors import Failure
 
 
 @contextlib.contextmanager
 def exclusive(path: Path, what: str) -> Iterator[None]:
     """Hold the lock at `path` for the block; if another process holds it, fail at once naming its pid."""
+    from filelock import FileLock, Timeout  # here: its import costs every task 10 ms
+
     path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(path), timeout=0)
     pidfile = path.with_name(path.name + ".pid")
