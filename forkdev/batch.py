@@ -274,7 +274,7 @@ def batch(
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]
     if not rows:
         raise Failure(f"no commit to build in '{path}'" + (" after the blacklist" if skipped else "") + "; add rows")
-    repo_name = validate.repository(config.for_target(repository or cfg.repository, profile), "--repository")
+    repo_name = config.image_repository(repository or cfg.repository, profile, "--repository")
     pushing = toggle("push", push, no_push, cfg.push)
     if (pushing or skip_pushed) and not validate.registry_host(repo_name):
         raise Failure(

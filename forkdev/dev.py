@@ -54,7 +54,7 @@ def thin_image(
         upstream=upstream,
         bases=(explicit,) if explicit else (),
         explicit_base=bool(explicit),
-        repository=validate.repository(config.for_target(c.config.dev.repository, profile), "dev.repository"),
+        repository=config.image_repository(c.config.dev.repository, profile, "dev.repository"),
         tags=tuple(tags or ()),
         push=toggle("push", push, no_push, c.config.dev.push),
         force=toggle("force", force, no_force, c.config.dev.force),

@@ -35,7 +35,7 @@ from pathlib import Path
 
 from . import ui
 from .errors import Failure
-from .gitrepo import Repo
+from .gitrepo import Repo, z_paths
 from .journal import SNAPSHOTS, SYNC_REFS, Move, Place, read_journal, remove_journal, write_journal
 
 RESCUE_REFS = "refs/forkdev/rescue"
@@ -317,7 +317,7 @@ def _neither(repo: Repo, found: str, goal: str, other: str) -> list[str]:
 
     def changed(a: str) -> set[str]:
         raw = repo.git("diff-tree", "-r", "-z", "--no-renames", "--name-only", a, found).stdout
-        return {p for p in raw.decode("utf-8", "surrogateescape").split("\0") if p}
+        return set(z_paths(raw))
 
     return sorted(changed(goal) & changed(other))
 

@@ -223,16 +223,15 @@ def engine(c: Any, run: Runner) -> Engine:
     return Engine.detect(run, cfg.name, cfg.network, cfg.get("client") or "")
 
 
-def for_target(value: object, profile: Target) -> str:
-    """A configured repository with `{target}` filled in (a plain replace: any other brace is left for the
-    validation to name, never a format error)."""
-    return str(value).replace("{target}", profile.name)
+def image_repository(value: object, profile: Target, what: str) -> str:
+    """A configured or given image repository with `{target}` filled in (a plain replace: any other brace is
+    left for the validation to name, never a format error), validated (`what` names it in errors)."""
+    return valid_repository(str(value).replace("{target}", profile.name), what)
 
 
 def nightly_repository(c: Any, profile: Target) -> str:
     """The repository `invoke nightly` tags, and so where `dev` and `run` look for `:nightly` by default."""
-    configured = c.config.nightly.repository or profile.nightly_image
-    return valid_repository(for_target(configured, profile), "nightly.repository")
+    return image_repository(c.config.nightly.repository or profile.nightly_image, profile, "nightly.repository")
 
 
 def registry_policy(c: Any) -> Policy:

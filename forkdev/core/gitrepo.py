@@ -23,6 +23,11 @@ class Change:
     untracked: bool = False
 
 
+def z_paths(raw: bytes) -> list[str]:
+    """The paths of a git `-z` listing (NUL-separated; file names need not be UTF-8)."""
+    return [p for p in raw.decode("utf-8", "surrogateescape").split("\0") if p]
+
+
 @dataclass(frozen=True)
 class Repo:
     path: Path
@@ -101,7 +106,7 @@ class Repo:
         if not dirs:
             return set()
         res = self.git("ls-tree", "-d", "-z", "--name-only", "--end-of-options", commit, "--", *dirs)
-        return set(filter(None, res.stdout.decode("utf-8", "surrogateescape").split("\0")))
+        return set(z_paths(res.stdout))
 
     def url(self, remote: str = "origin") -> str | None:
         res = self.git("config", "--get", f"remote.{remote}.url", check=False)

@@ -12,7 +12,7 @@ import json
 from collections.abc import Mapping
 
 from .config import Target
-from .gitrepo import Repo
+from .gitrepo import Repo, z_paths
 
 
 def native_hash(repo: Repo, commit: str, target: Target, build_args: Mapping[str, str], dockerfile: str = "") -> str:
@@ -31,4 +31,4 @@ def native_paths_changed(repo: Repo, old: str, new: str, target: Target) -> list
     """The native files that differ between two commits (for saying why a full build is needed)."""
     paths = sorted({p.rstrip("/") for p in target.native} | {target.dockerfile})
     res = repo.git("diff", "--name-only", "-z", "--no-renames", "--end-of-options", old, new, "--", *paths)
-    return [p for p in res.stdout.decode("utf-8", "surrogateescape").split("\0") if p]
+    return z_paths(res.stdout)

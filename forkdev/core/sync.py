@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import carry, journal, lock, ui
 from .errors import Failure
-from .gitrepo import Repo
+from .gitrepo import Repo, z_paths
 from .proc import Runner
 
 STRATEGIES = ("ours", "theirs", "union")
@@ -244,7 +244,7 @@ class Merge:
                 listing = self.repo.git("ls-files", "-s", "-z", "--", *protect, env=forks).stdout
                 if listing:
                     git("update-index", "-z", "--index-info", input=listing)
-                protected = set(_paths(present)) | {e.split("\t", 1)[1] for e in _paths(listing)}
+                protected = set(z_paths(present)) | {e.split("\t", 1)[1] for e in z_paths(listing)}
             sides = self._in_either(ours, theirs, list(stages)) if stages else set()
             for path, st in sorted(stages.items()):
                 if path in protected:
@@ -273,7 +273,7 @@ class Merge:
             raw = self.repo.git(
                 "ls-tree", "-r", "-z", "--name-only", side, "--", *paths, env={"GIT_LITERAL_PATHSPECS": "1"}
             ).stdout
-            found.update(_paths(raw))
+            found.update(z_paths(raw))
         return found
 
     def _resolve(self, path: str, st: dict[int, tuple[str, str]], strategy: str | None, tmp: str):
@@ -298,10 +298,6 @@ class Merge:
             base_mode = st.get(1, ("",))[0]
             return (st[3][0] if st[2][0] == base_mode else st[2][0], oid)  # a mode change on either side wins
         return None
-
-
-def _paths(raw: bytes) -> list[str]:
-    return [p for p in raw.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
 def sync(run: Runner, req: Request) -> Outcome:
