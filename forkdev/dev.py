@@ -7,9 +7,9 @@ import re
 from typing import Any
 
 from .core import base as bases
-from .core import config, ship, state, ui, validate
+from .core import config, ship, state, thin, ui, validate
 from .core.gitrepo import Repo
-from .core.proc import Runner
+from .core.proc import Runner, concurrently
 from .core.tasking import runner, task, toggle
 
 HELP = {
@@ -63,17 +63,26 @@ def thin_image(
         epoch=config.epoch(),
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
-    engine = config.engine(c, run)
-    if not explicit:
-        candidates = bases.candidates(
-            profile, config.nightly_repository(c, profile), repo, ref, upstream, c.config.upstream.branch
-        )
-        request = dataclasses.replace(request, bases=tuple(candidates))
+    last = config.cache_path(request.cache, "dev", str(repo.path)).with_suffix(".json")
+    nightly = "" if explicit else config.nightly_repository(c, profile)
+    branch = c.config.upstream.branch
+
+    def checkout() -> tuple[thin.Snapshot, list[str]]:  # git only: read while the engine answers
+        snap = thin.read(repo, ref, request.epoch)
+        if explicit:
+            return snap, [explicit]
+        return snap, bases.candidates(profile, nightly, repo, ref, upstream, branch)
+
+    engine, (snap, candidates) = concurrently(lambda: config.engine(c, run), checkout)
+    request = dataclasses.replace(
+        request,
+        bases=tuple(candidates),
+        snapshot=snap,
+        previous=state.read(last).get("image") if ref is None else None,
+    )
     result = ship.ship(engine, run, request)
     if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default
-        state.write(
-            config.cache_path(request.cache, "dev", str(repo.path)).with_suffix(".json"), {"image": result["image"]}
-        )
+        state.write(last, {"image": result["image"]})
     if json:
         ui.emit_json(result)
     else:

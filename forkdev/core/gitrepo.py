@@ -77,9 +77,10 @@ class Repo:
     def is_bare(self) -> bool:
         return self.out("rev-parse", "--is-bare-repository") == "true"
 
-    def changes(self, base: str, ref: str | None) -> list[Change]:
+    def changes(self, base: str, ref: str | None, untracked: list[str] | None = None) -> list[Change]:
         """What differs from `base` in `ref`, or (ref None) in the working tree: committed, staged and unstaged
-        edits, deletions, and untracked files git does not ignore. Renames count as delete + add."""
+        edits, deletions, and untracked files git does not ignore (`untracked`, when already listed). Renames
+        count as delete + add."""
         args = ["diff", "--name-status", "-z", "--no-renames", "--no-ext-diff", "--end-of-options", base]
         if ref is not None:
             args.append(ref)
@@ -87,15 +88,17 @@ class Repo:
         fields = self.git(*args).stdout.decode("utf-8", "surrogateescape").split("\0")
         found = {fields[i + 1]: Change(fields[i][0], fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
         if ref is None:
-            untracked = self.git("ls-files", "--others", "--exclude-standard", "-z").stdout
-            for path in untracked.decode("utf-8", "surrogateescape").split("\0"):
-                if path:
-                    found[path] = Change("A", path, untracked=True)
+            for path in self.untracked() if untracked is None else untracked:
+                found[path] = Change("A", path, untracked=True)
         return [found[path] for path in sorted(found)]
 
-    def is_dirty(self, untracked: bool) -> bool:
-        """Whether the working tree differs from HEAD; `untracked`: whether changes() found untracked files."""
-        return untracked or not self.git("diff", "--quiet", "HEAD", "--", check=False).ok
+    def untracked(self) -> list[str]:
+        """The untracked files git does not ignore."""
+        return z_paths(self.git("ls-files", "--others", "--exclude-standard", "-z").stdout)
+
+    def edited(self) -> bool:
+        """Whether tracked files differ from HEAD (staged or not)."""
+        return not self.git("diff", "--quiet", "HEAD", "--", check=False).ok
 
     def commit_time(self, sha: str) -> int:
         """The committer time of `sha`, in seconds since the epoch."""

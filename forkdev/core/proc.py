@@ -16,8 +16,10 @@ import shlex
 import shutil
 import signal
 import subprocess
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from . import ui
 from .errors import Failure
@@ -163,6 +165,36 @@ class Runner:
         if check and not result.ok:
             raise CommandFailed(result)
         return result
+
+
+def concurrently(*calls: Callable[[], Any]) -> list[Any]:
+    """Run independent calls at once and return their results in order. Each one mostly waits on its own child
+    process (git, the engine), so threads suffice; the first call runs in this thread. Once every call has
+    ended, the first failure in call order is raised: no child is left running behind an error. A helper
+    thread's lines go where this thread's go (its log file too)."""
+    results: list[Any] = [None] * len(calls)
+    errors: list[BaseException | None] = [None] * len(calls)
+    ctx = ui.context()
+
+    def work(i: int) -> None:
+        ui.adopt(ctx)
+        try:
+            results[i] = calls[i]()
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+            errors[i] = exc
+
+    helpers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(1, len(calls))]
+    for t in helpers:
+        t.start()
+    try:
+        work(0)
+    finally:
+        for t in helpers:
+            t.join()
+    for exc in errors:
+        if exc is not None:
+            raise exc
+    return results
 
 
 def _pass_through(proc: subprocess.Popen, input: bytes | None) -> bytes:

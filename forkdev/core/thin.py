@@ -22,6 +22,7 @@ from .base import Base
 from .config import Target
 from .errors import Failure
 from .gitrepo import Change, Repo
+from .proc import CommandFailed, concurrently
 
 
 @dataclass(frozen=True)
@@ -110,14 +111,43 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
     return found
 
 
-def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | None = None, upstream: str = "") -> Plan:
-    if not repo.has_commit(base.revision):
+@dataclass(frozen=True)
+class Snapshot:
+    """What a plan needs of the repository state that does not depend on the base: read while the engine is
+    still being asked for the base (`read`)."""
+
+    ref: str | None  # None: the working tree
+    revision: str
+    epoch: int  # SOURCE_DATE_EPOCH, else the commit's time
+    untracked: tuple[str, ...] = ()
+    edited: bool = False  # tracked files differ from HEAD
+
+
+def read(repo: Repo, ref: str | None, epoch: int | None = None) -> Snapshot:
+    """The commit (and for the working tree: its untracked files and whether it differs from HEAD), each git
+    read at once."""
+
+    def commit() -> tuple[str, int]:
+        revision = repo.resolve(ref, "REF") if ref is not None else repo.resolve("HEAD", "HEAD")
+        return revision, epoch if epoch is not None else repo.commit_time(revision)
+
+    if ref is not None:
+        return Snapshot(ref, *commit())
+    (revision, when), untracked, edited = concurrently(commit, repo.untracked, repo.edited)
+    return Snapshot(None, revision, when, tuple(untracked), edited)
+
+
+def plan(repo: Repo, snap: Snapshot, base: Base, target: Target, upstream: str = "") -> Plan:
+    ref = snap.ref
+    try:
+        changes = repo.changes(base.revision, ref, list(snap.untracked))
+    except CommandFailed:
+        if repo.has_commit(base.revision):
+            raise
         raise Failure(
             f"the base's commit {base.revision[:12]} (image '{base.ref}') is not in {repo.path}; fetch it: "
             f"git -C {repo.path} fetch {upstream or target.upstream} {base.revision}"
-        )
-    revision = repo.resolve(ref, "REF") if ref is not None else repo.resolve("HEAD", "HEAD")
-    changes = repo.changes(base.revision, ref)
+        ) from None
     contents = read_entries(repo, ref, changes)
     location, package_path = base.location, target.package_path
     entries, deleted, skipped, bytecode = [], [], [], []
@@ -139,8 +169,8 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
     for d in deleted:
         digest.update(f"-{d}\n".encode("utf-8", "surrogateescape"))
     return Plan(
-        revision=revision,
-        dirty=ref is None and repo.is_dirty(untracked=any(c.untracked for c in changes)),
+        revision=snap.revision,
+        dirty=bool(snap.untracked) or snap.edited,
         entries=entries,
         deleted=deleted,
         bytecode=sorted(set(bytecode)),
@@ -148,7 +178,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
         skipped=skipped,
         native=[c.path for c in changes if target.is_native(c.path)],
         diff_hash=digest.hexdigest(),
-        epoch=epoch if epoch is not None else repo.commit_time(revision),
+        epoch=snap.epoch,
     )
 
 

@@ -19,6 +19,8 @@ from pathlib import Path
 
 _github = os.environ.get("GITHUB_ACTIONS") == "true"
 _log = threading.local()  # per thread: .file (an open log file), .path, .stamp (timestamp stderr), .console
+_LOG_FIELDS = ("file", "path", "stamp", "console")
+_writing = threading.Lock()  # a line is written whole, whichever thread writes it
 
 
 def _get(name: str, default: object = None) -> object:
@@ -46,6 +48,16 @@ def current_log() -> Path | None:
     return _get("path")  # type: ignore[return-value]
 
 
+def context() -> dict[str, object]:
+    """This thread's log settings, for a helper thread to `adopt` (its lines then go where the caller's go)."""
+    return {name: getattr(_log, name) for name in _LOG_FIELDS if hasattr(_log, name)}
+
+
+def adopt(ctx: dict[str, object]) -> None:
+    for name, value in ctx.items():
+        setattr(_log, name, value)
+
+
 def _stamp() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z ")
 
@@ -60,6 +72,11 @@ def _console():
 
 
 def _line(text: str, style: str | None = None) -> None:
+    with _writing:
+        _write(text, style)
+
+
+def _write(text: str, style: str | None) -> None:
     fh = _get("file")
     if fh is not None:
         fh.write(_stamp() + text + "\n")  # type: ignore[attr-defined]

@@ -214,6 +214,21 @@ def test_an_unchanged_rerun_reuses_the_image_without_building(world, fork, tool)
     assert third.json["reused"] is False and third.json["image"] != first.json["image"]
 
 
+def test_an_edit_is_written_without_asking_for_its_tag_and_going_back_gives_the_same_image(world, fork, tool):
+    (fork / EDIT).write_text("ENVS = 'state one'\n")
+    one = tool("dev", str(fork), "--base", world.editable, "--json")
+    (fork / EDIT).write_text("ENVS = 'state two'\n")
+    two = tool("dev", str(fork), "--base", world.editable, "--json")
+    assert one.code == two.code == 0, two.err
+    asked = re.findall(r"^\+ \S+ image inspect -- (\S+)$", two.err, re.M)
+    assert asked == [world.editable], "a new state's tag is not asked for: only the base is inspected"
+    (fork / EDIT).write_text("ENVS = 'state one'\n")
+    back = tool("dev", str(fork), "--base", world.editable, "--json")
+    assert back.code == 0, back.err
+    assert back.json["image"] == one.json["image"] and back.json["image_id"] == one.json["image_id"]
+    assert loaded(back), "a tag this checkout made before the last run is loaded again, to the same image id"
+
+
 def test_the_image_reference_goes_to_stdout_and_forkdev_runs_from_any_directory(engine, world, fork, invoke, tmp_path):
     (fork / EDIT).write_text("ENVS = 'console script'\n")
     env = {"INVOKE_ENGINE_NAME": engine.kind}

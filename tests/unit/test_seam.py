@@ -12,7 +12,8 @@ import pytest
 
 from forkdev.core import engine
 from forkdev.core.errors import Failure
-from forkdev.core.proc import Result, Runner, shown
+from forkdev.core import ui
+from forkdev.core.proc import Result, Runner, concurrently, shown
 
 
 def test_dry_run_skips_commands_that_change_things_but_runs_probes(capsys):
@@ -36,6 +37,35 @@ def test_secrets_reach_the_child_but_never_the_echo(capsys):
     res = Runner()(["sh", "-c", 'printf %s "$TOKEN"'], secret_env={"TOKEN": "s3cr3t-value"})
     assert res.out == "s3cr3t-value"
     assert "s3cr3t-value" not in capsys.readouterr().err
+
+
+def test_concurrent_calls_run_at_once_and_give_their_results_in_order():
+    run = Runner(echo=False)
+    start = time.monotonic()
+    got = concurrently(*(lambda i=i: run(["sh", "-c", f"sleep 0.4; echo {i}"]).out for i in range(3)))
+    assert got == ["0", "1", "2"]
+    assert time.monotonic() - start < 1.0, "three 0.4 s commands took as long as running them one by one"
+
+
+def test_a_concurrent_failure_is_raised_only_once_every_call_has_ended(tmp_path):
+    run = Runner(echo=False)
+    done = tmp_path / "done"
+
+    def slow() -> None:
+        run(["sh", "-c", f"sleep 0.3; touch {done}"])
+
+    with pytest.raises(Failure, match="exit 3"):
+        concurrently(lambda: run(["sh", "-c", "exit 3"]), slow)
+    assert done.exists(), "the failure was raised while another call's command still ran"
+
+
+def test_lines_of_concurrent_calls_reach_the_callers_log_file_whole(tmp_path):
+    log = tmp_path / "task.log"
+    run = Runner()
+    with ui.log_to(log, console=False):
+        concurrently(*(lambda i=i: run(["true", f"call-{i}" * 50]) for i in range(8)))
+    lines = log.read_text().splitlines()
+    assert len(lines) == 8 and all(line.endswith(f"call-{line[-1]}" * 50) for line in lines)
 
 
 def test_a_command_past_its_timeout_is_stopped_and_named():
