@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .core import base as bases
-from .core import config, ship, state, thin, ui, validate
+from .core import config, ship, state, ui, validate
 from .core.gitrepo import Repo
 from .core.proc import Runner, concurrently
 from .core.tasking import runner, task, toggle
@@ -64,21 +64,16 @@ def thin_image(
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
     last = config.cache_path(request.cache, "dev", str(repo.path)).with_suffix(".json")
-    nightly = "" if explicit else config.nightly_repository(c, profile)
-    branch = c.config.upstream.branch
-
-    def checkout() -> tuple[thin.Snapshot, list[str]]:  # git only: read while the engine answers
-        snap = thin.read(repo, ref, request.epoch)
-        if explicit:
-            return snap, [explicit]
-        return snap, bases.candidates(profile, nightly, repo, ref, upstream, branch)
-
-    engine, (snap, candidates) = concurrently(lambda: config.engine(c, run), checkout)
+    if explicit:
+        engine, found = config.engine(c, run), [explicit]
+    else:  # the default bases need git only: asked while the engine answers
+        nightly, branch = config.nightly_repository(c, profile), c.config.upstream.branch
+        engine, found = concurrently(
+            lambda: config.engine(c, run),
+            lambda: bases.candidates(profile, nightly, repo, ref, upstream, branch),
+        )
     request = dataclasses.replace(
-        request,
-        bases=tuple(candidates),
-        snapshot=snap,
-        previous=state.read(last).get("image") if ref is None else None,
+        request, bases=tuple(found), previous=state.read(last).get("image") if ref is None else None
     )
     result = ship.ship(engine, run, request)
     if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default

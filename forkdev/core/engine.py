@@ -30,6 +30,7 @@ class Engine:
     server_version: str
     network: str  # for steps that need the network
     _buildkit: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
+    _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     @property
     def name(self) -> str:
@@ -56,8 +57,12 @@ class Engine:
             if not exe:
                 reasons.append(f"{client or kind} is not installed" if client else f"{kind} is not installed")
                 continue
-            probe = run([exe, "version", "--format", "{{json .}}"], mutates=False, check=False)
-            info = _json(probe.out) if probe.ok else None
+            daemon = _daemon_version() if kind == "docker" else None
+            if daemon is not None:  # the client's version is asked only if a build needs it (`client`)
+                info = {"Client": {"Version": ""}, "Server": daemon}
+            else:
+                probe = run([exe, "version", "--format", "{{json .}}"], mutates=False, check=False)
+                info = _json(probe.out) if probe.ok else None
             if info is None:
                 host = os.environ.get(HOST_ENV[kind])
                 where = f" at {HOST_ENV[kind]}={host}" if host else ""
@@ -86,6 +91,15 @@ class Engine:
         server_version = str(server.get("Version", client_version) if server else client_version)
         return cls(kind, exe, client_version, server_version, network)
 
+    def client(self, run: Runner) -> str:
+        """The version of the client program (asked once, when the daemon alone was probed)."""
+        if self.client_version:
+            return self.client_version
+        if "client" not in self._versions:
+            res = run([self.exe, "version", "--format", "{{.Client.Version}}"], mutates=False, check=False)
+            self._versions["client"] = res.out if res.ok and res.out else "?"
+        return self._versions["client"]
+
     def buildkit(self, run: Runner) -> bool:
         """Whether builds can use BuildKit features (`RUN --mount`); asked only when a build needs to know."""
         if self.kind == "podman":
@@ -95,7 +109,7 @@ class Engine:
             # it falls back to the legacy builder). Older clients (20.10) have BuildKit built in, switched on
             # with DOCKER_BUILDKIT=1.
             has_buildx = run([self.exe, "buildx", "version"], mutates=False, check=False).ok
-            head = self.client_version.split(".")[0]
+            head = self.client(run).split(".")[0]
             major = int(head) if head.isdigit() else 0
             self._buildkit["ok"] = has_buildx or 18 <= major < 23
         return self._buildkit["ok"]
@@ -214,6 +228,44 @@ def loopback_registry(ref: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
+
+
+def _daemon_version() -> dict[str, Any] | None:
+    """What `docker version` reports of the daemon, asked on its unix socket: the same GET /version the client
+    sends, in 5 ms instead of the 25-30 ms the client program takes to start (a quarter of `invoke dev`'s own
+    time). Only where the client would talk to that socket itself: DOCKER_HOST unset or unix://, no context
+    chosen. None when that is not so or the socket does not answer: then the client is asked, and its error
+    names the reason."""
+    host = os.environ.get("DOCKER_HOST", "")
+    if os.environ.get("DOCKER_CONTEXT") or (host and not host.startswith("unix://")):
+        return None
+    config = os.path.join(os.environ.get("DOCKER_CONFIG") or os.path.expanduser("~/.docker"), "config.json")
+    try:
+        with open(config, "rb") as fh:
+            chosen = json.loads(fh.read() or b"{}").get("currentContext")
+    except FileNotFoundError:
+        chosen = None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if chosen not in (None, "", "default"):
+        return None
+    import socket  # only here: the rest of a task has no use for it
+
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(5)
+            sock.connect(host.removeprefix("unix://") or "/var/run/docker.sock")
+            sock.sendall(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
+            chunks = []
+            while chunk := sock.recv(65536):
+                chunks.append(chunk)
+    except OSError:
+        return None
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+        return None
+    info = _json(body.decode("utf-8", "replace"))
+    return info if isinstance(info, dict) and info.get("Version") else None
 
 
 def _json(text: str) -> Any:

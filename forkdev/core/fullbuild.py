@@ -84,7 +84,7 @@ def build(engine: Engine, run: Runner, repo: Repo, target: Target, spec: Spec, l
         buildkit = bool(NEEDS_BUILDKIT.search(text))
         if buildkit and not engine.buildkit(run):
             raise Failure(
-                f"{target.dockerfile} needs BuildKit (RUN --mount), and '{engine.exe}' ({engine.client_version}) has "
+                f"{target.dockerfile} needs BuildKit (RUN --mount), and '{engine.exe}' ({engine.client(run)}) has "
                 "no buildx plugin; install buildx, set engine.client to a docker client with BuildKit built in "
                 "(20.10: /usr/bin/docker from Debian's docker.io), or use podman (engine.name=podman)"
             )

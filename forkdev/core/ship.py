@@ -42,7 +42,6 @@ class Request:
     primary: str | None = None  # the image's own tag; None: <repository>:local-<sha12>[-dirty-<hash>]
     labels: Mapping[str, str] = field(default_factory=dict)  # more labels (e.g. the nightly's native hash)
     upstream: str = ""  # where the base's commit can be fetched from ("" = the target's upstream)
-    snapshot: thin.Snapshot | None = None  # the repository state, when already read (else read beside the base)
     # The image this checkout's last run made. A state whose tag differs from it is new here: it is written
     # without first asking the engine whether that tag already holds it (an edit loop saves that call; a tag
     # that did hold it is loaded again, to the same image id). None: always ask.
@@ -77,7 +76,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
             lambda: bases.resolve(
                 engine, run, list(req.bases), explicit=req.explicit_base, cache=req.cache, target=req.target
             ),
-            lambda: req.snapshot or thin.read(req.repo, req.ref, req.epoch),
+            lambda: thin.read(req.repo, req.ref, req.epoch),  # git only: while the engine answers
         )
     with ui.step("changes"):
         plan = thin.plan(req.repo, snap, base, req.target, req.upstream)

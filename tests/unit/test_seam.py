@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from forkdev.core import engine
+from forkdev.core import engine, ui
 from forkdev.core.errors import Failure
-from forkdev.core import ui
 from forkdev.core.proc import Result, Runner, concurrently, shown
 
 

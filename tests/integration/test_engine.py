@@ -1,0 +1,103 @@
+"""How the engine is found: docker's daemon is asked on its socket, its client program only when that cannot
+serve (another host, a context, a socket that does not answer) or when a build needs the client's version."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import threading
+
+import pytest
+from conftest import _engine
+
+from forkdev.core.engine import Engine
+from forkdev.core.errors import Failure
+from forkdev.core.proc import Runner
+
+
+class Recording(Runner):
+    """The real runner, keeping each argv it ran."""
+
+    def __init__(self) -> None:
+        super().__init__(echo=False)
+        object.__setattr__(self, "ran", [])
+
+    def __call__(self, argv, **kw):
+        self.ran.append(list(argv))
+        return super().__call__(argv, **kw)
+
+
+def versions(run: Recording) -> list[list[str]]:
+    return [a for a in run.ran if a[1:2] == ["version"]]
+
+
+@pytest.fixture
+def docker(sessions):
+    if "docker" not in os.environ.get("FORKDEV_TEST_ENGINES", "docker,podman").split(","):
+        pytest.skip("docker is not among FORKDEV_TEST_ENGINES")
+    return _engine("docker")
+
+
+def client_says(docker: Engine, field: str, env: dict[str, str] | None = None) -> str:
+    res = subprocess.run(
+        [docker.exe, "version", "--format", f"{{{{.{field}.Version}}}}"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+    )
+    return res.stdout.strip()
+
+
+def test_the_daemon_is_asked_on_its_socket_and_the_client_only_when_its_version_is_needed(docker, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    run = Recording()
+    found = Engine.detect(run, "docker", "host")
+    assert versions(run) == [], "the client program was started just to find the daemon"
+    assert found.server_version == client_says(docker, "Server")
+    assert found.client(run) == client_says(docker, "Client") and found.client(run) == client_says(docker, "Client")
+    assert len(versions(run)) == 1, "the client's version is asked once"
+
+
+def test_a_chosen_context_is_left_to_the_client(docker, monkeypatch, tmp_path):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    made = subprocess.run(
+        [docker.exe, "context", "create", "forkdev-test-ctx", "--docker", "host=unix:///var/run/docker.sock"],
+        capture_output=True,
+        text=True,
+    )
+    assert made.returncode == 0, made.stderr
+    (tmp_path / "config.json").write_text(json.dumps({"currentContext": "forkdev-test-ctx"}))
+    run = Recording()
+    found = Engine.detect(run, "docker", "host")
+    assert [a[1:] for a in versions(run)] == [["version", "--format", "{{json .}}"]]
+    assert found.server_version == client_says(docker, "Server")
+
+
+def test_a_socket_that_answers_an_error_is_left_to_the_client_which_names_it(docker, monkeypatch, tmp_path):
+    path = tmp_path / "docker.sock"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def answer() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                conn.sendall(b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nboom\n")
+
+    threading.Thread(target=answer, daemon=True).start()
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    run = Recording()
+    try:
+        with pytest.raises(Failure, match=f"DOCKER_HOST=unix://{path}"):
+            Engine.detect(run, "docker", "host")
+    finally:
+        server.close()
+    assert len(versions(run)) == 1, "the client was not asked after the socket answered an error"
