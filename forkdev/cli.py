@@ -1,4 +1,11 @@
-"""The task collection, for `invoke` in this directory (tasks.py) and the `forkdev` console script alike."""
+"""The task collection, for `invoke` in this directory (tasks.py) and the `forkdev` console script alike.
+
+invoke builds the whole collection on every run, so every task module is imported to run any one task. A task
+module therefore imports at its top only what declaring its tasks needs, and the machinery of a task that
+others do not share (fork-sync's merge, cron's crontab parser, the wheel and smoke builders, batch's and
+nightly's full builds) inside the task, where it runs: `invoke dev`, whose whole budget is a few tenths of a
+second, does not pay for them.
+"""
 
 from __future__ import annotations
 

@@ -13,15 +13,17 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from crontab import CronSlices, CronTab
 from invoke import Collection
 
 from .core import config, state, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.tasking import runner, task
+
+if TYPE_CHECKING:
+    from crontab import CronTab
 
 
 def marker(target: str) -> str:
@@ -36,6 +38,8 @@ def read(run: Runner, user: str) -> CronTab:
     res = run([*_crontab(user), "-l"], mutates=False, check=False)
     if not res.ok and "no crontab" not in res.err:
         raise Failure(f"cannot read the crontab{f' of {user}' if user else ''} ({res.reason}); is cron installed?")
+    from crontab import CronTab  # loaded when a cron task runs (cli.py)
+
     return CronTab(tab=res.out + "\n" if res.ok else "")
 
 
@@ -76,6 +80,8 @@ def install(c, schedule=None, user=None, target=None, dry_run=False, quiet=False
     run = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     when = validate.plain(schedule or c.config.cron.schedule, "--schedule", "write five crontab fields")
+    from crontab import CronSlices
+
     if not CronSlices.is_valid(when):
         raise Failure(f"--schedule '{when}' is not a crontab schedule; write five fields, e.g. '0 2 * * *'")
     who = user if user is not None else c.config.cron.user

@@ -9,7 +9,6 @@ from __future__ import annotations
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
-from .core.sync import Request, parse_strategies, sync
 from .core.tasking import runner, task, toggle
 
 
@@ -63,6 +62,8 @@ def fork_sync(
             f"config fork_sync.strategies is {type(cfg.strategies).__name__}, not a mapping; write PATH_OR_GLOB: "
             "ours|theirs|union entries, e.g. {.gitignore: union}"
         ) from None
+    from .core.sync import Request, parse_strategies, sync  # the machinery, loaded when the task runs (cli.py)
+
     strategies = {}
     for source, items in (("config fork_sync.strategies", configured), ("--strategy", list(strategy or []))):
         for path, how in parse_strategies(items).items():
