@@ -753,30 +753,71 @@ def test_a_second_run_while_one_holds_the_repository_is_refused_naming_its_pid(i
     assert sync(invoke, fork).code == 0, "the lock is released when its holder ends"
 
 
-def counted(wrapped, fork: Path, tmp_path: Path) -> list[str]:
-    """The git calls of an uninterrupted `fork-sync --autostash` (which it runs), one line each."""
-    full = wrapped(fork, tmp_path / "count.log", "--autostash")
+@pytest.mark.parametrize(
+    ("path", "edit", "code"),
+    [("vllm/a.py", "A = 'mine, mid-sync'\n", 1), ("README.md", "mine, mid-sync\n", 0)],
+    ids=["in-a-file-the-merge-changes", "elsewhere"],
+)
+def test_an_edit_made_while_a_clean_checkout_syncs_is_never_overwritten(
+    invoke, repos, wrapped, tmp_path, path, edit, code
+):
+    """A checkout that `git status` found clean is not staged into snapshots. An edit made after that check (here
+    while the fetch runs) in a file the merge changes makes the move refuse, and nothing is changed; one
+    elsewhere stays as an unstaged edit on top of the merge."""
+    _, _, fork = repos
+    log = tmp_path / "dry.log"
+    dry = wrapped(fork, log, wait_at=1_000)
+    assert dry.wait(60) == 0, dry.communicate()[1]
+    fetch_at = next(i for i, line in enumerate(log.read_text().splitlines(), 1) if " fetch " in f" {line} ")
+    git(fork, "reset", "-q", "--keep", "HEAD~1")  # the test's own repository: back to before the merge
+    before = git(fork, "rev-parse", "HEAD")
+    log = tmp_path / "run.log"
+    run = wrapped(fork, log, wait_at=fetch_at)
+    try:
+        wait_for(log.with_name(log.name + ".waiting"), run)
+        write(fork, {path: edit})
+    finally:
+        log.with_name(log.name + ".go").touch()
+    _, err = run.communicate(timeout=60)
+    assert run.returncode == code, err
+    assert (fork / path).read_text() == edit, "the edit made during the sync is kept"
+    assert git(fork, "diff", "--cached") == "" and git(fork, "diff", "--name-only") == path
+    if code:
+        assert "Traceback" not in err and git(fork, "rev-parse", "HEAD") == before
+        assert not (fork / ".git/forkdev/fork-sync.journal").exists()
+    else:
+        assert git(fork, "rev-parse", "HEAD^1") == before and (fork / "vllm/a.py").read_text() == "A = 2\n"
+
+
+def counted(wrapped, fork: Path, tmp_path: Path, *args: str) -> list[str]:
+    """The git calls of an uninterrupted `fork-sync ARGS` (which it runs), one line each."""
+    full = wrapped(fork, tmp_path / "count.log", *args)
     assert full.wait(60) == 0, full.communicate()[1]
     return (tmp_path / "count.log").read_text().splitlines()
 
 
-def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path):
+@pytest.mark.parametrize("args", [("--autostash",), ()], ids=["autostash-over-work", "clean-checkout"])
+def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path, args):
     """The crash matrix: SIGKILL the task just before its N-th git call, for every N of a run with --autostash
-    over staged, unstaged, untracked and ignored work, and just after each call from the first that writes a
-    ref on (there a kill can fall between git and the journal's write or removal); then a plain second run.
-    Each time the branch ends merged and the work is back byte for byte, staged and unstaged as it was; and
-    right after the kill, without a journal the checkout is wholly before or wholly after."""
+    over staged, unstaged, untracked and ignored work (or of a plain run over a clean checkout, whose work is
+    not staged: only an ignored file), and just after each call from the first that writes a ref on (there a
+    kill can fall between git and the journal's write or removal); then a second run. Each time the branch ends
+    merged and the work is back byte for byte, staged and unstaged as it was; and right after the kill, without
+    a journal the checkout is wholly before or wholly after."""
     up, _, fork = repos
-    make_work(fork)
+    if args:
+        make_work(fork)
+    else:
+        write(fork, {"vllm/_local.so": "ignored build output\n"})
     before_work = work(fork)
     expected = merged(before_work)
     before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
 
-    calls = counted(wrapped, fork, tmp_path)
+    calls = counted(wrapped, fork, tmp_path, *args)
     tree = git(fork, "rev-parse", "HEAD^{tree}")
-    assert work(fork) == expected and len(calls) > 30
+    assert work(fork) == expected and len(calls) > 20
 
     refs_from = next(i for i, line in enumerate(calls, 1) if line.endswith(" update-ref --stdin"))
     points = [(n, "before") for n in range(1, len(calls) + 1)] + [
@@ -796,13 +837,13 @@ def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke
                 shutil.rmtree(checkout)
             shutil.copytree(pristine, checkout, symlinks=True)
             kill = {"kill_at": n} if when == "before" else {"kill_after": n}
-            crash = wrapped(checkout, home / f"{n}-{when}.log", "--autostash", **kill)
+            crash = wrapped(checkout, home / f"{n}-{when}.log", *args, **kill)
             err = crash.communicate(timeout=60)[1]
             assert crash.returncode == -signal.SIGKILL, f"{where}: not killed ({crash.returncode}): {err}"
             journal = (checkout / ".git/forkdev/fork-sync.journal").exists()
             if not journal:
                 assert work(checkout) in (before_work, expected), f"{where}: a checkout half moved, no journal"
-            res = sync(invoke, checkout, "--autostash")
+            res = sync(invoke, checkout, *args)
             assert res.code == 0, f"{where}\n{res.err}"
             assert ("an interrupted fork-sync" in res.err) == journal, f"{where}: says what it settled\n{res.err}"
             settled.update(what for what in ("was rolled back", "was finished") if what in res.err)
@@ -831,7 +872,7 @@ def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invok
     before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path)
+    calls = counted(wrapped, fork, tmp_path, "--autostash")
     moves = [i for i, line in enumerate(calls, 1) if " read-tree -i -m " in line][0]  # the first change
     env = {**os.environ, **ENV, "INVOKE_CACHE_DIR": str(cache_dir)}
     outcomes = set()
@@ -883,7 +924,7 @@ def test_a_kill_while_settling_an_interrupted_sync_is_settled_by_the_run_after(i
     before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path)
+    calls = counted(wrapped, fork, tmp_path, "--autostash")
     interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, when)
     settling = wrapped(fork, tmp_path / "settling.log", "--autostash")  # the calls of a run that settles it
     assert settling.wait(60) == 0, settling.communicate()[1]
@@ -916,7 +957,7 @@ def test_edits_made_after_a_kill_are_left_alone_and_kept_under_a_rescue_ref(invo
     make_work(fork)
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path)
+    calls = counted(wrapped, fork, tmp_path, "--autostash")
     interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
     write(fork, {"extras/mine.txt": "edited after the kill\n", "late.txt": "new after the kill\n"})
     dry = sync(invoke, fork, "--autostash", "--dry-run")
@@ -943,7 +984,7 @@ def test_an_interrupted_sync_whose_branch_moved_since_is_neither_undone_nor_fini
     make_work(fork)
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path)
+    calls = counted(wrapped, fork, tmp_path, "--autostash")
     interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
     git(fork, "commit", "-q", "--allow-empty", "-m", "the user commits after the kill")
     state = snapshot(fork)
