@@ -72,17 +72,27 @@ def thin_image(
             lambda: config.engine(c, run),
             lambda: bases.candidates(profile, nightly, repo, ref, upstream, branch),
         )
-    request = dataclasses.replace(
-        request, bases=tuple(found), previous=state.read(last).get("image") if ref is None else None
-    )
+    made = _made(state.read(last)) if ref is None else None
+    request = dataclasses.replace(request, bases=tuple(found), made=made)
     result = ship.ship(engine, run, request)
     if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default
-        state.write(last, {"image": result["image"]})
+        image = result["image"]
+        state.write(last, {"image": image, "made": [*(t for t in made or () if t != image), image][-MADE:]})
     if json:
         ui.emit_json(result)
     else:
         ui.result(result["image"])
     return result
+
+
+MADE = 16  # the tags of a checkout's recent states that `dev` remembers (a return to one of them is reused)
+
+
+def _made(recorded: dict[str, Any]) -> tuple[str, ...]:
+    tags = recorded.get("made")
+    tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
+    last = recorded.get("image")
+    return (*tags, last) if isinstance(last, str) and last not in tags else tuple(tags)
 
 
 def source_url(repo: Repo) -> str | None:

@@ -57,7 +57,7 @@ class Engine:
             if not exe:
                 reasons.append(f"{client or kind} is not installed" if client else f"{kind} is not installed")
                 continue
-            daemon = _daemon_version() if kind == "docker" else None
+            daemon = _daemon_version() if kind == "docker" and not client else None  # a client may go elsewhere
             if daemon is not None:  # the client's version is asked only if a build needs it (`client`)
                 info = {"Client": {"Version": ""}, "Server": daemon}
             else:
@@ -250,22 +250,43 @@ def _daemon_version() -> dict[str, Any] | None:
     if chosen not in (None, "", "default"):
         return None
     import socket  # only here: the rest of a task has no use for it
+    import time
 
+    deadline = time.monotonic() + 2  # the whole exchange; a daemon that takes longer is asked by its client
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(5)
+            sock.settimeout(2)
             sock.connect(host.removeprefix("unix://") or "/var/run/docker.sock")
             sock.sendall(b"GET /version HTTP/1.0\r\nHost: docker\r\n\r\n")
-            chunks = []
-            while chunk := sock.recv(65536):
-                chunks.append(chunk)
+            data, length = b"", None
+            while length is None or len(data) < length:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                sock.settimeout(left)
+                chunk = sock.recv(65536)
+                if not chunk:
+                    break
+                data += chunk
+                if length is None and b"\r\n\r\n" in data:  # the headers are in: how long is the body?
+                    length = _whole_length(data)
     except OSError:
         return None
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")):
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith((b"HTTP/1.0 200", b"HTTP/1.1 200")) or b"chunked" in head.lower():
         return None
     info = _json(body.decode("utf-8", "replace"))
     return info if isinstance(info, dict) and info.get("Version") else None
+
+
+def _whole_length(data: bytes) -> int | None:
+    """The length of a whole HTTP response whose headers `data` holds, when they give Content-Length."""
+    head = data.split(b"\r\n\r\n", 1)[0]
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length" and value.strip().isdigit():
+            return len(head) + 4 + int(value)
+    return None
 
 
 def _json(text: str) -> Any:

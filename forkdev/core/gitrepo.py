@@ -28,6 +28,14 @@ def z_paths(raw: bytes) -> list[str]:
     return [p for p in raw.decode("utf-8", "surrogateescape").split("\0") if p]
 
 
+def with_untracked(diff: list[Change], untracked: list[str]) -> list[Change]:
+    """A working tree's changes: its `diff` from a commit plus its untracked files (which git does not ignore),
+    by path; an untracked file at a path the diff deletes from the index is an addition."""
+    found = {c.path: c for c in diff}
+    found.update((path, Change("A", path, untracked=True)) for path in untracked)
+    return [found[path] for path in sorted(found)]
+
+
 @dataclass(frozen=True)
 class Repo:
     path: Path
@@ -77,20 +85,15 @@ class Repo:
     def is_bare(self) -> bool:
         return self.out("rev-parse", "--is-bare-repository") == "true"
 
-    def changes(self, base: str, ref: str | None, untracked: list[str] | None = None) -> list[Change]:
-        """What differs from `base` in `ref`, or (ref None) in the working tree: committed, staged and unstaged
-        edits, deletions, and untracked files git does not ignore (`untracked`, when already listed). Renames
-        count as delete + add."""
+    def diff(self, base: str, ref: str | None) -> list[Change]:
+        """What differs from `base` in `ref`, or (ref None) in the tracked files of the working tree: committed,
+        staged and unstaged edits and deletions. Renames count as delete + add. See `changes` for the whole."""
         args = ["diff", "--name-status", "-z", "--no-renames", "--no-ext-diff", "--end-of-options", base]
         if ref is not None:
             args.append(ref)
         args.append("--")
         fields = self.git(*args).stdout.decode("utf-8", "surrogateescape").split("\0")
-        found = {fields[i + 1]: Change(fields[i][0], fields[i + 1]) for i in range(0, len(fields) - 1, 2)}
-        if ref is None:
-            for path in self.untracked() if untracked is None else untracked:
-                found[path] = Change("A", path, untracked=True)
-        return [found[path] for path in sorted(found)]
+        return [Change(fields[i][0], fields[i + 1]) for i in range(0, len(fields) - 1, 2)]
 
     def untracked(self) -> list[str]:
         """The untracked files git does not ignore."""

@@ -11,6 +11,7 @@ a few tenths of a second, and importing plumbum cost 40-50 ms of it (measured wi
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -147,6 +148,7 @@ class Runner:
         # An interactive child owns the terminal: Ctrl-C is its to handle (docker/podman forward it to the
         # container), so we wait it out instead of dying first and leaving it behind.
         previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if interactive else None
+        _track(proc, True)
         try:
             if stream:
                 out, err = b"", _pass_through(proc, input)
@@ -159,6 +161,7 @@ class Runner:
             _stop(proc)
             raise
         finally:
+            _track(proc, False)
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
         result = Result(argv, proc.returncode, out or b"", err or b"")
@@ -169,9 +172,10 @@ class Runner:
 
 def concurrently(*calls: Callable[[], Any]) -> list[Any]:
     """Run independent calls at once and return their results in order. Each one mostly waits on its own child
-    process (git, the engine), so threads suffice; the first call runs in this thread. Once every call has
-    ended, the first failure in call order is raised: no child is left running behind an error. A helper
-    thread's lines go where this thread's go (its log file too)."""
+    process (git, the engine), so threads suffice; the first call runs in this thread. The first failure in call
+    order is raised once every call has ended. An interrupt (Ctrl-C, or SIGINT to this process alone, which only
+    this thread sees) stops the other calls' commands first, so none is left running. A helper thread's lines
+    go where this thread's go (its log file too)."""
     results: list[Any] = [None] * len(calls)
     errors: list[BaseException | None] = [None] * len(calls)
     ctx = ui.context()
@@ -180,21 +184,48 @@ def concurrently(*calls: Callable[[], Any]) -> list[Any]:
         ui.adopt(ctx)
         try:
             results[i] = calls[i]()
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread below
+        except BaseException as exc:  # noqa: BLE001 - raised in the caller's thread below
             errors[i] = exc
 
     helpers = [threading.Thread(target=work, args=(i,), daemon=True) for i in range(1, len(calls))]
     for t in helpers:
         t.start()
     try:
-        work(0)
-    finally:
+        try:
+            results[0] = calls[0]()
+        except Exception as exc:  # an ordinary failure: the others finish what they started
+            errors[0] = exc
         for t in helpers:
             t.join()
+    except BaseException:  # interrupted: stop what the others run, then let them end
+        _terminate({t.ident for t in helpers})
+        for t in helpers:
+            t.join()
+        raise
     for exc in errors:
         if exc is not None:
             raise exc
     return results
+
+
+_running: dict[int, set[subprocess.Popen]] = {}  # by thread: the children a Runner call is waiting on
+_running_lock = threading.Lock()
+
+
+def _track(proc: subprocess.Popen, running: bool) -> None:
+    with _running_lock:
+        mine = _running.setdefault(threading.get_ident(), set())
+        (mine.add if running else mine.discard)(proc)
+        if not mine:
+            del _running[threading.get_ident()]
+
+
+def _terminate(threads: set[int | None]) -> None:
+    with _running_lock:
+        procs = [p for t in threads for p in _running.get(t or 0, ())]
+    for proc in procs:
+        with contextlib.suppress(ProcessLookupError):
+            proc.terminate()
 
 
 def _pass_through(proc: subprocess.Popen, input: bytes | None) -> bytes:

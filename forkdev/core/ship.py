@@ -20,7 +20,7 @@ from .config import Target
 from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo
-from .proc import Runner, concurrently
+from .proc import Runner
 from .registry import Policy, Ref, Registry
 
 
@@ -42,10 +42,10 @@ class Request:
     primary: str | None = None  # the image's own tag; None: <repository>:local-<sha12>[-dirty-<hash>]
     labels: Mapping[str, str] = field(default_factory=dict)  # more labels (e.g. the nightly's native hash)
     upstream: str = ""  # where the base's commit can be fetched from ("" = the target's upstream)
-    # The image this checkout's last run made. A state whose tag differs from it is new here: it is written
-    # without first asking the engine whether that tag already holds it (an edit loop saves that call; a tag
-    # that did hold it is loaded again, to the same image id). None: always ask.
-    previous: str | None = None
+    # The tags this checkout's recent runs made. A state whose tag is not among them is new here: it is written
+    # without first asking the engine whether that tag already holds it (each edit saves that call; a tag that
+    # did hold it, made elsewhere, is loaded again, to the same image id). None: always ask.
+    made: tuple[str, ...] | None = None
 
 
 def pushed_refs(req: Request, primary: str) -> list[str]:
@@ -72,14 +72,11 @@ def check(req: Request) -> None:
 def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     check(req)
     with ui.step("base image"):
-        base, snap = concurrently(
-            lambda: bases.resolve(
-                engine, run, list(req.bases), explicit=req.explicit_base, cache=req.cache, target=req.target
-            ),
-            lambda: thin.read(req.repo, req.ref, req.epoch),  # git only: while the engine answers
+        base = bases.resolve(
+            engine, run, list(req.bases), explicit=req.explicit_base, cache=req.cache, target=req.target
         )
     with ui.step("changes"):
-        plan = thin.plan(req.repo, snap, base, req.target, req.upstream)
+        plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch, req.upstream)
         thin.describe(plan, base)
     if plan.native and not req.force:
         listed = ", ".join(plan.native[:20]) + (" ..." if len(plan.native) > 20 else "")
@@ -93,7 +90,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     key = plan.key(base, req.labels)
     suffix = f"-dirty-{plan.diff_hash[:12]}" if plan.dirty else ""
     primary = req.primary or f"{req.repository}:local-{plan.revision[:12]}{suffix}"
-    existing = engine.inspect_image(run, primary) if req.previous in (None, primary) else None
+    existing = engine.inspect_image(run, primary) if req.made is None or primary in req.made else None
     reused = existing is not None and engine.labels(existing).get(L.KEY) == key
     if reused:
         image_id = Engine.image_id(existing)

@@ -214,7 +214,7 @@ def test_an_unchanged_rerun_reuses_the_image_without_building(world, fork, tool)
     assert third.json["reused"] is False and third.json["image"] != first.json["image"]
 
 
-def test_an_edit_is_written_without_asking_for_its_tag_and_going_back_gives_the_same_image(world, fork, tool):
+def test_an_edit_is_written_without_asking_for_its_tag_and_going_back_reuses_the_image(world, fork, tool):
     (fork / EDIT).write_text("ENVS = 'state one'\n")
     one = tool("dev", str(fork), "--base", world.editable, "--json")
     (fork / EDIT).write_text("ENVS = 'state two'\n")
@@ -226,7 +226,37 @@ def test_an_edit_is_written_without_asking_for_its_tag_and_going_back_gives_the_
     back = tool("dev", str(fork), "--base", world.editable, "--json")
     assert back.code == 0, back.err
     assert back.json["image"] == one.json["image"] and back.json["image_id"] == one.json["image_id"]
-    assert loaded(back), "a tag this checkout made before the last run is loaded again, to the same image id"
+    assert back.json["reused"] is True and not loaded(back), "a state this checkout made lately is reused"
+
+
+@pytest.mark.parametrize("ref", [None, "dev"], ids=["working-tree", "ref"])
+def test_work_done_while_the_base_is_looked_up_is_shipped_and_labelled_as_it_is(
+    engine, world, fork, tool, tmp_path, ref
+):
+    """The checkout is read after the base is known, in one window: an edit (or a commit to --ref's branch) made
+    while the engine answers is in the image and in its labels alike."""
+    shim, once = tmp_path / "bin", tmp_path / "once"
+    shim.mkdir()
+    edit = f"printf \"ENVS = 'meanwhile'\\n\" > {fork / EDIT}"
+    if ref:
+        edit += f" && git -C {fork} -c user.name=t -c user.email=t@x commit -qam meanwhile"
+    (shim / engine.kind).write_text(
+        f'#!/bin/sh\nif [ "$1 $2" = "image inspect" ] && [ ! -e {once} ]; then touch {once}; {edit}; fi\n'
+        f'exec {engine.exe} "$@"\n'
+    )
+    (shim / engine.kind).chmod(0o755)
+    args = ("--ref", ref) if ref else ()
+    path = {"PATH": f"{shim}:{os.environ['PATH']}"}
+    res = tool("dev", str(fork), *args, "--base", world.editable, "--json", env=path)
+    assert res.code == 0, res.err
+    image, out = res.json["image"], res.json
+    shipped = support.in_image(engine, image, "-c", "import vllm.envs as e; print(e.ENVS)", entrypoint="python3")
+    assert shipped == "meanwhile"
+    if ref:
+        assert out["revision"] == support.git(fork, "rev-parse", "HEAD") and out["dirty"] is False
+    else:
+        assert out["dirty"] is True and "-dirty-" in image
+    assert support.inspect(engine, image)["Config"]["Labels"]["org.opencontainers.image.revision"] == out["revision"]
 
 
 def test_the_image_reference_goes_to_stdout_and_forkdev_runs_from_any_directory(engine, world, fork, invoke, tmp_path):

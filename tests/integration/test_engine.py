@@ -101,3 +101,12 @@ def test_a_socket_that_answers_an_error_is_left_to_the_client_which_names_it(doc
     finally:
         server.close()
     assert len(versions(run)) == 1, "the client was not asked after the socket answered an error"
+
+
+def test_a_configured_client_program_is_asked_itself(docker, monkeypatch):
+    """engine.client may be a wrapper that talks to another daemon: the socket is not asked for it."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    run = Recording()
+    found = Engine.detect(run, "docker", "host", docker.exe)
+    assert [a[1:] for a in versions(run)] == [["version", "--format", "{{json .}}"]]
+    assert found.client_version == client_says(docker, "Client")

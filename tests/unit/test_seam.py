@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -56,6 +60,37 @@ def test_a_concurrent_failure_is_raised_only_once_every_call_has_ended(tmp_path)
     with pytest.raises(Failure, match="exit 3"):
         concurrently(lambda: run(["sh", "-c", "exit 3"]), slow)
     assert done.exists(), "the failure was raised while another call's command still ran"
+
+
+INTERRUPTED = """
+import sys
+from forkdev.core.proc import Runner, concurrently
+run = Runner(echo=False)
+first = ["sleep", "30"] if sys.argv[1] == "running" else ["true"]
+helper = ["sh", "-c", f"echo $$ > {sys.argv[2]}; exec sleep 30"]
+concurrently(lambda: run(first), lambda: run(helper))
+"""
+
+
+@pytest.mark.parametrize("first", ["running", "waiting"])
+def test_an_interrupt_of_this_process_alone_stops_every_concurrent_command(tmp_path, first):
+    """SIGINT to our process only (a stop button, `kill -INT`): its own command or its wait for the others is
+    interrupted, and the other calls' commands are stopped too, at once."""
+    pidfile = tmp_path / "helper.pid"
+    proc = subprocess.Popen([sys.executable, "-c", INTERRUPTED, first, str(pidfile)], cwd=Path(__file__).parents[2])
+    deadline = time.monotonic() + 20
+    while not (pidfile.exists() and pidfile.read_text().strip()):
+        assert time.monotonic() < deadline and proc.poll() is None
+        time.sleep(0.02)
+    helper = int(pidfile.read_text())
+    time.sleep(0.2)
+    start = time.monotonic()
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(10) != 0
+    assert time.monotonic() - start < 3, "the interrupt waited for the other call's 30 s command"
+    time.sleep(0.1)
+    with pytest.raises(ProcessLookupError):
+        os.kill(helper, 0)
 
 
 def test_lines_of_concurrent_calls_reach_the_callers_log_file_whole(tmp_path):
@@ -167,3 +202,57 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
         os.close(write_end)
     assert "Traceback" not in res.stderr and "BrokenPipe" not in res.stderr, res.stderr
     assert res.returncode == 141
+
+
+def serve(path: Path, reply) -> socket.socket:
+    """A unix socket at `path` whose every connection gets `reply(conn)`: a daemon's socket as a fault needs it."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                with contextlib.suppress(OSError):
+                    reply(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return server
+
+
+def keep_alive(conn) -> None:  # HTTP/1.1 with Content-Length, the connection left open
+    body = b'{"Version": "99.1"}'
+    conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+    time.sleep(10)
+
+
+def silent(conn) -> None:
+    time.sleep(10)
+
+
+def trickle(conn) -> None:  # a header line a second: never done
+    for _ in range(10):
+        conn.sendall(b"X-Slow: 1\r\n")
+        time.sleep(1)
+
+
+@pytest.mark.parametrize(("reply", "version"), [(keep_alive, "99.1"), (silent, None), (trickle, None)])
+def test_the_daemon_socket_probe_reads_one_answer_and_gives_up_within_two_seconds(
+    tmp_path, monkeypatch, reply, version
+):
+    path = tmp_path / "d.sock"
+    server = serve(path, reply)
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    start = time.monotonic()
+    try:
+        got = engine._daemon_version()
+    finally:
+        server.close()
+    assert (got or {}).get("Version") == version
+    assert time.monotonic() - start < 2.5
