@@ -6,6 +6,7 @@ Nothing here is a double: the engine, git, debootstrap and the registry are the 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -13,6 +14,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -533,3 +535,25 @@ def make_cmake_package(
     (root / "python" / "mlc_llm" / "__main__.py").write_text(PACKAGE_MAIN)
     (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
+
+
+# ---- a unix socket that answers as a fault needs it -------------------------------------------------------------
+def serve_unix(path: Path, reply) -> socket.socket:
+    """A unix socket at `path` whose every connection gets `reply(conn)`: a daemon's socket as a fault needs it."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            with conn:
+                conn.recv(65536)
+                with contextlib.suppress(OSError):
+                    reply(conn)
+
+    threading.Thread(target=loop, daemon=True).start()
+    return server

@@ -226,6 +226,8 @@ def _terminate(threads: set[int | None]) -> None:
     for proc in procs:
         with contextlib.suppress(ProcessLookupError):
             proc.terminate()
+    for proc in procs:  # and reaped here: a join interrupted once may not wait for its thread again
+        _stop(proc)
 
 
 def _pass_through(proc: subprocess.Popen, input: bytes | None) -> bytes:

@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
-import threading
 
 import pytest
+import support
 from conftest import _engine
 
 from forkdev.core.engine import Engine
@@ -78,21 +77,9 @@ def test_a_chosen_context_is_left_to_the_client(docker, monkeypatch, tmp_path):
 
 def test_a_socket_that_answers_an_error_is_left_to_the_client_which_names_it(docker, monkeypatch, tmp_path):
     path = tmp_path / "docker.sock"
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen()
-
-    def answer() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                conn.sendall(b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nboom\n")
-
-    threading.Thread(target=answer, daemon=True).start()
+    server = support.serve_unix(
+        path, lambda conn: conn.sendall(b"HTTP/1.0 500 Internal Server Error\r\nContent-Length: 5\r\n\r\nboom\n")
+    )
     monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
     run = Recording()
     try:

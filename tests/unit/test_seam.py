@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import pytest
+import support
 
 from forkdev.core import engine, ui
 from forkdev.core.errors import Failure
@@ -204,27 +202,6 @@ def test_a_reader_that_leaves_early_gets_no_traceback():
     assert res.returncode == 141
 
 
-def serve(path: Path, reply) -> socket.socket:
-    """A unix socket at `path` whose every connection gets `reply(conn)`: a daemon's socket as a fault needs it."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen()
-
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            with conn:
-                conn.recv(65536)
-                with contextlib.suppress(OSError):
-                    reply(conn)
-
-    threading.Thread(target=loop, daemon=True).start()
-    return server
-
-
 def keep_alive(conn) -> None:  # HTTP/1.1 with Content-Length, the connection left open
     body = b'{"Version": "99.1"}'
     conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
@@ -246,7 +223,7 @@ def test_the_daemon_socket_probe_reads_one_answer_and_gives_up_within_two_second
     tmp_path, monkeypatch, reply, version
 ):
     path = tmp_path / "d.sock"
-    server = serve(path, reply)
+    server = support.serve_unix(path, reply)
     monkeypatch.setenv("DOCKER_HOST", f"unix://{path}")
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     start = time.monotonic()
