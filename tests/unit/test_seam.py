@@ -61,7 +61,8 @@ def test_a_concurrent_failure_is_raised_only_once_every_call_has_ended(tmp_path)
 
 
 INTERRUPTED = """
-import sys
+import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a job started in the background inherits it ignored
 from forkdev.core.proc import Runner, concurrently
 run = Runner(echo=False)
 first = ["sleep", "30"] if sys.argv[1] == "running" else ["true"]
