@@ -8,6 +8,7 @@ from typing import Any
 
 from .core import base as bases
 from .core import config, ship, state, ui, validate
+from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.proc import Runner, concurrently
 from .core.tasking import runner, task, toggle
@@ -77,7 +78,10 @@ def thin_image(
     result = ship.ship(engine, run, request)
     if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default
         image = result["image"]
-        state.write(last, {"image": image, "made": [*(t for t in made or () if t != image), image][-MADE:]})
+        try:  # a record for later runs: the image is made whether or not it can be kept
+            state.write(last, {"image": image, "made": [*(t for t in made or () if t != image), image][-MADE:]})
+        except Failure as exc:
+            ui.warn(f"{exc}; the next run will not know this image was made here")
     if json:
         ui.emit_json(result)
     else:
