@@ -29,8 +29,7 @@ class Engine:
     client_version: str
     server_version: str
     network: str  # for steps that need the network
-    _buildkit: dict[str, bool] = field(default_factory=dict, compare=False, repr=False)
-    _versions: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
+    _asked: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)  # answers asked once, when needed
 
     @property
     def name(self) -> str:
@@ -95,24 +94,24 @@ class Engine:
         """The version of the client program (asked once, when the daemon alone was probed)."""
         if self.client_version:
             return self.client_version
-        if "client" not in self._versions:
+        if "client" not in self._asked:
             res = run([self.exe, "version", "--format", "{{.Client.Version}}"], mutates=False, check=False)
-            self._versions["client"] = res.out if res.ok and res.out else "?"
-        return self._versions["client"]
+            self._asked["client"] = res.out if res.ok and res.out else "?"
+        return self._asked["client"]
 
     def buildkit(self, run: Runner) -> bool:
         """Whether builds can use BuildKit features (`RUN --mount`); asked only when a build needs to know."""
         if self.kind == "podman":
             return True  # podman builds with buildah, which supports RUN --mount itself
-        if "ok" not in self._buildkit:
+        if "buildkit" not in self._asked:
             # A docker client >= 23 builds with BuildKit only through the buildx plugin (a 28.x client without
             # it falls back to the legacy builder). Older clients (20.10) have BuildKit built in, switched on
             # with DOCKER_BUILDKIT=1.
             has_buildx = run([self.exe, "buildx", "version"], mutates=False, check=False).ok
             head = self.client(run).split(".")[0]
             major = int(head) if head.isdigit() else 0
-            self._buildkit["ok"] = has_buildx or 18 <= major < 23
-        return self._buildkit["ok"]
+            self._asked["buildkit"] = has_buildx or 18 <= major < 23
+        return self._asked["buildkit"]
 
     # ---- argv and small operations --------------------------------------------------------------------
     def cmd(self, *args: str) -> list[str]:

@@ -87,7 +87,7 @@ class Repo:
 
     def diff(self, base: str, ref: str | None) -> list[Change]:
         """What differs from `base` in `ref`, or (ref None) in the tracked files of the working tree: committed,
-        staged and unstaged edits and deletions. Renames count as delete + add. See `changes` for the whole."""
+        staged and unstaged edits and deletions (renames: delete + add). `with_untracked` adds untracked files."""
         args = ["diff", "--name-status", "-z", "--no-renames", "--no-ext-diff", "--end-of-options", base]
         if ref is not None:
             args.append(ref)
