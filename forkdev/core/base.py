@@ -84,7 +84,7 @@ class Base:
     ref: str
     id: str  # sha256:<hex>
     revision: str
-    digest: str  # a registry digest when the base came from one, else its id
+    digest: str  # its image id: the same wherever the base is, however it got there (see resolve)
     config: dict[str, Any]  # CONFIG_FIELDS as the base has them
     diff_ids: tuple[str, ...]
     platform: dict[str, str]  # architecture, os, variant
@@ -157,12 +157,14 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
             "'invoke nightly' or pass --base with an image that has one"
         )
     image_id = Engine.image_id(image)
-    digests = image.get("RepoDigests") or []
     return Base(
         ref=ref,
         id=image_id,
         revision=revision,
-        digest=digests[0] if digests else image_id,
+        # Not a registry digest (RepoDigests): a base gains one when it is pushed or pulled and has none when it
+        # was built or loaded here, so the thin image's label, and with it the image id, would depend on how
+        # the base reached this machine. The id names the same content everywhere.
+        digest=image_id,
         config=image_config(image),
         diff_ids=tuple((image.get("RootFS") or {}).get("Layers") or ()),
         platform={

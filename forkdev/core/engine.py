@@ -6,6 +6,7 @@ project branches on the engine's kind.
 
 from __future__ import annotations
 
+import datetime as dt
 import ipaddress
 import json
 import os
@@ -144,7 +145,7 @@ class Engine:
         empty_needed = len(rows) - layers  # entries that made no layer; zero-size rows are the candidates
         entries = []
         for row in rows:
-            entry = {"created": row.get("CreatedAt", ""), "created_by": row.get("CreatedBy", "")}
+            entry = {"created": _utc(str(row.get("CreatedAt", ""))), "created_by": row.get("CreatedBy", "")}
             if row.get("Comment"):
                 entry["comment"] = row["Comment"]
             if empty_needed > 0 and str(row.get("Size", "0")) == "0":
@@ -217,6 +218,19 @@ class Engine:
         # docker's Id is "sha256:<hex>"; podman's is the bare hex.
         raw = str(image.get("Id", ""))
         return raw if raw.startswith("sha256:") else f"sha256:{raw}"
+
+
+def _utc(when: str) -> str:
+    """A history time as UTC: the docker client prints `CreatedAt` in the local time zone of whoever runs it
+    (11:00:00+01:00 in Paris is 10:00:00Z in London), and a derived image repeats it in its config, so without
+    this the same base and the same checkout gave another image id in another time zone."""
+    try:
+        parsed = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
+    except ValueError:
+        return when
+    if parsed.tzinfo is None:
+        return when
+    return parsed.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def loopback_registry(ref: str) -> bool:

@@ -173,9 +173,32 @@ def test_the_same_state_gives_the_same_image_id_twice_and_from_a_fresh_clone_els
     elsewhere = tmp_path / "elsewhere" / "checkout"
     support.sh("git", "clone", "-q", "--branch", "dev", fork, elsewhere)
     subprocess.run([engine.exe, "image", "rm", first.json["image"]], capture_output=True, check=True)
-    clone = tool("dev", str(elsewhere), "--base", world.editable, "--json", cwd=tmp_path)
+    # Another machine: its own cache (the base is asked afresh) and another time zone (the docker client shows
+    # the base's history in local time, which the new image's config repeats).
+    far = {"INVOKE_CACHE_DIR": str(tmp_path / "elsewhere" / "cache"), "TZ": "Asia/Kolkata"}
+    clone = tool("dev", str(elsewhere), "--base", world.editable, "--json", cwd=tmp_path, env=far)
     assert clone.code == 0, clone.err
     assert clone.json["image_id"] == first.json["image_id"]
+
+
+def test_a_base_pushed_meanwhile_gives_the_same_image_id(engine, world, fork, tool, registry):
+    """A push (or a pull) gives the base a registry digest; how it reached the machine is no part of the state."""
+    base = f"{registry.host}/{engine.kind}-base:digest"
+    support.sh(engine.exe, "tag", world.editable, base)
+    try:
+        (fork / EDIT).write_text("ENVS = 'the same base, pushed'\n")
+        before = tool("dev", str(fork), "--base", base, "--json")
+        assert before.code == 0, before.err
+        digests = support.inspect(engine, base).get("RepoDigests") or []
+        support.sh(engine.exe, "push", *(["--tls-verify=false"] if engine.kind == "podman" else []), base)
+        if engine.kind == "docker":
+            assert not digests and support.inspect(engine, base).get("RepoDigests"), "the push gave it a digest"
+        subprocess.run([engine.exe, "image", "rm", before.json["image"]], capture_output=True, check=True)
+        after = tool("dev", str(fork), "--base", base, "--json")
+        assert after.code == 0, after.err
+        assert after.json["reused"] is False and after.json["image_id"] == before.json["image_id"]
+    finally:
+        subprocess.run([engine.exe, "image", "rm", base], capture_output=True)
 
 
 def test_an_engine_that_refuses_the_archive_gets_the_same_content_through_its_builder(
