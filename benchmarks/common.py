@@ -35,6 +35,12 @@ def invoke(*args: str, cache: Path, env: dict[str, str] | None = None) -> tuple[
     return took, res
 
 
+def import_invoke_seconds(rounds: int = 5) -> float:
+    """The floor under every task: starting this interpreter and importing invoke, nothing of ours."""
+    argv = [sys.executable, "-c", "import invoke"]
+    return median([timed(lambda: subprocess.run(argv, check=True)) for _ in range(rounds)])
+
+
 def timed(fn) -> float:
     start = time.perf_counter()
     fn()

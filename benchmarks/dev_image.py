@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
 
-from common import invoke, median, support, timed, vllm_sized_upstream
+from common import import_invoke_seconds, invoke, median, support, timed, vllm_sized_upstream
 
 from forkdev.core.engine import Engine
 
 CHANGED = 30
 ROUNDS = 9
+LAYER_STEP = re.compile(r"^  layer -> \S+: ([\d.]+)s$", re.M)  # ui.step's timing line of the layer step
 NAIVE_DOCKER = "/usr/bin/docker"  # the 20.10 client: BuildKit built in (the 28.x client here has no buildx)
 NAIVE_DOCKERFILE = """FROM {base}
 ARG COMMIT
@@ -89,6 +91,7 @@ def run(engine: Engine, work: Path) -> dict:
         t, again = invoke(*args, cache=cache)
         assert json.loads(again.stdout)["reused"] is False
         ours.append(t)
+        loads.append(float(LAYER_STEP.search(again.stderr).group(1)))  # the engine's load of the archive
 
     def run_naive(i: int) -> None:  # the naive loop: an edit must be committed to be fetched
         dirty.write_bytes(dirty.read_bytes() + f"# naive edit {i}\n".encode())
@@ -96,7 +99,7 @@ def run(engine: Engine, work: Path) -> dict:
         naive.append(timed(lambda: naive_build(commit)))
 
     naive_build(support.git(fork, "rev-parse", "HEAD"))  # warm: BuildKit has the context from here on
-    ours, naive = [], []
+    ours, naive, loads = [], [], []
     for i in range(ROUNDS):  # taken in turns, so that the machine's slow moments fall on both alike
         for step in (run_ours, run_naive) if i % 2 == 0 else (run_naive, run_ours):
             step(i)
@@ -115,6 +118,9 @@ def run(engine: Engine, work: Path) -> dict:
         "naive_layer_bytes": naive_layer,
         "time_ratio": median(ours) / median(naive),
         "rerun_seconds": median(reruns),
+        "layer_step_seconds": median(loads),
+        "startup_seconds": median([invoke("--list", cache=cache)[0] for _ in range(5)]),
+        "import_invoke_seconds": import_invoke_seconds(),
     }
 
 
@@ -134,3 +140,14 @@ def report(r: dict) -> None:
         f"(target <= 1.05x + 64 KiB = {r['layer_target_bytes']} B); naive layer {r['naive_layer_bytes']} B"
     )
     print(f"  first run against a new base (asks the base once) {r['dev_cold_seconds']:.3f} s")
+    floor = r["import_invoke_seconds"] + r["layer_step_seconds"]
+    print(
+        f"  where the edit loop goes: interpreter + invoke + the task collection ('invoke --list') "
+        f"{r['startup_seconds']:.3f} s; writing the layer and the engine's load of it {r['layer_step_seconds']:.3f} s; "
+        f"the rest (git, base inspect, plan) {r['dev_seconds'] - r['startup_seconds'] - r['layer_step_seconds']:.3f} s"
+    )
+    print(
+        f"  floor: 'python -c \"import invoke\"' {r['import_invoke_seconds']:.3f} s + the layer step "
+        f"{r['layer_step_seconds']:.3f} s = {floor:.3f} s: {floor / r['naive_seconds']:.2f}x the naive build "
+        "before any work of ours"
+    )

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from common import invoke, median, support, timed, vllm_sized_upstream
+from common import import_invoke_seconds, invoke, median, support, timed, vllm_sized_upstream
 
 BEHIND = 500
 
@@ -47,6 +47,7 @@ def run(work: Path, rounds: int = 7) -> dict:
     startup = median([invoke("--list", cache=work / "cache")[0] for _ in range(5)])
     return {
         "startup_seconds": startup,
+        "import_invoke_seconds": import_invoke_seconds(),
         "files": len(support.git(up, "ls-files").splitlines()),
         "commits": int(support.git(up, "rev-list", "--count", "HEAD")),
         "merged_commits": BEHIND,
@@ -70,4 +71,9 @@ def report(r: dict) -> None:
     print(
         f"  of which interpreter + invoke startup ('invoke --list') {r['startup_seconds']:.3f} s; "
         f"without it {rest:.2f}x"
+    )
+    floor = r["import_invoke_seconds"] + r["git_merge_seconds"]
+    print(
+        f"  floor: 'python -c \"import invoke\"' {r['import_invoke_seconds']:.3f} s + the same git work "
+        f"{r['git_merge_seconds']:.3f} s = {floor:.3f} s, {floor / r['git_merge_seconds']:.2f}x before any work of ours"
     )
