@@ -10,217 +10,15 @@ else the commit's); every commit of the group, the first included, is then that 
 from __future__ import annotations
 
 import concurrent.futures
-import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-from .core import base as bases
-from .core import config, fullbuild, native, ui, validate
-from .core import dataset as datasets
-from .core import labels as L
-from .core import state as statefile
-from .core.engine import Engine
+from .core import config, ui, validate
 from .core.errors import Failure
-from .core.gitrepo import Repo, mirror
-from .core.proc import Runner
-from .core.registry import Ref, Registry
-from .core.scratch import sweep
-from .core.ship import Request, ship
 from .core.tasking import runner, task, toggle
-from .nightly import build_args
 
-
-@dataclass
-class Item:
-    commit: str
-    where: str  # the first dataset line naming it
-    dockerfile: str | None
-    state: str = ""
-    role: str = "thin"  # "full": the commit the group's compile is made of
-    status: str = "planned"  # built, reused, pushed-already, failed
-    image: str = ""
-    seconds: float = 0.0
-    log: str = ""
-    fixes: list[str] = field(default_factory=list)
-    error: str = ""
-
-
-@dataclass
-class Group:
-    state: str
-    items: list[Item]
-
-    @property
-    def full(self) -> Item:
-        return self.items[0]
-
-
-def plan(repo: Repo, rows: list[datasets.Row], url: str, target: config.Target, shaping: dict[str, str]) -> list[Group]:
-    """Commits resolved (all unknown ones reported at once, with their lines), then grouped by native state."""
-    items: dict[str, Item] = {}
-    unknown = []
-    for row in rows:
-        sha = repo.rev(f"{row.commit}^{{commit}}")
-        if sha is None:
-            unknown.append(f"{row.where}: unknown commit '{row.commit}'")
-            continue
-        known = items.get(sha)
-        if known is None:
-            items[sha] = Item(sha, row.where, row.dockerfile)
-        elif row.dockerfile != known.dockerfile and row.dockerfile is not None:
-            raise Failure(f"{row.where}: commit {sha[:12]} comes with another Dockerfile than at {known.where}")
-    if unknown:
-        for line in unknown[:50]:
-            ui.warn(line)
-        raise Failure(f"{unknown[0]} in upstream {url} (and {len(unknown) - 1} more above); fix or remove those rows")
-    groups: dict[str, Group] = {}
-    for item in items.values():
-        item.state = native.native_hash(repo, item.commit, target, shaping, item.dockerfile or "")
-        groups.setdefault(item.state, Group(item.state, [])).items.append(item)
-    for group in groups.values():
-        group.full.role = "full"
-    return list(groups.values())
-
-
-def describe(groups: list[Group], skipped: list[str]) -> None:
-    total = sum(len(g.items) for g in groups)
-    ui.info(
-        f"plan: {total} commits in {len(groups)} native states: {len(groups)} full builds, {total - len(groups)} "
-        f"thin layers" + (f"; {len(skipped)} blacklisted" if skipped else "")
-    )
-    for g in groups:
-        ui.info(f"  state {g.state[:12]}: full build of {g.full.commit[:12]}, then {len(g.items)} thin layers")
-
-
-def emit_plan(kind: str, groups: list[Group], url: str, target: config.Target, repository: str, shaping: dict) -> Any:
-    """What another engine runs instead: a GitHub Actions matrix (a job per native state) or a bake file."""
-    if kind == "github-matrix":
-        return {"include": [{"state": g.state[:12], "full": g.full.commit, "commits": len(g.items)} for g in groups]}
-    if kind == "bake":
-        targets = {}
-        for g in groups:
-            entry: dict[str, Any] = {
-                "context": f"{url}#{g.full.commit}",
-                "args": dict(shaping),
-                "tags": [f"{repository}:native-{g.state[:12]}"],
-                "labels": {L.REVISION: g.full.commit, L.NATIVE_HASH: g.state},
-            }
-            if g.full.dockerfile:
-                entry["dockerfile-inline"] = g.full.dockerfile
-            else:
-                entry["dockerfile"] = target.dockerfile
-            if target.stage:
-                entry["target"] = target.stage
-            targets[f"native-{g.state[:12]}"] = entry
-        return {"group": {"default": {"targets": sorted(targets)}}, "target": targets}
-    raise Failure(f"--emit '{kind}' is not known; use github-matrix or bake")
-
-
-@dataclass(frozen=True)
-class Job:
-    engine: Engine
-    run: Runner
-    repo: Repo
-    target: config.Target
-    repository: str
-    shaping: dict[str, str]
-    parallel: dict[str, str]
-    cache: Path
-    logs: Path
-    registry: Registry | None  # for --skip-pushed and --push
-    push: bool
-    skip_pushed: bool
-    source: str
-    upstream: str
-    policy: Any
-
-
-def build_group(job: Job, group: Group, report) -> None:
-    """The group's one compile, then every commit as a thin layer on it; a failure stays with its commits."""
-    native_tag = f"{job.repository}:native-{group.state[:12]}"
-    full = group.full
-    try:
-        why = _why_full(job, native_tag, group.state)
-        if why:
-            ui.info(f"full build of {full.commit[:12]}: {why}")
-            with ui.log_to(job.logs / f"{full.commit}.log", console=False):
-                spec = fullbuild.Spec(
-                    commit=full.commit,
-                    tag=native_tag,
-                    labels={L.REVISION: full.commit, L.NATIVE_HASH: group.state, L.BUILD: "full"},
-                    build_args={**job.shaping, **job.parallel},
-                    version=fullbuild.version_of(job.repo, full.commit),
-                    dockerfile_text=full.dockerfile,
-                )
-                full.fixes = fullbuild.build(job.engine, job.run, job.repo, job.target, spec).fixes
-    except (Failure, OSError) as exc:  # one group's failure (a full disk included) stays with its commits
-        for item in group.items:
-            item.status, item.error = "failed", f"the full build of its native state failed: {exc}"
-            item.log = str(job.logs / f"{full.commit}.log")
-            report(item)
-        return
-    for item in group.items:
-        build_item(job, item, native_tag)
-        report(item)
-
-
-def _why_full(job: Job, native_tag: str, state: str) -> str:
-    """Why the native state must be compiled, or "" when its image from an earlier run serves: the same native
-    hash, built from a commit this upstream has (its thin layers are diffs from that commit)."""
-    existing = job.engine.inspect_image(job.run, native_tag)
-    if existing is None:
-        return "no image of its native state yet"
-    if Engine.labels(existing).get(L.NATIVE_HASH) != state:
-        return f"{native_tag} is of another native state"
-    built_from = bases.revision_of(existing)
-    if not built_from:
-        return f"{native_tag} has no revision label"
-    if not job.repo.has_commit(built_from):
-        return f"{native_tag} was built from {built_from[:12]}, which {job.upstream} lacks"
-    return ""
-
-
-def build_item(job: Job, item: Item, native_tag: str) -> None:
-    start = time.monotonic()
-    item.image = f"{job.repository}:{item.commit}"
-    item.log = str(job.logs / f"{item.commit}.log")
-    try:
-        with ui.log_to(Path(item.log), console=False):
-            if job.skip_pushed and job.registry is not None:
-                ref = Ref.parse(item.image)
-                if job.registry.exists(ref.repository, ref.tag):
-                    item.status = "pushed-already"
-                    return
-            result = ship(
-                job.engine,
-                job.run,
-                Request(
-                    repo=job.repo,
-                    ref=item.commit,
-                    target=job.target,
-                    source=job.source or None,
-                    upstream=job.upstream,
-                    bases=(native_tag,),
-                    explicit_base=True,
-                    repository=job.repository,
-                    tags=(),
-                    push=False,
-                    force=False,
-                    cache=job.cache,
-                    registry=job.policy,
-                    primary=item.image,
-                    labels={L.NATIVE_HASH: item.state, L.BUILD: item.role},
-                ),
-            )
-            item.status = "reused" if result["reused"] else "built"
-            if job.push and job.registry is not None:
-                job.registry.check()
-                job.engine.push(job.run, item.image, timeout=job.policy.timeout)
-    except (Failure, OSError) as exc:
-        item.status, item.error = "failed", str(exc)
-    finally:
-        item.seconds = time.monotonic() - start
+# The machinery (core.batching, the dataset reader, full builds, the registry) is imported when the task runs:
+# see cli.py.
 
 
 @task(
@@ -259,6 +57,14 @@ def batch(
     quiet=False,
 ):
     """Per-commit images from a dataset of commits, one compile per native state; a re-run resumes."""
+    from .core import dataset as datasets
+    from .core import state as statefile
+    from .core.batching import Item, Job, build_group, describe, emit_plan, plan, table
+    from .core.gitrepo import mirror
+    from .core.registry import Registry
+    from .core.scratch import sweep
+    from .nightly import build_args
+
     run = runner(c, dry_run, quiet)
     if not run.dry_run:
         sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
@@ -359,15 +165,3 @@ def batch(
         raise Failure(
             f"{summary['failed']} of {len(items)} commits failed (see above and their logs); re-run to resume"
         )
-
-
-def table(items: list[Item]) -> None:
-    """The summary: one row a commit (a rich table on a TTY, plain lines otherwise), then the counts."""
-    ui.table(
-        ["commit", "role", "status", "seconds", "image"],
-        [[i.commit[:12], i.role, i.status, f"{i.seconds:.1f}", i.image] for i in items],
-    )
-    counts: dict[str, int] = {}
-    for i in items:
-        counts[i.status] = counts.get(i.status, 0) + 1
-    ui.info("summary: " + ", ".join(f"{n} {s}" for s, n in sorted(counts.items())))

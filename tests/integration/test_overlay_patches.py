@@ -495,10 +495,11 @@ def test_check_reports_and_changes_nothing_and_overlay_skips(invoke, repo, tmp_p
         {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 5\nNAME = 'vllm'\n")},
     )
     before = status(repo), (repo / "vllm/config.py").read_bytes()
-    res = patches(invoke, repo, reg, "--check", "--into", "checkout")
-    assert res.code == 0, res.err
-    assert res.json["check"] is True and res.json["changed"] == ["vllm/config.py"]
-    assert (status(repo), (repo / "vllm/config.py").read_bytes()) == before
+    for flag in ("--check", "--dry-run"):  # git apply's word, and every task's
+        res = patches(invoke, repo, reg, flag, "--into", "checkout")
+        assert res.code == 0, res.err
+        assert res.json["check"] is True and res.json["changed"] == ["vllm/config.py"]
+        assert (status(repo), (repo / "vllm/config.py").read_bytes()) == before
     ov = tmp_path / "ov"
     assert overlay(invoke, repo, "vllm/config.py", "--dest", str(ov)).code == 0
     res = patches(invoke, repo, reg, "--into", "overlay", env={"INVOKE_OVERLAY_DEST": str(ov)})

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from invoke import Config, Context
 
 from forkdev import overlay, patches
-from forkdev.core import config, fsutil
+from forkdev.core import config, fsutil, overlaying, patching
 from forkdev.core.errors import Failure
 
 SECRET = b"FORKDEV-FUZZ-SECRET: bytes of a file outside the repository\n"
@@ -279,14 +279,14 @@ RANDOM_DIFF = mostly(
 @example(data=b"vllm/config.py -> .")
 def test_any_definitions_parse_or_fail_in_one_line_naming_file_and_line(data):
     try:
-        defs = overlay.parse(data, "defs.txt")
+        defs = overlaying.parse(data, "defs.txt")
     except Failure as exc:
         one_line(exc, "defs.txt:")
         return
     for d in defs:
         assert d.where.startswith("defs.txt:")
         assert fsutil.relative(d.src, "src") == d.src and fsutil.relative(d.dest, "dest") == d.dest
-        assert d.transform is None or d.transform in overlay.TRANSFORMS
+        assert d.transform is None or d.transform in overlaying.TRANSFORMS
 
 
 @fuzz(300)
@@ -296,7 +296,7 @@ def test_any_definitions_parse_or_fail_in_one_line_naming_file_and_line(data):
 def test_any_registry_parses_or_fails_in_one_line_naming_it(world, data):
     registry = world / "diffs" / "patches.json"
     try:
-        found = patches.parse(data, registry)
+        found = patching.parse(data, registry)
     except Failure as exc:
         one_line(exc, str(registry))
         return
