@@ -1,5 +1,6 @@
 """The layers the tasks share. A new verb is a new module beside this package; an engine, git or registry
-subtlety goes in here. Module map:
+subtlety goes in here, and so does a verb's own machinery when other tasks need not load it at their start
+(cli.py says why). Module map:
 
 Running things
     proc        the one process seam: echo, dry-run, timeouts, secrets kept out of the echo, TTY pass-through
@@ -19,6 +20,7 @@ Images
     fullbuild   a full build of an exported commit with its own Dockerfile
     native      the native state of a commit (what a compile depends on)
     fixes       the registry of build-context fixes
+    batching    batch's plan by native state and its per-group builds
     labels      every label and in-image path, named once
 
 Wheels
@@ -34,6 +36,10 @@ Containers
     envfiles    secrets files and explicit variables
     gpu         host GPU detection and engine arguments
     livesync    watching the checkout and syncing it into a running container
+
+Overlays and patches
+    overlaying  overlay definitions parsed, and the overlay built in memory
+    patching    the patch registry parsed, staged and applied all or nothing
 
 Values and files
     config      target profiles and every default; how tasks read them
