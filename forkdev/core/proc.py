@@ -13,11 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
+import selectors
 import shlex
 import shutil
 import signal
 import subprocess
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -151,7 +154,7 @@ class Runner:
         _track(proc, True)
         try:
             if stream:
-                out, err = b"", _pass_through(proc, input)
+                out, err = b"", _pass_through(proc, input, timeout)
             else:
                 out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -230,17 +233,55 @@ def _terminate(threads: set[int | None]) -> None:
         _stop(proc)
 
 
-def _pass_through(proc: subprocess.Popen, input: bytes | None) -> bytes:
-    """Hand each output line to ui as it comes; return the last 64 KiB (a failure's reason is near the end)."""
-    if input is not None and proc.stdin is not None:
-        proc.stdin.write(input)
-        proc.stdin.close()
-    tail = b""
+def _pass_through(proc: subprocess.Popen, input: bytes | None, timeout: float | None) -> bytes:
+    """Hand each output line to ui as it comes; return the last 64 KiB (a failure's reason is near the end).
+    Past `timeout` seconds, whether the child is writing, silent, or has closed its output but not exited, this
+    raises subprocess.TimeoutExpired, as communicate() does, for the caller to stop the child."""
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def left() -> float | None:
+        if deadline is None:
+            return None
+        if deadline <= time.monotonic():
+            raise subprocess.TimeoutExpired(proc.args, timeout or 0)
+        return deadline - time.monotonic()
+
     assert proc.stdout is not None
-    for raw in iter(proc.stdout.readline, b""):
-        ui.output(raw.decode("utf-8", "replace").rstrip("\n"))
-        tail = (tail + raw)[-65536:]
-    proc.wait()
+    out, pending = proc.stdout, input or b""
+    tail = line = b""
+    reading = True
+    try:
+        with out, selectors.DefaultSelector() as sel:
+            sel.register(out, selectors.EVENT_READ)
+            if proc.stdin is not None:  # the input goes in as the child takes it, so the deadline holds then too
+                sel.register(proc.stdin, selectors.EVENT_WRITE)
+            while reading:
+                for key, _ in sel.select(left()):
+                    if key.fileobj is out:
+                        chunk = os.read(out.fileno(), 65536)
+                        if not chunk:
+                            reading = False
+                            break
+                        tail = (tail + chunk)[-65536:]
+                        *lines, line = (line + chunk).split(b"\n")
+                        for whole in lines:
+                            ui.output(whole.decode("utf-8", "replace"))
+                        continue
+                    try:
+                        pending = pending[os.write(key.fd, pending[: select.PIPE_BUF]) :]
+                    except BrokenPipeError:  # the child stopped reading; what it did not take is not wanted
+                        pending = b""
+                    if not pending:
+                        sel.unregister(key.fileobj)
+                        key.fileobj.close()
+    finally:  # output ended, or the deadline passed, before the child took all its input
+        if proc.stdin is not None and not proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                proc.stdin.close()
+    if line:
+        ui.output(line.decode("utf-8", "replace"))
+    if proc.poll() is None:  # it may have closed its output and still run
+        proc.wait(left())
     return tail
 
 

@@ -108,6 +108,35 @@ def test_a_command_past_its_timeout_is_stopped_and_named():
     assert time.monotonic() - start < 10
 
 
+@pytest.mark.parametrize("writes", ["nothing", "lines", "nothing, its output closed"])
+def test_a_streamed_command_past_its_timeout_is_stopped_reaped_and_named(tmp_path, writes):
+    pidfile = tmp_path / "child.pid"
+    script = {
+        "nothing": "exec sleep 4",
+        "lines": "for i in $(seq 80); do echo tick; sleep 0.05; done",
+        "nothing, its output closed": "exec sleep 4 >&-",
+    }[writes]
+    argv = ["sh", "-c", f"echo $$ > {pidfile}; {script}"]
+    start = time.monotonic()
+    with pytest.raises(Failure, match=r"did not finish within 0.5s and was stopped"):
+        Runner(echo=False)(argv, stream=True, timeout=0.5)
+    assert time.monotonic() - start < 3, "the streamed command ran on past its timeout"
+    pid = int(pidfile.read_text())
+    with pytest.raises(ChildProcessError):  # reaped: no zombie of it is left for us to wait on
+        os.waitpid(pid, os.WNOHANG)
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+def test_a_streamed_command_within_its_timeout_passes_every_line_and_its_input(capsys):
+    res = Runner(echo=False)(["sh", "-c", "cat; printf 'last, no newline'"], stream=True, input=b"a\nb\n", timeout=10)
+    assert res.ok and res.err.endswith("last, no newline")
+    *_, a, b, last = capsys.readouterr().err.splitlines()  # each may start with a timestamp (not on a TTY)
+    assert a.endswith(" a") or a == "a"
+    assert b.endswith(" b") or b == "b"
+    assert last.endswith(" last, no newline") or last == "last, no newline"
+
+
 def test_a_missing_program_and_a_failed_command_are_one_sentence():
     with pytest.raises(Failure, match="'no-such-program-x' is not installed or not on PATH"):
         Runner(echo=False)(["no-such-program-x"])
