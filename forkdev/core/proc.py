@@ -286,12 +286,21 @@ def _pass_through(proc: subprocess.Popen, input: bytes | None, timeout: float | 
 
 
 def _stop(proc: subprocess.Popen) -> None:
-    """End a child we no longer wait for: politely, then for sure."""
+    """End a child we no longer wait for: politely, then for sure. A shielded child leads its own session, and
+    what it started (git's hooks, a shell's commands) is stopped with it."""
     if proc.poll() is not None:
         return
-    proc.send_signal(signal.SIGTERM)
+
+    def send(sig: int) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            if os.getpgid(proc.pid) == proc.pid:  # not yet reaped, so the pid is still this child's
+                os.killpg(proc.pid, sig)
+            else:
+                proc.send_signal(sig)
+
+    send(signal.SIGTERM)
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:
-        proc.kill()
+        send(signal.SIGKILL)
         proc.wait()

@@ -128,6 +128,27 @@ def test_a_streamed_command_past_its_timeout_is_stopped_reaped_and_named(tmp_pat
         os.kill(pid, 0)
 
 
+def running(pid: int) -> bool:
+    """Whether pid is a live process (a zombie waiting for its parent to reap it is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_shielded_command_past_its_timeout_is_stopped_with_what_it_started(tmp_path, stream):
+    pidfile = tmp_path / "started.pid"
+    argv = ["sh", "-c", f"sleep 4 & echo $! > {pidfile}; wait"]
+    with pytest.raises(Failure, match=r"did not finish within 0.5s"):
+        Runner(echo=False, shielded=True)(argv, stream=stream, timeout=0.5)
+    started = int(pidfile.read_text())
+    deadline = time.monotonic() + 2
+    while running(started) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not running(started), "the command's own child was left running"
+
+
 def test_a_streamed_command_within_its_timeout_passes_every_line_and_its_input(capsys):
     res = Runner(echo=False)(["sh", "-c", "cat; printf 'last, no newline'"], stream=True, input=b"a\nb\n", timeout=10)
     assert res.ok and res.err.endswith("last, no newline")
