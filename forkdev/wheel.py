@@ -38,6 +38,7 @@ HELP = {
     "cmake_arg": "a -DNAME=VALUE for the cmake configure step; repeatable",
     "ca_cert": "a CA bundle for a build that reaches a package index through a TLS-intercepting proxy",
     "isolation": "let pip fetch build dependencies in an isolated environment (needs the network)",
+    "no_isolation": "build with the image's own build dependencies, whatever config wheel.isolation says",
 }
 
 
@@ -61,6 +62,7 @@ def build(
     cmake_arg=None,
     ca_cert=None,
     isolation=False,
+    no_isolation=False,
     dry_run=False,
     json=False,
     quiet=False,
@@ -76,7 +78,7 @@ def build(
     cmake_args = [validate.cmake_define(a) for a in (*profile.cmake_args, *cfg.cmake_args, *(cmake_arg or []))]
     outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
     ca = _ca_cert(ca_cert or cfg.ca_cert)
-    isolated = bool(isolation or cfg.isolation)
+    isolated = toggle("isolation", isolation, no_isolation, cfg.isolation)
     src = source.describe(repo)
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, repo, src, profile, isolated, cfg)
@@ -88,6 +90,7 @@ def build(
         "dirty": src.dirty,
         "out": str(out_dir),
         "native": on_host,
+        "isolation": isolated,
         "cmake_args": cmake_args,
         "log": str(log),
     }

@@ -203,6 +203,20 @@ def test_dry_run_shows_the_plan_and_writes_nothing(invoke, pkg, tmp_path):
     assert not out.exists()
 
 
+def test_no_isolation_turns_off_what_config_switched_on_and_both_flags_are_one_line(invoke, pkg, tmp_path):
+    on = {"INVOKE_WHEEL_ISOLATION": "true"}
+    args = (str(pkg), "--out", str(tmp_path / "never"), "--dry-run", "--json")
+    configured = native(invoke, *args, env=on)
+    assert configured.code == 0, configured.err
+    assert configured.json["isolation"] is True
+    off = native(invoke, *args, "--no-isolation", env=on)
+    assert off.code == 0, off.err
+    assert off.json["isolation"] is False
+    both = native(invoke, *args, "--isolation", "--no-isolation")
+    assert both.code == 1 and both.out == ""
+    assert both.last_error == "error: --isolation and --no-isolation contradict each other; pass one of them"
+
+
 def test_native_build_records_dirty_work_and_the_exact_tree(invoke, pkg, out):
     clean = native(invoke, str(pkg), "--out", str(out), "--json")
     assert clean.code == 0, clean.err
