@@ -23,7 +23,7 @@ from .core import assets, attest, builder, config, ui, validate, wheelfile
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.scratch import scratch
-from .core.tasking import runner, task
+from .core.tasking import runner, task, toggle
 
 HELP = {
     "image": "smoke inside a container of this image instead of on the host",
@@ -32,7 +32,8 @@ HELP = {
     "target": "take the smoke command and import name from this profile (default: what the wheel recorded)",
     "installer": "on the host: uv, pip (venv + pip) or auto (uv when installed; config smoke.installer)",
     "python": "on the host: the interpreter of the fresh environments (default: the one running forkdev)",
-    "no_index": "install dependencies only from the wheels' own directory (offline)",
+    "no_index": "install dependencies only from the wheels' own directory (offline; config smoke.no_index)",
+    "index": "let the installer fetch dependencies from the package index, whatever config smoke.no_index says",
 }
 
 
@@ -45,6 +46,7 @@ def smoke(
     target=None,
     installer=None,
     python=None,
+    index=False,
     no_index=False,
     dry_run=False,
     json=False,
@@ -60,6 +62,9 @@ def smoke(
     chosen = str(installer or cfg.installer)
     if chosen not in ("auto", "uv", "pip"):
         raise Failure(f"--installer '{chosen}' is not auto, uv or pip; pass one of them")
+    online = toggle("index", index, no_index, not cfg.no_index)
+    if image and index:
+        raise Failure("--index with --image: the smoke container has no network; drop --index, or smoke on the host")
     engine = config.engine(c, run) if image else None
     if image:
         validate.image_ref(image, "IMAGE")
@@ -68,7 +73,7 @@ def smoke(
     results = []
     for path in wheels:
         expected = _vouched(path, commit)
-        argv_extra = _probe_args(profile, expected, no_index or cfg.no_index or bool(image))
+        argv_extra = _probe_args(profile, expected, not online or bool(image))
         log = config.cache_dir(c) / "smoke" / f"{path.name}.log"
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"

@@ -6,6 +6,7 @@ Nothing here is a double: the engine, git, debootstrap and the registry are the 
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import hashlib
 import os
@@ -16,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 from forkdev.core.engine import Engine
@@ -535,6 +537,28 @@ def make_cmake_package(
     (root / "python" / "mlc_llm" / "__main__.py").write_text(PACKAGE_MAIN)
     (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
+
+
+# ---- a wheel made by hand --------------------------------------------------------------------------------------
+def make_wheel(path: Path, *, tag: str = "cp311-cp311-linux_x86_64", so: bool = True, requires=()) -> Path:
+    """A minimal valid wheel (no build needed): a package, maybe a .so, METADATA, WHEEL and a RECORD listing them."""
+    files = {"pkg/__init__.py": b"__version__ = '1.0'\n"}
+    if so:
+        files["pkg/libpkg.so"] = b"\x7fELF not really"
+    meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
+    files["pkg-1.0.dist-info/METADATA"] = meta.encode()
+    files["pkg-1.0.dist-info/WHEEL"] = f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n".encode()
+    files["pkg-1.0.dist-info/top_level.txt"] = b"pkg\n"
+    record = "".join(f"{name},{record_hash(data)},{len(data)}\n" for name, data in files.items())
+    files["pkg-1.0.dist-info/RECORD"] = (record + "pkg-1.0.dist-info/RECORD,,\n").encode()
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in files.items():
+            zf.writestr(name, data)
+    return path
+
+
+def record_hash(data: bytes) -> str:
+    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 # ---- a unix socket that answers as a fault needs it -------------------------------------------------------------

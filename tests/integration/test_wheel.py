@@ -217,6 +217,25 @@ def test_no_isolation_turns_off_what_config_switched_on_and_both_flags_are_one_l
     assert both.last_error == "error: --isolation and --no-isolation contradict each other; pass one of them"
 
 
+def test_index_turns_off_what_config_smoke_no_index_switched_on_and_both_flags_are_one_line(invoke, tmp_path):
+    wheel = support.make_wheel(tmp_path / "pkg-1.0-cp311-cp311-linux_x86_64.whl")
+    on = {"INVOKE_SMOKE_NO_INDEX": "true"}
+    args = ("smoke", "--wheel", str(wheel), "--installer", "pip", "--dry-run")
+
+    def probe(res) -> str:  # the echoed (not run) command of the smoke probe
+        assert res.code == 0, res.err
+        (line,) = [line for line in res.err.splitlines() if "smoke_probe.py run" in line]
+        return line
+
+    assert " --no-index " in probe(invoke(*args, env=on))
+    assert " --no-index " not in probe(invoke(*args, "--index", env=on))
+    assert " --no-index " in probe(invoke(*args, "--no-index"))
+    both = invoke(*args, "--index", "--no-index")
+    assert both.code == 1 and both.last_error == "error: --index and --no-index contradict each other; pass one of them"
+    offline = invoke(*args, "--index", "--image", "forkdev-test/never-pulled:x")
+    assert offline.code == 1 and offline.last_error.startswith("error: --index with --image: the smoke container has")
+
+
 def test_native_build_records_dirty_work_and_the_exact_tree(invoke, pkg, out):
     clean = native(invoke, str(pkg), "--out", str(out), "--json")
     assert clean.code == 0, clean.err

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import json
 import os
 import zipfile
-from pathlib import Path
 
 import pytest
+from support import make_wheel, record_hash
 
 from forkdev.core import assets, attest, builder, config, outdir, validate, wheelfile
 from forkdev.core.engine import Engine
@@ -17,27 +16,6 @@ from forkdev.core.errors import Failure
 from forkdev.wheel import recipe_check
 
 DOCKER = Engine("docker", "/usr/bin/docker", "20.10", "20.10", "host")
-
-
-def make_wheel(path: Path, *, tag: str = "cp311-cp311-linux_x86_64", so: bool = True, requires=()) -> Path:
-    """A minimal valid wheel: a package, maybe a .so, METADATA, WHEEL and a RECORD listing them."""
-    files = {"pkg/__init__.py": b"__version__ = '1.0'\n"}
-    if so:
-        files["pkg/libpkg.so"] = b"\x7fELF not really"
-    meta = "Metadata-Version: 2.1\nName: pkg\nVersion: 1.0\n" + "".join(f"Requires-Dist: {r}\n" for r in requires)
-    files["pkg-1.0.dist-info/METADATA"] = meta.encode()
-    files["pkg-1.0.dist-info/WHEEL"] = f"Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: {tag}\n".encode()
-    files["pkg-1.0.dist-info/top_level.txt"] = b"pkg\n"
-    record = "".join(f"{name},{_hash(data)},{len(data)}\n" for name, data in files.items())
-    files["pkg-1.0.dist-info/RECORD"] = (record + "pkg-1.0.dist-info/RECORD,,\n").encode()
-    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
-        for name, data in files.items():
-            zf.writestr(name, data)
-    return path
-
-
-def _hash(data: bytes) -> str:
-    return "sha256=" + base64.urlsafe_b64encode(hashlib.sha256(data).digest()).rstrip(b"=").decode()
 
 
 # ---- the stamp ------------------------------------------------------------------------------------------------
@@ -55,7 +33,7 @@ def test_the_stamp_is_listed_in_record_with_its_true_hash_and_every_other_entry_
                 assert zf.read(name) == data
     assert json.loads(stamp) == {"commit": "b" * 40, "dirty": True}
     ours = [line for line in record if line.startswith("pkg-1.0.dist-info/forkdev-build.json,")]
-    assert ours == [f"pkg-1.0.dist-info/forkdev-build.json,{_hash(stamp)},{len(stamp)}"]
+    assert ours == [f"pkg-1.0.dist-info/forkdev-build.json,{record_hash(stamp)},{len(stamp)}"]
     assert record[-1] == "pkg-1.0.dist-info/RECORD,,"
     assert wheelfile.read(path).stamp == {"commit": "b" * 40, "dirty": True}
 
