@@ -31,6 +31,8 @@ from .core.tasking import runner, task, toggle
         "skip_pushed": "skip commits whose image is already in the registry (any registry error fails that commit)",
         "push": "push every image to --repository (it must name a registry)",
         "no_push": "do not push, whatever config batch.push says",
+        "precompiled": "vLLM: full builds use the upstream's precompiled kernels (VLLM_USE_PRECOMPILED=1)",
+        "no_precompiled": "compile the kernels, whatever config nightly.precompiled says",
         "repository": "where images go, tagged with their full sha (default: config batch.repository)",
         "state": "build only the native state with this hash prefix (a matrix job)",
         "emit": "print github-matrix (a job per native state) or bake (a docker buildx bake file) and build nothing",
@@ -47,6 +49,8 @@ def batch(
     skip_pushed=False,
     push=False,
     no_push=False,
+    precompiled=False,
+    no_precompiled=False,
     repository=None,
     state=None,
     emit=None,
@@ -82,6 +86,7 @@ def batch(
         raise Failure(f"no commit to build in '{path}'" + (" after the blacklist" if skipped else "") + "; add rows")
     repo_name = config.image_repository(repository or cfg.repository, profile, "--repository")
     pushing = toggle("push", push, no_push, cfg.push)
+    prebuilt = toggle("precompiled", precompiled, no_precompiled, c.config.nightly.precompiled)
     if (pushing or skip_pushed) and not validate.registry_host(repo_name):
         raise Failure(
             f"--push/--skip-pushed: repository '{repo_name}' names no registry; pass --repository REGISTRY/NAME"
@@ -97,7 +102,7 @@ def batch(
     cache = config.cache_dir(c)
     with ui.step(f"mirror {url}"):
         repo = mirror(config.cache_path(cache, "mirrors", url), url, run)
-    shaping, parallel = build_args(profile, c.config.nightly)
+    shaping, parallel = build_args(profile, c.config.nightly, prebuilt)
     groups = plan(repo, rows, url, profile, shaping)
     if state:
         groups = [g for g in groups if g.state.startswith(validate.plain(state, "--state").lower())]

@@ -30,18 +30,18 @@ from .core.ship import Request, ship
 from .core.tasking import runner, task, toggle
 
 
-def build_args(target: config.Target, cfg: Any) -> tuple[dict[str, str], dict[str, str]]:
+def build_args(target: config.Target, cfg: Any, precompiled: bool) -> tuple[dict[str, str], dict[str, str]]:
     """(args that shape the compiled result, hashed into the native state; args that only set parallelism).
 
-    vLLM: torch_cuda_arch_list from config, VLLM_USE_PRECOMPILED=1 when nightly.precompiled (the upstream's
-    kernels: minutes instead of hours); max_jobs / nvcc_threads from this machine's CPUs and memory (each nvcc
-    job wants about 8 GiB)."""
+    vLLM: torch_cuda_arch_list from config, VLLM_USE_PRECOMPILED=1 when `precompiled` (--precompiled or config
+    nightly.precompiled: the upstream's kernels, minutes instead of hours); max_jobs / nvcc_threads from this
+    machine's CPUs and memory (each nvcc job wants about 8 GiB)."""
     shaping = {**dict(target.build_args), **{str(k): str(v) for k, v in dict(cfg.build_args or {}).items()}}
     parallel: dict[str, str] = {}
     if target.name == "vllm":
         if cfg.cuda_arch:
             shaping["torch_cuda_arch_list"] = str(cfg.cuda_arch)
-        if cfg.precompiled:
+        if precompiled:
             shaping["VLLM_USE_PRECOMPILED"] = "1"
         cpus = os.cpu_count() or 1
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
@@ -73,6 +73,8 @@ def resolve_commit(run: Runner, url: str, ref: str, commit: str | None) -> str:
         "force": "build even when nightly-<sha> exists",
         "push": "push nightly and nightly-<sha> to nightly.repository (it must name a registry)",
         "no_push": "do not push, whatever config nightly.push says",
+        "precompiled": "vLLM: build with the upstream's precompiled kernels (VLLM_USE_PRECOMPILED=1), in minutes",
+        "no_precompiled": "compile the kernels, whatever config nightly.precompiled says",
         "target": "target profile (default: config target)",
     },
 )
@@ -85,6 +87,8 @@ def build(
     force=False,
     push=False,
     no_push=False,
+    precompiled=False,
+    no_precompiled=False,
     target=None,
     dry_run=False,
     json=False,
@@ -99,6 +103,7 @@ def build(
     url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")
     repository = config.nightly_repository(c, profile)
     pushing = toggle("push", push, no_push, cfg.push)
+    prebuilt = toggle("precompiled", precompiled, no_precompiled, cfg.precompiled)
     if pushing and not validate.registry_host(repository):
         raise Failure(
             f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME "
@@ -111,7 +116,9 @@ def build(
     outcome: dict[str, Any] = {"ok": False, "started": _iso(started)}
     with ui.log_to(None if run.dry_run else log), exclusive(home / f"{profile.name}.lock", "invoke nightly"):
         try:
-            result = _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, cache, home)
+            result = _nightly(
+                c, run, profile, url, repository, commit, ref, full, force, pushing, prebuilt, cache, home
+            )
             outcome.update(ok=True, message=result["summary"], commit=result["commit"])
         except Failure as exc:
             outcome["message"] = str(exc)
@@ -125,7 +132,9 @@ def build(
         ui.result(result["image"])
 
 
-def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, cache, home) -> dict[str, Any]:
+def _nightly(
+    c, run, profile, url, repository, commit, ref, full, force, pushing, precompiled, cache, home
+) -> dict[str, Any]:
     engine = config.engine(c, run)
     registry = Registry(validate.registry_host(repository) or "docker.io", config.registry_policy(c), run)
     registry = registry if pushing else None
@@ -146,7 +155,7 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
             return done
     tag = f"{repository}:nightly-{sha}"
 
-    shaping, parallel = build_args(profile, c.config.nightly)
+    shaping, parallel = build_args(profile, c.config.nightly, precompiled)
     native_state = native.native_hash(repo, sha, profile, shaping)
     recorded = state.read(home / f"{profile.name}.json")
     last_full = recorded.get("last_full") or {}
@@ -159,7 +168,15 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
         labels[L.SOURCE] = url
     ui.info(f"full build: {why}" if why else f"thin layer: the native state is the last full nightly's ({full_image})")
     if run.dry_run:
-        return {"image": tag, "commit": sha, "built": kind, "reason": why, "dry_run": True, "summary": "dry run"}
+        return {
+            "image": tag,
+            "commit": sha,
+            "built": kind,
+            "reason": why,
+            "build_args": shaping,
+            "dry_run": True,
+            "summary": "dry run",
+        }
 
     if why:
         with ui.step(f"full build of {sha[:12]}"):

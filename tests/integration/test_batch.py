@@ -223,6 +223,25 @@ def test_emit_github_matrix_fits_the_workflow_and_bake_names_every_full_build(to
     assert all(t["context"].startswith(f"{up}#") and t["target"] == "vllm-openai" for t in bake["target"].values())
 
 
+def test_no_precompiled_turns_off_what_config_switched_on_and_both_flags_are_one_line(invoke, tmp_path):
+    up = tmp_path / "upstream"
+    data = tmp_path / "one.txt"
+    data.write_text(support.make_buildable_upstream(up) + "\n")  # only planned here: nothing is built
+    env = {"INVOKE_CACHE_DIR": str(tmp_path / "cache"), "INVOKE_NIGHTLY_PRECOMPILED": "true"}
+
+    def args_of(*flags: str) -> dict[str, str]:
+        res = invoke("batch", str(data), "--upstream", str(up), "--emit", "bake", *flags, env=env)
+        assert res.code == 0, res.err
+        (target,) = res.json["target"].values()
+        return target["args"]
+
+    assert args_of()["VLLM_USE_PRECOMPILED"] == "1"
+    assert "VLLM_USE_PRECOMPILED" not in args_of("--no-precompiled")
+    both = invoke("batch", str(data), "--precompiled", "--no-precompiled", "--dry-run", env=env)
+    assert both.code == 1
+    assert both.last_error == "error: --precompiled and --no-precompiled contradict each other; pass one of them"
+
+
 @pytest.mark.parametrize(
     ("content", "words"),
     [

@@ -230,6 +230,23 @@ def test_bad_input_is_one_line_and_builds_nothing(nightly, tmp_path):
     assert res.code != 0 and "no readable docker/Dockerfile.missing" in res.err.splitlines()[-1]
 
 
+def test_no_precompiled_turns_off_what_config_switched_on_and_both_flags_are_one_line(tool, engine, tmp_path):
+    up = tmp_path / "upstream"
+    support.make_buildable_upstream(up)  # only planned here: its FROM image is never needed
+    plan = Nightly(tool, engine, tmp_path, up)
+    on = {"INVOKE_NIGHTLY_PRECOMPILED": "true"}
+    configured = plan("--dry-run", "--json", env=on)
+    assert configured.code == 0, configured.err
+    assert configured.json["build_args"]["VLLM_USE_PRECOMPILED"] == "1"
+    off = plan("--dry-run", "--json", "--no-precompiled", env=on)
+    assert off.code == 0, off.err
+    assert "VLLM_USE_PRECOMPILED" not in off.json["build_args"]
+    assert plan("--dry-run", "--json", "--precompiled").json["build_args"]["VLLM_USE_PRECOMPILED"] == "1"
+    both = plan("--dry-run", "--precompiled", "--no-precompiled")
+    assert both.code == 1
+    assert both.last_error == "error: --precompiled and --no-precompiled contradict each other; pass one of them"
+
+
 def test_a_docker_client_without_buildkit_is_named_with_the_remedy(nightly):
     if nightly.engine.kind != "docker":
         pytest.skip("podman builds with buildah, which has RUN --mount")
