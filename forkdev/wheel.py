@@ -30,7 +30,7 @@ from .core.tasking import runner, task, toggle
 MARK = "forkdev-wheel: error: "  # how the entrypoint's own failure line starts
 
 HELP = {
-    "path": "the checkout to build (a git working tree; uncommitted and untracked files are built too)",
+    "repo": "the checkout, e.g. ~/vllm (positional, or --repo)",
     "out": "where the wheel, SHA256SUMS, SBOM and provenance land (default: config wheel.out, dist/)",
     "native": "build on this host instead of in the wheel image",
     "no_native": "build in the image, whatever config wheel.native says",
@@ -51,10 +51,10 @@ def image_settings(c: Any) -> tuple[str, dict[str, str]]:
     return validate.image_ref(ref, "wheel.image"), args
 
 
-@task(help=HELP, iterable=["cmake_arg"])
+@task(positional=["repo"], help=HELP, iterable=["cmake_arg"])
 def build(
     c,
-    path,
+    repo,
     out=None,
     native=False,
     no_native=False,
@@ -67,24 +67,24 @@ def build(
     json=False,
     quiet=False,
 ):
-    """Build a wheel of the checkout at PATH (in the wheel image, or --native); wheel path on stdout."""
+    """Build a wheel of the checkout (in the wheel image, or --native); wheel path on stdout."""
     run = runner(c, dry_run, quiet)
     cfg = c.config.wheel
     profile = config.of(c, target)
-    repo = Repo.open(validate.plain(path, "PATH", "pass the path of a checkout"), run)
-    recipe_check(repo.path, profile)
-    out_dir = outdir.resolve(validate.plain(out or cfg.out, "--out"), repo.path)
+    checkout = Repo.open(validate.plain(repo, "the checkout path", "pass the path of a checkout"), run)
+    recipe_check(checkout.path, profile)
+    out_dir = outdir.resolve(validate.plain(out or cfg.out, "--out"), checkout.path)
     on_host = toggle("native", native, no_native, cfg.native)
     cmake_args = [validate.cmake_define(a) for a in (*profile.cmake_args, *cfg.cmake_args, *(cmake_arg or []))]
     outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
     ca = _ca_cert(ca_cert or cfg.ca_cert)
     isolated = toggle("isolation", isolation, no_isolation, cfg.isolation)
-    src = source.describe(repo)
+    src = source.describe(checkout)
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
-    env = _build_env(c, repo, src, profile, isolated, cfg)
-    log = config.cache_dir(c) / "wheel" / f"{repo.path.name}.log"
+    env = _build_env(c, checkout, src, profile, isolated, cfg)
+    log = config.cache_dir(c) / "wheel" / f"{checkout.path.name}.log"
     plan = {
-        "path": str(repo.path),
+        "path": str(checkout.path),
         "target": profile.name,
         "commit": src.commit,
         "dirty": src.dirty,
@@ -98,9 +98,9 @@ def build(
         stage_src, stage_out = tmp / "src", tmp / "out"
         started = _now()
         if on_host:
-            built_by = _native(c, run, stage_src, stage_out, env, cmake_args, log, repo, src, plan)
+            built_by = _native(c, run, stage_src, stage_out, env, cmake_args, log, checkout, src, plan)
         else:
-            built_by = _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan)
+            built_by = _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, checkout, src, plan)
         if run.dry_run:
             ui.info(f"dry run: would write a wheel, its SBOM and provenance, and SHA256SUMS into {out_dir}")
             if json:

@@ -203,6 +203,14 @@ def test_dry_run_shows_the_plan_and_writes_nothing(invoke, pkg, tmp_path):
     assert not out.exists()
 
 
+def test_the_checkout_is_positional_or_repo_as_in_dev(invoke, pkg, tmp_path):
+    args = ("--out", str(tmp_path / "never"), "--dry-run", "--json")
+    positional = native(invoke, str(pkg), *args)
+    flag = native(invoke, "--repo", str(pkg), *args)
+    assert positional.code == 0 and flag.code == 0, positional.err + flag.err
+    assert positional.json["path"] == flag.json["path"] == str(pkg)
+
+
 def test_no_isolation_turns_off_what_config_switched_on_and_both_flags_are_one_line(invoke, pkg, tmp_path):
     on = {"INVOKE_WHEEL_ISOLATION": "true"}
     args = (str(pkg), "--out", str(tmp_path / "never"), "--dry-run", "--json")

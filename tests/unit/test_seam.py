@@ -235,6 +235,22 @@ def test_every_task_takes_quiet_and_dry_run():
     assert missing == [], f"tasks without --quiet or --dry-run: {missing}"
 
 
+def test_every_task_that_takes_a_checkout_names_it_repo():
+    """`invoke dev PATH` or `invoke dev --repo PATH`: the same name in every task, positional where the checkout
+    is required (dev, wheel) and a flag with a default where it is not (invoke has no optional positionals)."""
+    from forkdev.cli import namespace
+
+    def tasks(coll, prefix=""):
+        for name, t in coll.tasks.items():
+            yield prefix + name, t
+        for name, sub in coll.collections.items():
+            yield from tasks(sub, prefix + name + ".")
+
+    found = {name: {a.name: a.positional for a in t.get_arguments()} for name, t in tasks(namespace())}
+    assert [name for name, args in found.items() if {"path", "checkout"} & set(args)] == []
+    assert found["dev"]["repo"] is True and found["wheel.build"]["repo"] is True
+
+
 def test_a_reader_that_leaves_early_gets_no_traceback():
     """`forkdev --list | head`: the pipe closes under the program, which stops quietly with SIGPIPE's status."""
     read_end, write_end = os.pipe()
