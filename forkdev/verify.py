@@ -76,7 +76,9 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
 
 
 def _against_base(engine: Engine, run: Runner, info: dict, proof: dict) -> list[str]:
-    """How the image runs (entrypoint, cmd, user, env, workdir) must be exactly the base's."""
+    """How the image runs (entrypoint, cmd, user, env, workdir) must be exactly the base's, key by key: [] and ""
+    are values, not null. A key the engine leaves out is null (podman omits unset keys where docker says null or
+    ""; each engine reports an image and its base the same way)."""
     base = engine.inspect_image(run, proof["base"]["id"])
     if base is None:
         return [f"base {proof['base']['id'][:19]} ({proof['base']['ref']}) is not here to compare with; pull it"]
@@ -84,7 +86,7 @@ def _against_base(engine: Engine, run: Runner, info: dict, proof: dict) -> list[
     return [
         f"{key} is {mine.get(key)!r}, the base's is {theirs.get(key)!r}"
         for key in COMPARED
-        if (mine.get(key) or None) != (theirs.get(key) or None)
+        if mine.get(key) != theirs.get(key)
     ]
 
 

@@ -394,6 +394,26 @@ def test_verify_catches_files_and_run_config_changed_after_the_fact(engine, worl
     assert "/opt/vllm-source/vllm/envs.py differs" in res.err
     assert "Entrypoint is ['sh'], the base's is" in res.err
 
+    def run_config_problems(name: str, line: str) -> list[str]:
+        """What verify says of the thin image with one more line of run config, built by the engine itself."""
+        derived = support.derive_image(engine, image, f"forkdev-test/tampered:{name}", line)
+        res = tool("verify", derived)
+        problems = [p for p in res.err.splitlines() if "the base's is" in p]
+        assert (res.code != 0) == bool(problems), res.err
+        return problems
+
+    unset = "''" if engine.kind == "docker" else "None"  # docker says "" for an unset User or WorkingDir
+    path = "['PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin'"
+    assert run_config_problems("cmd", 'CMD ["sh"]') == ["warning: Cmd is ['sh'], the base's is None"]
+    assert run_config_problems("user", "USER nobody") == [f"warning: User is 'nobody', the base's is {unset}"]
+    assert run_config_problems("env", "ENV FORKDEV_TAMPERED=1") == [
+        f"warning: Env is {path}, 'FORKDEV_TAMPERED=1'], the base's is {path}]"
+    ]
+    assert run_config_problems("workdir", "WORKDIR /tmp") == [f"warning: WorkingDir is '/tmp', the base's is {unset}"]
+    # An empty value is a value, not null: docker keeps CMD [] as []; podman stores it as no Cmd at all.
+    expected = ["warning: Cmd is [], the base's is None"] if engine.kind == "docker" else []
+    assert run_config_problems("empty-cmd", "CMD []") == expected
+
 
 # ---- bad input: one line naming the input and the remedy, non-zero, no traceback, nothing built -------------
 def assert_one_line_error(res, *words):
