@@ -91,8 +91,18 @@ def _against_base(engine: Engine, run: Runner, info: dict, proof: dict) -> list[
 
 
 def _against_checkout(repo: Repo, proof: dict) -> list[str]:
-    """A dirty image holds uncommitted work: its bytes must still be the checkout's files."""
+    """A dirty image holds uncommitted work: its bytes must still be the checkout's files, and what it deleted
+    must still be gone from the checkout."""
     problems = []
+    deleted = proof.get("deleted_paths")
+    if deleted is None and proof["deleted"]:
+        problems.append(
+            f"the proof does not name the checkout paths of its {len(proof['deleted'])} deletions (an older "
+            "forkdev wrote it); make the image again with 'invoke dev' to check them"
+        )
+    for path in deleted or ():
+        if os.path.lexists(repo.path / path):
+            problems.append(f"{path} was deleted in the image but is in the checkout")
     for f in proof["files"]:
         path = repo.path / f["path"]
         try:

@@ -24,6 +24,10 @@ from .errors import Failure
 from .gitrepo import Change, Repo, with_untracked
 from .proc import CommandFailed, concurrently
 
+# The proof's layout, hashed into every key: an image whose proof was written another way is made again, never
+# reused. 2: the deletions' repository paths too (`invoke verify --repo` checks them against the checkout).
+PROOF_FORMAT = 2
+
 
 @dataclass(frozen=True)
 class Entry:
@@ -43,6 +47,7 @@ class Plan:
     dirty: bool
     entries: list[Entry]
     deleted: list[str]  # image paths
+    deleted_paths: list[str]  # the same deletions, as repository paths
     bytecode: list[str]  # image paths of the base's .pyc files of changed or deleted modules (those it has)
     new_dirs: list[str]  # image paths of directories the base does not have
     skipped: list[str]  # repo paths with no place in the image
@@ -61,14 +66,15 @@ class Plan:
             "base": {"ref": base.ref, "id": base.id, "revision": base.revision},
             "files": [{"path": e.path, "image_path": e.image_path, "sha256": e.sha256} for e in self.entries],
             "deleted": self.deleted,
+            "deleted_paths": self.deleted_paths,
         }
 
     def key(self, base: Base, labels: Mapping[str, str] | None = None) -> str:
         """Everything that determines the image's content, hashed: an image with this key needs no rebuild."""
         extra = json.dumps(dict(sorted((labels or {}).items())))
-        return hashlib.sha256(
-            f"{__version__}\0{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}\0{self.epoch}\0{extra}".encode()
-        ).hexdigest()
+        made_by = f"{__version__}\0{PROOF_FORMAT}"
+        state = f"{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}\0{self.epoch}\0{extra}"
+        return hashlib.sha256(f"{made_by}\0{state}".encode()).hexdigest()
 
     def files(self, base: Base, target: Target) -> list[tuple[str, int, bytes]]:
         """(image path, mode, bytes) of every file the layer holds: the changes, then the proof."""
@@ -143,7 +149,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
         changes = with_untracked(tracked, untracked)
     contents = read_entries(repo, ref, changes)
     location, package_path = base.location, target.package_path
-    entries, deleted, skipped, bytecode = [], [], [], []
+    entries, deleted, deleted_paths, skipped, bytecode = [], [], [], [], []
     for change in changes:
         image_path = location.image_path(change.path, package_path)
         if image_path is None:
@@ -151,6 +157,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
             continue
         if change.status == "D" or change.path not in contents:
             deleted.append(image_path)
+            deleted_paths.append(change.path)
         else:
             mode, data = contents[change.path]
             entries.append(Entry(change.path, image_path, mode, data))
@@ -166,6 +173,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
         dirty=bool(untracked) or edited,
         entries=entries,
         deleted=deleted,
+        deleted_paths=deleted_paths,
         bytecode=sorted(set(bytecode)),
         new_dirs=_new_dirs(repo, base, package_path, [c for c in changes if c.status == "A"]),
         skipped=skipped,

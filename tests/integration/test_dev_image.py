@@ -83,6 +83,12 @@ def test_dev_ships_the_checkout_state_in_one_layer_over_an_editable_base(engine,
     (fork / EDIT).write_text("ENVS = 'edited after the image'\n")
     stale = tool("verify", image, "--repo", str(fork))
     assert stale.code != 0 and f"{EDIT} differs from the checkout's" in stale.err
+    (fork / EDIT).write_text("ENVS = 'uncommitted'\n")
+    (fork / "vllm" / "logger.py").write_text("# back again\n")
+    restored = tool("verify", image, "--repo", str(fork))
+    assert restored.code != 0
+    assert "warning: vllm/logger.py was deleted in the image but is in the checkout" in restored.err.splitlines()
+    assert f"{EDIT} differs" not in restored.err
 
 
 def test_a_base_without_entrypoint_or_cmd_keeps_them_null_and_runs_any_command(engine, world, fork, tool):
