@@ -23,6 +23,7 @@ from .core import base as bases
 from .core import config, envfiles, livesync, state, ui, validate
 from .core import container as ctr
 from .core import gpu as gpus
+from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import Repo
@@ -149,7 +150,7 @@ def prepare(
 
 def sweep_orphans(engine: Engine, run: Runner) -> None:
     """Remove the containers a killed run of this machine left (its pid is in the name; the host in a label)."""
-    here = f"label={ctr.HOST_LABEL}={socket.gethostname()}"
+    here = f"label={L.HOST}={socket.gethostname()}"
     listing = run(engine.cmd("ps", "-a", "--filter", here, "--format", "{{.Names}}"), mutates=False)
     for name in ctr.orphans(listing.out.split(), alive):
         ui.info(f"removing {name}, left by a run that was killed")

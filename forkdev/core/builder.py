@@ -15,12 +15,12 @@ from pathlib import Path
 from typing import Any
 
 from . import assets, ui
+from . import labels as L
 from .engine import Engine
 from .errors import Failure
 from .proc import Runner
 
 REPOSITORY = "forkdev/wheel-builder"
-RECIPE = "dev.forkdev.wheel.recipe"  # label: the hash of what built the image
 SRC, OUT, CCACHE = "/work/src", "/work/out", "/ccache"  # where the build container sees its directories
 CA_BUNDLE = "/etc/ssl/certs/ca-certificates.crt"
 
@@ -45,13 +45,13 @@ def ensure(engine: Engine, run: Runner, ref: str, build_args: Mapping[str, str],
     """The build image `ref`, built from docker/ when it is missing, was built from another recipe, or `force`."""
     wanted = recipe(build_args)
     info = engine.inspect_image(run, ref)
-    have = Engine.labels(info).get(RECIPE) if info else None
+    have = Engine.labels(info).get(L.RECIPE) if info else None
     if info is not None and have == wanted and not force:
         return Image(ref, Engine.image_id(info), (info.get("Config") or {}).get("User") or "", False)
     why = "--force" if force else "it is not here" if info is None else f"its recipe {have} is not {wanted}"
     ui.info(f"{'would build' if run.dry_run else 'building'} the wheel image {ref} ({why})")
     argv = engine.cmd("build", "--network", engine.network, "--file", str(assets.docker_dir() / "Dockerfile"))
-    argv += ["--tag", ref, "--label", f"{RECIPE}={wanted}"]
+    argv += ["--tag", ref, "--label", f"{L.RECIPE}={wanted}"]
     for key, value in sorted(build_args.items()):
         argv += ["--build-arg", f"{key}={value}"]
     # The legacy builder: docker 20.10's BuildKit asks a registry for the FROM image even when it is local,

@@ -12,6 +12,8 @@ import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import labels as L
+
 RUN_IN = "/run/forkdev"  # the run's private directory, mounted read-only: the prologue and the variables
 ENV_IN = f"{RUN_IN}/env"
 INIT_IN = f"{RUN_IN}/init"
@@ -116,15 +118,12 @@ def command_of(image: dict, given: list[str]) -> list[str]:
     return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
 
 
-HOST_LABEL = "dev.forkdev.host"  # the machine whose process owns the container: only there is its pid meaningful
-
-
 def container_name(purpose: str) -> str:
     return f"forkdev-{purpose}-{os.getpid()}"
 
 
 def owner_labels(purpose: str) -> dict[str, str]:
-    return {"dev.forkdev.run": purpose, HOST_LABEL: socket.gethostname()}
+    return {L.RUN: purpose, L.HOST: socket.gethostname()}
 
 
 def orphans(names: list[str], alive) -> list[str]:

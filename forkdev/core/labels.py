@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import posixpath
+
 # OCI annotations (https://github.com/opencontainers/image-spec/blob/main/annotations.md)
 REVISION = "org.opencontainers.image.revision"
 SOURCE = "org.opencontainers.image.source"
@@ -16,9 +18,15 @@ DIRTY = "dev.forkdev.dirty"  # "true" when uncommitted work was shipped
 KEY = "dev.forkdev.key"  # hash of everything that determines a thin image's content: equal key, same image
 NATIVE_HASH = "dev.forkdev.native-hash"  # hash of the native sources a full build compiled
 BUILD = "dev.forkdev.build"  # "full" (compiled) or "thin" (a full image plus one layer)
+RECIPE = "dev.forkdev.wheel.recipe"  # on the wheel build image: the hash of what built it
+
+# On the containers `invoke run` / `shell` start
+RUN = "dev.forkdev.run"  # what the container is for (run, shell, ...)
+HOST = "dev.forkdev.host"  # the machine whose process owns the container: only there is its pid meaningful
 
 # Where a base may say which commit it holds: our label, vLLM's own label and environment variable.
 REVISION_LABELS = (REVISION, "ai.vllm.build.commit")
 REVISION_ENV = ("VLLM_BUILD_COMMIT",)
 
 PROOF_PATH = "/etc/forkdev/proof.json"  # inside every image forkdev writes: what was shipped, byte hashes
+PROOF_DIR = posixpath.dirname(PROOF_PATH)  # a directory the layer creates

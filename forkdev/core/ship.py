@@ -99,7 +99,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         content = image.Content(
             files=plan.files(base, req.target),
             deleted=plan.deleted + plan.bytecode,
-            dirs=[*plan.new_dirs, "/etc/forkdev"],
+            dirs=[*plan.new_dirs, L.PROOF_DIR],
             labels={**thin_labels(plan, base, req.source, key), **req.labels},
             epoch=plan.epoch,
             created_by=f"forkdev {__version__}: {plan.revision[:12]}{' + uncommitted work' if plan.dirty else ''}",
