@@ -16,7 +16,7 @@ from typing import Any
 
 from invoke import Collection
 
-from .core import config, fullbuild, native, state, ui, validate
+from .core import config, state, ui, validate
 from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
@@ -135,6 +135,8 @@ def build(
 def _nightly(
     c, run, profile, url, repository, commit, ref, full, force, pushing, precompiled, cache, home
 ) -> dict[str, Any]:
+    from .core import fullbuild, native  # loaded when a nightly runs (cli.py)
+
     engine = config.engine(c, run)
     registry = Registry(validate.registry_host(repository) or "docker.io", config.registry_policy(c), run)
     registry = registry if pushing else None
@@ -259,6 +261,8 @@ def _already(engine, run, repository, sha, registry) -> dict[str, Any] | None:
 
 def _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha) -> str:
     """Why this nightly must compile, or "" when a thin layer on the last full nightly will do."""
+    from .core import native
+
     if full:
         return "--full"
     if not last_full:

@@ -17,12 +17,10 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core import base as bases
-from .core import config, envfiles, livesync, state, ui, validate
-from .core import container as ctr
-from .core import gpu as gpus
+from .core import config, state, ui, validate
 from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
@@ -30,6 +28,12 @@ from .core.gitrepo import Repo
 from .core.proc import Runner
 from .core.scratch import alive, scratch
 from .core.tasking import remainder, runner, task
+
+if TYPE_CHECKING:
+    from .core import container as ctr
+    from .core import gpu as gpus
+
+# What only these tasks use (containers, secrets files, GPUs, live sync) is imported where they run: see cli.py.
 
 SHARED = {
     "image": "the image (default: the last 'invoke dev' image of --repo, else the target's nightly)",
@@ -92,6 +96,10 @@ def prepare(
     loop: bool = False,
 ) -> tuple[Engine, ctr.Spec, dict]:
     """Everything a container needs, validated before anything starts; the private variables file goes in `tmp`."""
+    from .core import container as ctr
+    from .core import envfiles
+    from .core import gpu as gpus
+
     cfg = c.config.run
     variables = envfiles.load(envfiles.secrets_files(repo, cfg.secrets))
     configured = [f"{k}={v}" for k, v in dict(cfg.env or {}).items()]
@@ -150,6 +158,8 @@ def prepare(
 
 def sweep_orphans(engine: Engine, run: Runner) -> None:
     """Remove the containers a killed run of this machine left (its pid is in the name; the host in a label)."""
+    from .core import container as ctr
+
     here = f"label={L.HOST}={socket.gethostname()}"
     listing = run(engine.cmd("ps", "-a", "--filter", here, "--format", "{{.Names}}"), mutates=False)
     for name in ctr.orphans(listing.out.split(), alive):
@@ -186,6 +196,8 @@ def run(
     quiet=False,
 ):
     """Run the image (its own command, or the one after --) with secrets, GPU, ports and the checkout."""
+    from .core import container as ctr
+
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
@@ -222,6 +234,9 @@ def run(
 
 
 def _live(c, proc: Runner, engine: Engine, spec: ctr.Spec, repo: Repo, target, restart: str | None, keep: bool):
+    from .core import container as ctr
+    from .core import livesync
+
     proc(ctr.argv(engine.exe, spec))
     if proc.dry_run:
         return
@@ -252,6 +267,8 @@ def _leave(signum, frame) -> None:
 @task(iterable=["env"], help={**SHARED, "command": "run this command in the shell instead of an interactive one"})
 def shell(c, image=None, repo=None, gpu=None, env=None, command=None, target=None, dry_run=False, quiet=False):
     """An interactive shell in the image (bash if it has one), with the same secrets and GPU as run."""
+    from .core import container as ctr
+
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
@@ -326,10 +343,14 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
 
 
 def _host(c) -> gpus.Host:
+    from .core import gpu as gpus
+
     return gpus.host(Path(c.config.run.gpu_root))
 
 
 def _gpu_args(kind: str, found: gpus.Host, request: str) -> tuple[list[str], str]:
+    from .core import gpu as gpus
+
     parsed = gpus.parse_request(request)
     if parsed == "none":
         raise Failure("gpu-check --gpu none checks nothing; ask for all or a number")
@@ -342,6 +363,10 @@ def _gpu_args(kind: str, found: gpus.Host, request: str) -> tuple[list[str], str
 @task(iterable=["port"], help={**{k: v for k, v in SHARED.items() if k != "env"}, "port": "a port to forward"})
 def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry_run=False, quiet=False):
     """Write .devcontainer/devcontainer.json (image, mounts, env files, GPU run args, ports); updates it in place."""
+    from .core import container as ctr
+    from .core import envfiles
+    from .core import gpu as gpus
+
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)

@@ -19,11 +19,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .core import assets, attest, builder, config, ui, validate, wheelfile
+from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.scratch import scratch
 from .core.tasking import runner, task, toggle
+
+# The wheel reader, the checksums and the probe (wheelfile, attest, assets, builder) load where they run: cli.py.
 
 HELP = {
     "image": "smoke inside a container of this image instead of on the host",
@@ -130,6 +132,8 @@ def _wheels(given: list[str] | None, out: str) -> list[Path]:
 def _vouched(path: Path, commit: str | None) -> dict[str, Any]:
     """Check the wheel against SHA256SUMS and its provenance when they are beside it; returns what the smoke
     expects (commit, build log)."""
+    from .core import attest, wheelfile
+
     wheelfile.read(path)  # a file that is not a wheel stops here, before any environment is made
     digest = wheelfile.sha256(path)
     sums = path.parent / attest.SUMS
@@ -172,6 +176,8 @@ def _probe_args(profile: config.Target | None, expected: dict[str, Any], no_inde
 
 
 def _on_host(run: Runner, installer: str, python: str, wheel: Path, report: Path, extra: list[str]) -> list[str]:
+    from .core import assets
+
     uv = shutil.which("uv") if installer in ("auto", "uv") else None
     if installer == "uv" and not uv:
         raise Failure("--installer uv, and uv is not installed; pip install uv, or pass --installer pip")
@@ -181,6 +187,8 @@ def _on_host(run: Runner, installer: str, python: str, wheel: Path, report: Path
 
 
 def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str]) -> list[str]:
+    from .core import assets, builder
+
     argv = engine.cmd("run", "--rm", "--name", f"forkdev-wheel-smoke-{os.getpid()}-{secrets.token_hex(3)}")
     argv += ["--network", "none", "--entrypoint", "python3"]
     argv += builder.mount(wheel, f"/wheels/{wheel.name}", read_only=True)

@@ -15,17 +15,21 @@ import secrets
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from invoke import Collection
 
-from .core import assets, attest, builder, config, outdir, source, ui, validate, wheelfile
+from .core import config, ui, validate
 from .core.errors import Failure
-from .core.fullbuild import version_of
 from .core.gitrepo import Repo
 from .core.proc import Runner
 from .core.scratch import scratch
 from .core.tasking import runner, task, toggle
+
+if TYPE_CHECKING:
+    from .core import source
+
+# The wheel machinery (builder, source, wheelfile, attest, outdir) is imported where it runs: see cli.py.
 
 MARK = "forkdev-wheel: error: "  # how the entrypoint's own failure line starts
 
@@ -44,6 +48,8 @@ HELP = {
 
 def image_settings(c: Any) -> tuple[str, dict[str, str]]:
     """The build image's reference and build args, from config."""
+    from .core import builder
+
     cfg = c.config.wheel
     args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
     args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in dict(cfg.build_args).items()})
@@ -68,6 +74,8 @@ def build(
     quiet=False,
 ):
     """Build a wheel of the checkout (in the wheel image, or --native); wheel path on stdout."""
+    from .core import outdir, source
+
     run = runner(c, dry_run, quiet)
     cfg = c.config.wheel
     profile = config.of(c, target)
@@ -139,6 +147,8 @@ def _ca_cert(value: str | None) -> Path | None:
 
 
 def _build_env(c, repo: Repo, src: source.Source, profile, isolated: bool, cfg) -> dict[str, str]:
+    from .core.fullbuild import version_of
+
     env = {
         "FORKDEV_CMAKE_DIR": profile.wheel_cmake,
         "FORKDEV_PYTHON_DIR": profile.wheel_python or ".",
@@ -163,6 +173,8 @@ def _ccache(c, kind: str) -> Path:
 
 def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_out: Path, plan: dict) -> None:
     """The scratch copy the build sees, and the hash of exactly those files (taken before the build writes)."""
+    from .core import source
+
     if run.dry_run:
         return
     source.export(repo, src, stage_src)
@@ -171,6 +183,8 @@ def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_o
 
 
 def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan) -> dict:
+    from .core import builder, source
+
     engine = config.engine(c, run)
     ref, args = image_settings(c)
     image = builder.ensure(engine, run, ref, args)
@@ -221,6 +235,8 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
 
 
 def _native(c, run, stage_src, stage_out, env, cmake_args, log, repo, src, plan) -> dict:
+    from .core import assets
+
     python = c.config.wheel.python or sys.executable
     cache = _ccache(c, "native")
     _stage(run, repo, src, stage_src, stage_out, plan)
@@ -264,6 +280,8 @@ def _cmake_error(lines: list[str]) -> str:
 
 
 def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started, log, isolated) -> dict:
+    from .core import attest, builder, outdir, wheelfile
+
     report = builder.report(stage_out / "build-report.tsv")
     wheels = sorted(stage_out.glob("*.whl"))
     if len(wheels) != 1:
@@ -354,6 +372,8 @@ def _now() -> str:
 @task(help={"force": "build even when an image of the same recipe exists"})
 def image(c, force=False, dry_run=False, json=False, quiet=False):
     """Build the wheel image from docker/Dockerfile (skipped when one of the same recipe exists)."""
+    from .core import builder
+
     run = runner(c, dry_run, quiet)
     engine = config.engine(c, run)
     ref, args = image_settings(c)

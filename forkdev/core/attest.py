@@ -4,7 +4,6 @@ provenance statement (SLSA provenance v1 predicate). Pure functions of values: t
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -59,6 +58,8 @@ def sbom(wheel: Wheel, digest: str, when: str, needs: Iterable[tuple[str, str, s
     """A CycloneDX 1.6 document: the wheel as the subject, its declared Python requirements (required, or
     optional when only an extra asks for them) and the system libraries its .so files were linked against
     (`needs`: (file in the wheel, soname, where the build resolved it))."""
+    import uuid  # only here: it imports platform, 2 ms of every task's start
+
     # packaging is imported here, not at the top: every `invoke` loads this module, and workflows that install
     # only invoke (fork-sync's) need not have it.
     from packaging.requirements import InvalidRequirement, Requirement
@@ -134,6 +135,8 @@ def provenance(
 ) -> dict[str, Any]:
     """An in-toto Statement v1 about the wheel with a SLSA provenance v1 predicate. `source`: uri, commit, dirty,
     tree_sha256 (of the exact files built); `builder`: id, and image + digest when built in an image."""
+    import uuid  # only here: it imports platform, 2 ms of every task's start
+
     dependencies = [
         {
             "uri": source["uri"],
