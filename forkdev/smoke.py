@@ -11,6 +11,7 @@ install, a wheel is checked against the SHA256SUMS and the provenance beside it.
 
 from __future__ import annotations
 
+import dataclasses
 import json as jsonlib
 import os
 import secrets
@@ -80,12 +81,20 @@ def smoke(
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"
             report.mkdir()
+            name = f"forkdev-wheel-smoke-{os.getpid()}-{secrets.token_hex(3)}"
             if image:
                 report.chmod(0o777)  # the image's own user writes the report
-                argv = _in_image(engine, image, path, report, argv_extra)
+                argv = _in_image(engine, image, path, report, argv_extra, name)
             else:
                 argv = _on_host(run, chosen, python or cfg.python or sys.executable, path, report, argv_extra)
-            res = run(argv, stream=True, check=False, timeout=float(cfg.timeout))
+            # Shielded: in a session of its own, so a timeout or a Ctrl-C stops the installer with its children.
+            smoke_run = dataclasses.replace(run, shielded=True)
+            try:
+                res = smoke_run(argv, stream=True, check=False, timeout=float(cfg.timeout))
+            except BaseException:
+                if image:  # stopping the client leaves its container running (python3 as PID 1 ignores SIGTERM)
+                    run(engine.cmd("rm", "--force", name), check=False)
+                raise
             found = _report(report / "results.jsonl")
         if run.dry_run:
             results.append({"wheel": str(path), "ok": None, "dry_run": True})
@@ -186,10 +195,10 @@ def _on_host(run: Runner, installer: str, python: str, wheel: Path, report: Path
     return [python, probe, "run", *how, *extra, "--report", str(report / "results.jsonl"), str(wheel)]
 
 
-def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str]) -> list[str]:
+def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str], name: str) -> list[str]:
     from .core import assets, builder
 
-    argv = engine.cmd("run", "--rm", "--name", f"forkdev-wheel-smoke-{os.getpid()}-{secrets.token_hex(3)}")
+    argv = engine.cmd("run", "--rm", "--name", name)
     argv += ["--network", "none", "--entrypoint", "python3"]
     argv += builder.mount(wheel, f"/wheels/{wheel.name}", read_only=True)
     argv += builder.mount(assets.probe_path(), "/forkdev/smoke_probe.py", read_only=True)

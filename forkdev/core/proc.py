@@ -81,7 +81,7 @@ class TimedOut(Failure):
     def __init__(self, argv: Sequence[str], timeout: float) -> None:
         super().__init__(
             f"'{shown(argv)}' did not finish within {timeout:g}s and was stopped; check that what it talks to "
-            "answers, or raise the timeout (config registry.timeout for registry calls)"
+            "answers, or raise the timeout (config registry.timeout for registry calls, smoke.timeout for smoke)"
         )
 
 

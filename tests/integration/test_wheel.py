@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 import zipfile
@@ -113,7 +114,7 @@ class TestInTheImage:
         subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
 
     def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
-        self, wheel, tool, wheel_image, pkg, out, tmp_path
+        self, wheel, tool, engine, wheel_image, pkg, out, tmp_path
     ):
         res = wheel(str(pkg), "--out", str(out))
         assert res.code == 0, res.err
@@ -121,6 +122,13 @@ class TestInTheImage:
         assert smoked.code == 0, smoked.err
         assert smoked.json["wheels"][0]["module"].startswith("/tmp/forkdev-smoke-")
         assert "--network none --entrypoint python3" in smoked.err
+
+        hurry = {"INVOKE_SMOKE_TIMEOUT": "1"}
+        hurried = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), env=hurry)
+        assert hurried.code == 1 and "did not finish within 1s and was stopped" in hurried.last_error
+        (name,) = set(re.findall(r"--name (forkdev-wheel-smoke-[\w-]+)", hurried.err))
+        left = subprocess.run([engine.exe, "ps", "-aq", "--filter", f"name={name}"], capture_output=True, text=True)
+        assert left.returncode == 0 and left.stdout.strip() == "", "the stopped smoke's container is removed"
 
         broken = support_broken_wheel(tmp_path)
         failed = tool("smoke", "--image", wheel_image, "--wheel", str(broken))
