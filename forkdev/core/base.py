@@ -84,7 +84,6 @@ class Base:
     ref: str
     id: str  # sha256:<hex>
     revision: str
-    digest: str  # its image id: the same wherever the base is, however it got there (see resolve)
     config: dict[str, Any]  # CONFIG_FIELDS as the base has them
     diff_ids: tuple[str, ...]
     platform: dict[str, str]  # architecture, os, variant
@@ -161,10 +160,6 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
         ref=ref,
         id=image_id,
         revision=revision,
-        # Not a registry digest (RepoDigests): a base gains one when it is pushed or pulled and has none when it
-        # was built or loaded here, so the thin image's label, and with it the image id, would depend on how
-        # the base reached this machine. The id names the same content everywhere.
-        digest=image_id,
         config=image_config(image),
         diff_ids=tuple((image.get("RootFS") or {}).get("Layers") or ()),
         platform={
@@ -179,7 +174,8 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
 
 def history(engine: Engine, run: Runner, base: Base, cache: Path) -> list[dict[str, Any]]:
     """The base's history entries (what a derived image's config repeats), cached per image id like `facts`."""
-    cached = cache / "bases" / f"{base.id.split(':')[-1]}-history.json"
+    # -utc: entries cached before the times were kept in UTC hold the local time of the machine that asked
+    cached = cache / "bases" / f"{base.id.split(':')[-1]}-history-utc.json"
     try:
         return list(json.loads(cached.read_text()))
     except (OSError, ValueError, TypeError):

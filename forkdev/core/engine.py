@@ -224,13 +224,19 @@ def _utc(when: str) -> str:
     """A history time as UTC: the docker client prints `CreatedAt` in the local time zone of whoever runs it
     (11:00:00+01:00 in Paris is 10:00:00Z in London), and a derived image repeats it in its config, so without
     this the same base and the same checkout gave another image id in another time zone."""
+    if when.startswith(("0000-", "0001-01-01")):  # Go's zero time (no time recorded), year 0 west of UTC
+        return ZERO_TIME
     try:
         parsed = dt.datetime.fromisoformat(when.replace("Z", "+00:00"))
     except ValueError:
         return when
     if parsed.tzinfo is None:
         return when
-    return parsed.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    utc = parsed.astimezone(dt.timezone.utc)
+    return f"{utc.year:04d}-{utc:%m-%dT%H:%M:%S}Z"  # strftime's %Y does not pad a year below 1000
+
+
+ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 def loopback_registry(ref: str) -> bool:

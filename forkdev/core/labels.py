@@ -10,7 +10,9 @@ SOURCE = "org.opencontainers.image.source"
 CREATED = "org.opencontainers.image.created"
 VERSION = "org.opencontainers.image.version"
 BASE_NAME = "org.opencontainers.image.base.name"
-BASE_DIGEST = "org.opencontainers.image.base.digest"
+# Not org.opencontainers.image.base.digest: that names the base's manifest in a registry, which a base built or
+# loaded here does not have and a pushed or pulled one does, so the image id would depend on how the base came.
+BASE_ID = "dev.forkdev.base.id"  # the base's image id (its config's digest): the same wherever the base is
 
 # forkdev's own
 BASE_REVISION = "dev.forkdev.base.revision"  # the commit inside the base of a thin image

@@ -138,7 +138,7 @@ def thin_labels(plan: thin.Plan, base: bases.Base, source: str | None, key: str)
         L.REVISION: plan.revision,
         L.CREATED: image.rfc3339(plan.epoch),
         L.BASE_NAME: base.ref,
-        L.BASE_DIGEST: base.digest,
+        L.BASE_ID: base.id,
         L.BASE_REVISION: base.revision,
         L.DIRTY: str(plan.dirty).lower(),
         L.KEY: key,

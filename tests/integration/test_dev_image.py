@@ -203,6 +203,9 @@ def test_a_base_pushed_meanwhile_gives_the_same_image_id(engine, world, fork, to
         after = tool("dev", str(fork), "--base", base, "--json")
         assert after.code == 0, after.err
         assert after.json["reused"] is False and after.json["image_id"] == before.json["image_id"]
+        labels = support.inspect(engine, after.json["image"])["Config"]["Labels"]
+        assert labels["dev.forkdev.base.id"] == after.json["base_id"]
+        assert "org.opencontainers.image.base.digest" not in labels, "no registry digest the base may lack"
     finally:
         subprocess.run([engine.exe, "image", "rm", base], capture_output=True)
 

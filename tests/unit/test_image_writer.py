@@ -14,7 +14,6 @@ BASE = Base(
     ref="me/base:1",
     id="sha256:" + "b" * 64,
     revision="r" * 40,
-    digest="sha256:" + "b" * 64,
     config={"Entrypoint": None, "Cmd": ["bash"], "User": "1000", "Env": ["A=1"], "Labels": {"x": "1"}},
     diff_ids=("sha256:" + "1" * 64, "sha256:" + "2" * 64),
     platform={"architecture": "amd64", "os": "linux"},
@@ -112,3 +111,14 @@ def test_creation_times_compare_as_instants_whatever_their_form():
     assert image.instant("2026-11-25T10:00:00.123456789Z") > base
     assert image.instant("") == float("-inf") and image.instant("yesterday") == float("-inf")
     assert image.instant(image.rfc3339(1795600800)) == base
+
+
+def test_a_history_time_is_the_same_in_every_time_zone_and_go_s_zero_time_is_kept_valid():
+    from forkdev.core.engine import _utc
+
+    assert _utc("2026-11-25T11:00:00+01:00") == _utc("2026-11-25T10:00:00Z") == "2026-11-25T10:00:00Z"
+    assert _utc("2026-11-25T04:30:00-05:30") == "2026-11-25T10:00:00Z"
+    # no time recorded: docker shows Go's zero time, in a zone west of UTC as year 0 with a local-mean-time offset
+    assert _utc("0001-01-01T00:00:00Z") == _utc("0000-12-31T19:03:58-04:56") == "0001-01-01T00:00:00Z"
+    assert _utc("0999-01-01T00:00:00Z") == "0999-01-01T00:00:00Z"
+    assert _utc("") == "" and _utc("yesterday") == "yesterday"
