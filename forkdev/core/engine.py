@@ -10,6 +10,7 @@ import datetime as dt
 import ipaddress
 import json
 import os
+import re
 import shutil
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -127,8 +128,18 @@ class Engine:
         return {"DOCKER_BUILDKIT": "1" if use else "0"}
 
     def inspect_image(self, run: Runner, ref: str) -> dict[str, Any] | None:
+        """The image's inspect output, or None when the engine has no such image. Any other failure (a client the
+        daemon refuses, a daemon gone) is said as it is, not taken for an absent image."""
         res = run(self.cmd("image", "inspect", "--", ref), mutates=False, check=False)
-        data = _json(res.out) if res.ok else None
+        if not res.ok:
+            # docker: "No such image: REF" (20.10's client) or "no such image" (newer); podman: "image not known"
+            if re.search(r"no such image|image not known", res.err, re.I):
+                return None
+            raise Failure(
+                f"'{self.kind} image inspect {ref}' failed ({res.reason}); check that '{self.exe} version' answers "
+                "for both client and engine"
+            )
+        data = _json(res.out)
         return data[0] if data else None
 
     def history(self, run: Runner, image: dict[str, Any]) -> list[dict[str, Any]]:

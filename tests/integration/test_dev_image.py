@@ -469,6 +469,15 @@ def test_a_missing_base_image(fork, tool):
     assert "--base" in res.last_error
 
 
+def test_a_client_the_engine_refuses_is_named_not_taken_for_a_missing_base(engine, world, fork, tool):
+    if engine.kind != "docker":
+        pytest.skip("DOCKER_API_VERSION is docker's client's: podman has no such refusal to cause")
+    # The engine itself answers (its version is asked on its socket), but it refuses this client's API version.
+    res = tool("dev", str(fork), "--base", world.editable, env={"DOCKER_API_VERSION": "1.99"})
+    assert_one_line_error(res, "image inspect", "client version 1.99 is too new", "version' answers")
+    assert "no base image" not in res.err
+
+
 def test_without_base_dev_starts_from_the_nightly_that_nightly_repository_names(engine, world, fork, tool):
     support.sh(engine.exe, "tag", world.editable, "forkdev-test/own-nightly:nightly")
     try:
