@@ -49,19 +49,15 @@ SNAPSHOT_IDENT = {
 
 
 # ---- planning, in objects only -------------------------------------------------------------------------------------
-def plan(place: Place, branch: str, before: str, new: str, clean: bool = False) -> tuple[Move | None, list[str]]:
+def plan(place: Place, branch: str, before: str, new: str) -> tuple[Move | None, list[str]]:
     """The move of `branch` from `before` to `new` carrying the index and the working tree, or (None, the paths
-    where the user's work and `new` conflict). Writes objects and scratch files only. `clean`: `git status` has
-    just found nothing staged, changed or untracked (and refreshed the index), so both snapshots are `before`'s
-    tree and need not be staged (3 git calls, a fifth of a sync). Work that appears after it is still safe: the
-    move refuses to overwrite a file that no longer matches the index it was planned from."""
+    where the user's work and `new` conflict). Writes objects and scratch files only. The work is captured here
+    even when `git status` found the checkout clean a moment before: an edit or a deletion made while the fetch
+    ran is work too (read-tree takes a missing file for an unchanged one, and would write upstream's back), and
+    `git status` does not always refresh the index (GIT_OPTIONAL_LOCKS=0, a busy index.lock)."""
     repo = place.repo
     base_tree, new_tree = repo.out("rev-parse", f"{before}^{{tree}}", f"{new}^{{tree}}").split()
-    if clean:
-        _copy_index(place, place.scratch / "move.index")
-        index_tree = tree_tree = base_tree
-    else:
-        index_tree, tree_tree = _capture(place, place.scratch / "move.index")
+    index_tree, tree_tree = _capture(place, place.scratch / "move.index")
     snaps: dict[str, str] = {}
     conflicts: list[str] = []
     for name, tree, what in (("index", index_tree, "the index"), ("tree", tree_tree, "the working tree")):
@@ -106,8 +102,10 @@ def _capture(place: Place, index_file: Path) -> tuple[str, str]:
 
 
 def _copy_index(place: Place, index_file: Path) -> None:
+    # copy2 keeps the index's mtime: git takes an entry as racily clean by comparing the file's mtime with the
+    # index's, and a copy made later would pass a same-size edit of that second as unchanged.
     if (place.git_dir / "index").exists():
-        shutil.copyfile(place.git_dir / "index", index_file)
+        shutil.copy2(place.git_dir / "index", index_file)
 
 
 def _commit(repo: Repo, tree: str, parent: str, parent_tree: str, what: str) -> str:

@@ -362,8 +362,7 @@ def _sync(run: Runner, place: journal.Place, req: Request) -> Outcome:
         move = None
         if checked_out:
             with ui.step("carry the index and the working tree (objects only)"):
-                # without --autostash, work was refused above: git status has just found the checkout clean
-                move, out.work_conflicts = carry.plan(place, target, before, new, clean=not req.autostash)
+                move, out.work_conflicts = carry.plan(place, target, before, new)
             if move is None:
                 return out
         if not run.dry_run:
