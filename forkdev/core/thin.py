@@ -51,6 +51,7 @@ class Plan:
     bytecode: list[str]  # image paths of the base's .pyc files of changed or deleted modules (those it has)
     new_dirs: list[str]  # image paths of directories the base does not have
     skipped: list[str]  # repo paths with no place in the image
+    nested: list[str]  # repo paths that are another repository's (a submodule, a nested clone): left as they are
     native: list[str]
     diff_hash: str
     epoch: int  # the time every file and the image carry: SOURCE_DATE_EPOCH, else the commit's time
@@ -82,10 +83,13 @@ class Plan:
         return [(e.image_path, e.mode, e.data) for e in self.entries] + [(L.PROOF_PATH, 0o100644, proof)]
 
 
-def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str, tuple[int, bytes]]:
-    """Mode and bytes of every non-deleted change: from the working tree, or from the commit `ref`."""
+def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> tuple[dict[str, tuple[int, bytes]], set[str]]:
+    """(mode and bytes of every non-deleted change, the changed paths that are not files: a submodule or a nested
+    repository, which git lists as one path and a layer must neither copy nor delete): from the working tree, or
+    from the commit `ref`."""
     wanted = [c.path for c in changes if c.status != "D"]
     found: dict[str, tuple[int, bytes]] = {}
+    nested: set[str] = set()
     if ref is None:
         for path in wanted:
             full = repo.path / path
@@ -95,11 +99,13 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
                     found[path] = (0o120000, os.readlink(full).encode("utf-8", "surrogateescape"))
                 elif stat.S_ISREG(st.st_mode):
                     found[path] = (0o100755 if st.st_mode & 0o111 else 0o100644, full.read_bytes())
+                else:
+                    nested.add(path)
             except FileNotFoundError:
                 continue  # deleted between git's listing and now: shipped as a deletion
-        return found
+        return found, nested
     if not wanted:
-        return found
+        return found, nested
     listing = repo.git("ls-tree", "-r", "-z", "--end-of-options", ref, "--", *wanted).stdout
     blobs = []
     for item in filter(None, listing.decode("utf-8", "surrogateescape").split("\0")):
@@ -107,6 +113,8 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
         mode, kind, sha = meta.split()
         if kind == "blob":
             blobs.append((path, int(mode, 8), sha))
+        else:
+            nested.add(path)  # a submodule's commit
     batch = repo.git("cat-file", "--batch", input="".join(f"{s}\n" for _, _, s in blobs).encode()).stdout
     pos = 0
     for path, mode, _ in blobs:
@@ -114,7 +122,7 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> dict[str
         size = int(batch[pos:header_end].split()[2])
         found[path] = (mode, batch[header_end + 1 : header_end + 1 + size])
         pos = header_end + 1 + size + 1
-    return found
+    return found, nested
 
 
 def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | None = None, upstream: str = "") -> Plan:
@@ -147,13 +155,15 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
             commit, lambda: diff(None), repo.untracked, repo.edited
         )
         changes = with_untracked(tracked, untracked)
-    contents = read_entries(repo, ref, changes)
+    contents, nested = read_entries(repo, ref, changes)
     location, package_path = base.location, target.package_path
     entries, deleted, deleted_paths, skipped, bytecode = [], [], [], [], []
     for change in changes:
         image_path = location.image_path(change.path, package_path)
         if image_path is None:
             skipped.append(change.path)
+            continue
+        if change.path in nested:
             continue
         if change.status == "D" or change.path not in contents:
             deleted.append(image_path)
@@ -177,6 +187,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
         bytecode=sorted(set(bytecode)),
         new_dirs=_new_dirs(repo, base, package_path, [c for c in changes if c.status == "A"]),
         skipped=skipped,
+        nested=sorted(nested),
         native=[c.path for c in changes if target.is_native(c.path)],
         diff_hash=digest.hexdigest(),
         epoch=when,
@@ -215,6 +226,9 @@ def describe(plan: Plan, base: Base) -> None:
         f"layer: {len(plan.entries)} files ({size} bytes), {len(plan.deleted)} deletions"
         + (f"; not shipped (no place in a site-packages base): {len(plan.skipped)}" if plan.skipped else "")
     )
+    if plan.nested:
+        listed = ", ".join(plan.nested[:10]) + (" ..." if len(plan.nested) > 10 else "")
+        ui.warn(f"not shipped, nor deleted: {listed} (a submodule or a repository of its own; the base's stays)")
     for e in plan.entries[:50]:
         ui.info(f"  + {e.image_path}")
     for d in plan.deleted[:50]:

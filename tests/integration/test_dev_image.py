@@ -469,6 +469,20 @@ def test_a_missing_base_image(fork, tool):
     assert "--base" in res.last_error
 
 
+def test_a_repository_nested_in_the_checkout_is_neither_shipped_nor_deleted(engine, world, fork, tool):
+    nested = fork / "vllm" / "vendored"  # a clone of something else inside the tree: git lists it as one path
+    support.sh("git", "init", "-q", nested)
+    (nested / "x.py").write_text("X = 1\n")
+    (fork / EDIT).write_text("ENVS = 'beside a nested repository'\n")
+    res = tool("dev", str(fork), "--base", world.editable, "--json")
+    assert res.code == 0, res.err
+    assert res.json["files"] == 1 and res.json["deleted"] == 0, "no whiteout of a folder the base may have"
+    assert "not shipped, nor deleted: vllm/vendored/" in res.err
+    assert support.image_file(engine, res.json["image"], SRC + "vllm/vendored/x.py") is None
+    checked = tool("verify", res.json["image"], "--repo", str(fork))
+    assert checked.code == 0, checked.err
+
+
 def test_a_client_the_engine_refuses_is_named_not_taken_for_a_missing_base(engine, world, fork, tool):
     if engine.kind != "docker":
         pytest.skip("DOCKER_API_VERSION is docker's client's: podman has no such refusal to cause")
