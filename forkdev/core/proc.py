@@ -227,8 +227,8 @@ def _terminate(threads: set[int | None]) -> None:
     with _running_lock:
         procs = [p for t in threads for p in _running.get(t or 0, ())]
     for proc in procs:
-        with contextlib.suppress(ProcessLookupError):
-            proc.terminate()
+        if proc.poll() is None:
+            _signal(proc, signal.SIGTERM)  # its whole session, when it leads one (see _stop)
     for proc in procs:  # and reaped here: a join interrupted once may not wait for its thread again
         _stop(proc)
 
@@ -264,6 +264,8 @@ def _pass_through(proc: subprocess.Popen, input: bytes | None, timeout: float | 
                             break
                         tail = (tail + chunk)[-65536:]
                         *lines, line = (line + chunk).split(b"\n")
+                        if len(line) > 65536:  # a line without end (a progress bar): shown in pieces, kept short
+                            lines, line = [*lines, line], b""
                         for whole in lines:
                             ui.output(whole.decode("utf-8", "replace"))
                         continue
@@ -290,17 +292,18 @@ def _stop(proc: subprocess.Popen) -> None:
     what it started (git's hooks, a shell's commands) is stopped with it."""
     if proc.poll() is not None:
         return
-
-    def send(sig: int) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            if os.getpgid(proc.pid) == proc.pid:  # not yet reaped, so the pid is still this child's
-                os.killpg(proc.pid, sig)
-            else:
-                proc.send_signal(sig)
-
-    send(signal.SIGTERM)
+    _signal(proc, signal.SIGTERM)
     try:
         proc.wait(5)
     except subprocess.TimeoutExpired:
-        send(signal.SIGKILL)
+        _signal(proc, signal.SIGKILL)
         proc.wait()
+
+
+def _signal(proc: subprocess.Popen, sig: int) -> None:
+    """Signal a child that has not been reaped (so its pid is still its own), and its session when it leads one."""
+    with contextlib.suppress(ProcessLookupError):
+        if os.getpgid(proc.pid) == proc.pid:
+            os.killpg(proc.pid, sig)
+        else:
+            proc.send_signal(sig)

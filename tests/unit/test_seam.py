@@ -158,6 +158,16 @@ def test_a_streamed_command_within_its_timeout_passes_every_line_and_its_input(c
     assert last.endswith(" last, no newline") or last == "last, no newline"
 
 
+def test_a_line_without_end_is_passed_on_in_pieces_and_every_byte_of_it_arrives(capsys):
+    """A progress bar redrawn with carriage returns is one endless line: it is shown as it comes, not held."""
+    script = "import sys; sys.stdout.write('x' * 1_000_000); sys.stdout.flush()"
+    res = Runner(echo=False)([sys.executable, "-c", script], stream=True, timeout=30)
+    assert res.ok and res.stderr == b"x" * 65536, "the tail holds the last 64 KiB"
+    shown = [line.rsplit(" ", 1)[-1] for line in capsys.readouterr().err.splitlines()]
+    assert len(shown) > 1 and all(len(piece) <= 2 * 65536 for piece in shown)
+    assert "".join(shown) == "x" * 1_000_000
+
+
 def test_a_missing_program_and_a_failed_command_are_one_sentence():
     with pytest.raises(Failure, match="'no-such-program-x' is not installed or not on PATH"):
         Runner(echo=False)(["no-such-program-x"])
