@@ -35,13 +35,17 @@ def log_to(path: Path | None, *, console: bool = True) -> Iterator[None]:
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
+    before = context()  # what the block ends with: a log around this one, or none
     with open(path, "a", encoding="utf-8", errors="replace") as fh:
         _log.file, _log.path, _log.stamp, _log.console = fh, path, not sys.stderr.isatty(), console
         try:
             yield
         finally:
-            _log.file = _log.path = None
-            _log.console = True
+            for name in _LOG_FIELDS:
+                if name in before:
+                    setattr(_log, name, before[name])
+                elif hasattr(_log, name):
+                    delattr(_log, name)
 
 
 def current_log() -> Path | None:

@@ -310,3 +310,17 @@ def test_the_daemon_socket_probe_reads_one_answer_and_gives_up_within_two_second
         server.close()
     assert (got or {}).get("Version") == version
     assert time.monotonic() - start < 2.5
+
+
+def test_a_log_block_leaves_the_lines_after_it_as_they_were_before_it(tmp_path, capsys):
+    from forkdev.core import ui
+
+    with ui.log_to(tmp_path / "outer.log"):
+        with ui.log_to(tmp_path / "inner.log"):
+            ui.info("inner")
+        ui.info("outer again")
+    ui.info("after")
+    assert "inner" in (tmp_path / "inner.log").read_text()
+    assert "outer again" in (tmp_path / "outer.log").read_text(), "the outer log is the one again"
+    assert "outer again" not in (tmp_path / "inner.log").read_text()
+    assert capsys.readouterr().err.splitlines()[-1] == "after", "no timestamp once no log is open"
