@@ -21,12 +21,11 @@ from typing import TYPE_CHECKING, Any
 
 from .core import base as bases
 from .core import config, state, ui, validate
-from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.proc import Runner
-from .core.scratch import alive, scratch
+from .core.scratch import scratch
 from .core.tasking import remainder, runner, task
 
 if TYPE_CHECKING:
@@ -106,7 +105,7 @@ def prepare(
     variables += envfiles.explicit(configured, "config run.env") + envfiles.explicit(list(env or []))
     check_ports(ports)
     engine = config.engine(c, run)
-    sweep_orphans(engine, run)
+    ctr.sweep_orphans(engine, run)
     info = engine.inspect_image(run, image_ref)
     if info is None:
         raise Failure(f"no image '{image_ref}' here; build it with 'invoke dev' or 'invoke nightly', or pull it")
@@ -154,17 +153,6 @@ def prepare(
     )
     report = {"image": image_ref, "gpu": picked, "variables": sorted({v.key for v in variables}), "name": spec.name}
     return engine, spec, report
-
-
-def sweep_orphans(engine: Engine, run: Runner) -> None:
-    """Remove the containers a killed run of this machine left (its pid is in the name; the host in a label)."""
-    from .core import container as ctr
-
-    here = f"label={L.HOST}={socket.gethostname()}"
-    listing = run(engine.cmd("ps", "-a", "--filter", here, "--format", "{{.Names}}"), mutates=False)
-    for name in ctr.orphans(listing.out.split(), alive):
-        ui.info(f"removing {name}, left by a run that was killed")
-        run(engine.cmd("rm", "--force", name), check=False)
 
 
 @task(

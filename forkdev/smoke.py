@@ -56,6 +56,8 @@ def smoke(
     quiet=False,
 ):
     """Install each wheel in a fresh environment and smoke it (on the host, or inside --image)."""
+    from .core import container as ctr
+
     run = runner(c, dry_run, quiet)
     cfg = c.config.smoke
     wheels = _wheels(wheel, c.config.wheel.out)
@@ -73,6 +75,7 @@ def smoke(
         validate.image_ref(image, "IMAGE")
         if engine.inspect_image(run, image) is None:
             raise Failure(f"no image '{image}' here; build or pull it first (the wheel image: 'invoke wheel.image')")
+        ctr.sweep_orphans(engine, run)  # what a smoke killed with -9 left running
     results = []
     for path in wheels:
         expected = _vouched(path, commit)
@@ -81,7 +84,7 @@ def smoke(
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"
             report.mkdir()
-            name = f"forkdev-wheel-smoke-{os.getpid()}-{secrets.token_hex(3)}"
+            name = ctr.container_name(f"wheel-smoke-{secrets.token_hex(3)}")  # ends in our pid: see sweep_orphans
             if image:
                 report.chmod(0o777)  # the image's own user writes the report
                 argv = _in_image(engine, image, path, report, argv_extra, name)
@@ -197,8 +200,10 @@ def _on_host(run: Runner, installer: str, python: str, wheel: Path, report: Path
 
 def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str], name: str) -> list[str]:
     from .core import assets, builder
+    from .core import container as ctr
 
     argv = engine.cmd("run", "--rm", "--name", name)
+    argv += [f"--label={k}={v}" for k, v in ctr.owner_labels("wheel-smoke").items()]
     argv += ["--network", "none", "--entrypoint", "python3"]
     argv += builder.mount(wheel, f"/wheels/{wheel.name}", read_only=True)
     argv += builder.mount(assets.probe_path(), "/forkdev/smoke_probe.py", read_only=True)

@@ -13,6 +13,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import labels as L
+from . import ui
+from .engine import Engine
+from .proc import Runner
 
 RUN_IN = "/run/forkdev"  # the run's private directory, mounted read-only: the prologue and the variables
 ENV_IN = f"{RUN_IN}/env"
@@ -124,6 +127,18 @@ def container_name(purpose: str) -> str:
 
 def owner_labels(purpose: str) -> dict[str, str]:
     return {L.RUN: purpose, L.HOST: socket.gethostname()}
+
+
+def sweep_orphans(engine: Engine, run: Runner) -> None:
+    """Remove the containers a killed run of this machine left (its pid is in the name; the host in a label):
+    run's, shell's and smoke's alike."""
+    from .scratch import alive
+
+    here = f"label={L.HOST}={socket.gethostname()}"
+    listing = run(engine.cmd("ps", "-a", "--filter", here, "--format", "{{.Names}}"), mutates=False)
+    for name in orphans(listing.out.split(), alive):
+        ui.info(f"removing {name}, left by a run that was killed")
+        run(engine.cmd("rm", "--force", name), check=False)
 
 
 def orphans(names: list[str], alive) -> list[str]:

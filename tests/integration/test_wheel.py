@@ -118,8 +118,18 @@ class TestInTheImage:
     ):
         res = wheel(str(pkg), "--out", str(out))
         assert res.code == 0, res.err
+        # What a smoke killed with -9 left: its container, named after its pid, which is gone.
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        orphan = f"forkdev-wheel-smoke-abc123-{dead.pid}"
+        host = subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout.strip()
+        labels = ["--label", f"dev.forkdev.host={host}", "--label", "dev.forkdev.run=wheel-smoke"]
+        support.sh(engine.exe, "create", "--name", orphan, *labels, wheel_image)
         smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), "--json")
         assert smoked.code == 0, smoked.err
+        assert f"removing {orphan}, left by a run that was killed" in smoked.err
+        gone = subprocess.run([engine.exe, "ps", "-aq", "--filter", f"name={orphan}"], capture_output=True, text=True)
+        assert gone.stdout.strip() == ""
         assert smoked.json["wheels"][0]["module"].startswith("/tmp/forkdev-smoke-")
         assert "--network none --entrypoint python3" in smoked.err
 
