@@ -84,8 +84,8 @@ def smoke(
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"
             report.mkdir()
-            name = ctr.container_name(f"wheel-smoke-{secrets.token_hex(3)}")  # ends in our pid: see sweep_orphans
             if image:
+                name = ctr.container_name(f"wheel-smoke-{secrets.token_hex(3)}")  # ends in our pid: sweep_orphans
                 report.chmod(0o777)  # the image's own user writes the report
                 argv = _in_image(engine, image, path, report, argv_extra, name)
             else:

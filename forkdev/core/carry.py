@@ -89,7 +89,10 @@ def _capture(place: Place, index_file: Path) -> tuple[str, str]:
     """(tree of the index, tree of the working tree), staged into `index_file`: a copy of the real index, so
     only changed files are hashed and the real index is not even locked. It is left matching the working tree."""
     repo = place.repo
-    _copy_index(place, index_file)
+    # copy2 keeps the index's mtime: git takes an entry as racily clean by comparing the file's mtime with the
+    # index's, and a copy made later would pass a same-size edit of that second as unchanged.
+    if (place.git_dir / "index").exists():
+        shutil.copy2(place.git_dir / "index", index_file)
     env = {"GIT_INDEX_FILE": str(index_file)}
     res = repo.git("write-tree", env=env, check=False)
     if not res.ok:
@@ -99,13 +102,6 @@ def _capture(place: Place, index_file: Path) -> tuple[str, str]:
         )
     repo.git("add", "-A", env=env)
     return res.out, repo.git("write-tree", env=env).out
-
-
-def _copy_index(place: Place, index_file: Path) -> None:
-    # copy2 keeps the index's mtime: git takes an entry as racily clean by comparing the file's mtime with the
-    # index's, and a copy made later would pass a same-size edit of that second as unchanged.
-    if (place.git_dir / "index").exists():
-        shutil.copy2(place.git_dir / "index", index_file)
 
 
 def _commit(repo: Repo, tree: str, parent: str, parent_tree: str, what: str) -> str:

@@ -22,7 +22,7 @@ NATIVE_HASH = "dev.forkdev.native-hash"  # hash of the native sources a full bui
 BUILD = "dev.forkdev.build"  # "full" (compiled) or "thin" (a full image plus one layer)
 RECIPE = "dev.forkdev.wheel.recipe"  # on the wheel build image: the hash of what built it
 
-# On the containers `invoke run` / `shell` start
+# On the containers `invoke run`, `shell` and `smoke --image` start
 RUN = "dev.forkdev.run"  # what the container is for (run, shell, ...)
 HOST = "dev.forkdev.host"  # the machine whose process owns the container: only there is its pid meaningful
 
