@@ -1,23 +1,27 @@
 """Secrets files (`extras/secrets/*.env`) and explicit variables, validated and assembled for a container.
 
 A file holds `KEY=VALUE` lines, `#` comments and blank lines; anything else is an error naming file:line. A
-file git tracks is refused (a secret in history is a leaked secret); `*.env.example` files are templates and never
-read. Values never reach a command line: they are written, shell-quoted, to one private file that the container
-reads at start (see container.py), so neither the echoed command, nor `inspect`, nor a log holds them.
+file git tracks is refused (a secret in history is a leaked secret), and so is one git does not ignore (`git add
+-A` would put it there; the tool refuses rather than warns, since fork-sync's --autostash also saves such files
+as commits); `*.env.example` files are templates and never read. Nothing is read through a symlink that leads
+out of the checkout (core/secrets.py says which paths are secret, and keeps them out of everything shipped).
+Values never reach a command line: they are written, shell-quoted, to one private file that the container reads
+at start (see container.py), so neither the echoed command, nor `inspect`, nor a log holds them.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import secrets, ui
 from .errors import Failure
-from .gitrepo import Repo
+from .gitrepo import Repo, z_paths
+from .proc import CommandFailed
 
-KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+KEY = secrets.KEY
 
 
 @dataclass(frozen=True)
@@ -29,19 +33,10 @@ class Var:
 
 def parse(text: str, origin: str) -> list[Var]:
     found = []
-    for number, raw in enumerate(text.splitlines(), 1):
-        line = raw.lstrip()  # as docker's --env-file: leading blanks go, the value is kept as written
-        if not line.strip() or line.startswith("#"):
-            continue
-        where = f"{origin}:{number}"
-        if line.startswith("export "):
-            line = line[len("export ") :].lstrip()
-        key, sep, value = line.partition("=")
-        if not sep or not KEY.match(key):
-            raise Failure(f"{where}: not a KEY=VALUE line; write NAME=value (letters, digits, _), or # a comment")
-        if "\0" in value:
-            raise Failure(f"{where}: the value of {key} holds a NUL byte; remove it")
-        found.append(Var(key, value, where))
+    for number, key, value in secrets.lines(text):
+        if key is None:
+            raise Failure(f"{origin}:{number}: {value}")
+        found.append(Var(key, value, f"{origin}:{number}"))
     return found
 
 
@@ -57,25 +52,51 @@ def explicit(items: list[str], origin: str = "--env") -> list[Var]:
                 raise Failure(f"{origin} {key}: no value given and {key} is not set here; write {origin} {key}=value")
             value = os.environ[key]
         found.append(Var(key, value, origin))
+    ui.conceal(v.value for v in found if ui.secret_name(v.key))
     return found
 
 
-def secrets_files(repo: Repo, folder: str) -> list[Path]:
-    """The checkout's secrets files (never *.env.example), refused when git tracks one."""
-    base = repo.path / folder
-    if not base.is_dir():
+def secrets_files(repo: Repo, folder: object) -> list[Path]:
+    """The checkout's secrets files: `*.env` in the secrets directory (config run.secrets), never `*.env.example`.
+    Refused: a directory given as an absolute path, by '..' or through a symlink out of the checkout, one that is
+    a file, a secrets file that is a symlink leading out of the checkout or not a regular file, one git tracks
+    (its secrets are in the history) and one git does not ignore (a `git add -A` away from it)."""
+    rel = secrets.relative(folder, "run.secrets")
+    base = secrets.located(repo.path, rel, "run.secrets")
+    if base is None:
         return []
-    files = sorted(p for p in base.glob("*.env") if p.is_file() and not p.name.endswith(".env.example"))
+    if not base.is_dir():
+        raise Failure(f"run.secrets '{rel}' is a file; it names the directory that holds the *.env files")
+    files, checked = [], []  # checked: the files and, for a link, what it leads to (inside the checkout)
+    for entry in sorted(os.scandir(base), key=lambda e: e.name):
+        if not entry.name.endswith(".env") or entry.name.endswith(secrets.EXAMPLE):
+            continue
+        path = f"{rel}/{entry.name}"
+        secrets.located(repo.path, path, "the secrets file")
+        if not os.path.isfile(entry.path):
+            raise Failure(f"secrets file {path} is not a regular file; make it one or rename it")
+        files.append(path)
+        checked += [path] + ([os.path.relpath(os.path.realpath(entry.path), repo.path)] if entry.is_symlink() else [])
     if files:
-        rel = [str(p.relative_to(repo.path)) for p in files]
-        tracked = repo.git("ls-files", "-z", "--", *rel).stdout.decode("utf-8", "surrogateescape").split("\0")
-        tracked = [t for t in tracked if t]
+        listed = "".join(f"./{f}\0" for f in checked).encode("utf-8", "surrogateescape")  # './': never magic
+        literal = {"GIT_LITERAL_PATHSPECS": "1"}  # a file named '*.env' or ':x.env' is that file, not a pattern
+        tracked = z_paths(repo.git("ls-files", "-z", "--", *checked, env=literal).stdout)
         if tracked:
             raise Failure(
                 f"{tracked[0]} is tracked by git, so its secrets are in the repository's history; remove it with "
                 f"'git rm --cached {tracked[0]}', add it to .gitignore, and rotate those secrets"
             )
-    return files
+        res = repo.git("check-ignore", "-z", "--stdin", input=listed, check=False)
+        if res.returncode not in (0, 1):  # 1: none of them is ignored
+            raise CommandFailed(res)
+        ignored = {p.removeprefix("./") for p in z_paths(res.stdout)}
+        loose = [f for f in checked if f not in ignored]
+        if loose:
+            raise Failure(
+                f"{loose[0]} is not ignored by git, so 'git add -A' would put its secrets in the history; add "
+                f"'{rel}/*.env' to .gitignore (or .git/info/exclude), then run again"
+            )
+    return [repo.path / f for f in files]
 
 
 def load(files: list[Path]) -> list[Var]:
@@ -88,6 +109,7 @@ def load(files: list[Path]) -> list[Var]:
         except OSError as exc:
             raise Failure(f"cannot read secrets file {path} ({exc.strerror})") from None
         found += parse(text, str(path))
+    secrets.conceal((v.key, v.value, v.origin) for v in found)
     return found
 
 
