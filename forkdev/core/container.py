@@ -7,15 +7,13 @@ when asked, then execs the image's own entrypoint and command, so signals and th
 
 from __future__ import annotations
 
+import csv
+import io
 import os
-import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import labels as L
-from . import ui
-from .engine import Engine
-from .proc import Runner
+from .errors import Failure
 
 RUN_IN = "/run/forkdev"  # the run's private directory, mounted read-only: the prologue and the variables
 ENV_IN = f"{RUN_IN}/env"
@@ -24,13 +22,18 @@ OVERLAY_IN = "/run/forkdev-overlay"
 HF_IN = "/run/forkdev-hf"
 
 # $1: where the overlay goes ("" for none), $2: "loop" to restart the command when it ends (live sync's
-# --restart), then the command. `set -a` exports what the variables file sets.
+# --restart), then the command. The script keeps no variables of its own: its state is in positional parameters
+# (which sourcing the variables file cannot change), the overlay is copied before that file is read, and `sleep`
+# is found on the image's PATH before a user's PATH replaces it; so no user variable (into, mode, PATH, IFS)
+# changes what it does. `set -a` exports what the variables file sets.
 PROLOGUE = (
-    "set -e; into=$1; mode=$2; shift 2; "
+    "set -e; "
+    f'if [ -n "$1" ]; then cp -a {OVERLAY_IN}/. "$1"/; fi; '
+    'if [ "$2" = loop ]; then shift 2; set -- loop "$(command -v sleep)" "$@"; else shift 2; set -- exec "$@"; fi; '
     f"if [ -r {ENV_IN} ]; then set -a; . {ENV_IN}; set +a; fi; "
-    f'if [ -n "$into" ]; then cp -a {OVERLAY_IN}/. "$into"/; fi; '
-    'if [ "$mode" = loop ]; then trap "exit 0" TERM INT; while :; do "$@" & wait $! || :; sleep 0.2; done; fi; '
-    'exec "$@"'
+    'if [ "$1" = loop ]; then trap "exit 0" TERM INT; '
+    'while :; do (shift 2; exec "$@") & wait $! || :; "$2" 0.2; done; fi; '
+    'shift; exec "$@"'
 )
 
 
@@ -55,7 +58,7 @@ class Spec:
     workdir: str | None = None
 
 
-def argv(exe: str, spec: Spec) -> list[str]:
+def argv(exe: str, spec: Spec, kind: str = "docker") -> list[str]:
     out = [exe, "run", "--name", spec.name, "--ipc=host", "--network", spec.network]
     if spec.remove:
         out.append("--rm")
@@ -69,14 +72,13 @@ def argv(exe: str, spec: Spec) -> list[str]:
     if spec.network != "host":  # host networking binds the host's ports directly: nothing to publish
         for port in spec.ports:
             out += ["--publish", f"{port}:{port}"]
-    relabel = ",z" if spec.selinux else ""  # SELinux: let the container read what it mounts
     mounts = list(spec.mounts)
     if spec.private is not None:
         mounts.append((str(spec.private), RUN_IN, "ro"))
     if spec.overlay is not None:
         mounts.append((str(spec.overlay[0]), OVERLAY_IN, "ro"))
     for host, inside, options in mounts:
-        out += ["--volume", f"{host}:{inside}:{options}{relabel}"]
+        out += mount(host, inside, read_only=options == "ro", kind=kind, selinux=spec.selinux)
     for key, value in sorted(spec.labels.items()):
         out += ["--label", f"{key}={value}"]
     if spec.workdir:
@@ -86,18 +88,30 @@ def argv(exe: str, spec: Spec) -> list[str]:
     return out + spec.command
 
 
-def private_parent(cache: Path) -> Path:
-    """Where runs keep their private directories: inside a directory only we can enter (0700), so the files in
-    it can be readable by the container's own user (whoever the image runs as) and still by no one else here."""
-    parent = cache / "run"
-    parent.mkdir(parents=True, exist_ok=True)
-    parent.chmod(0o700)
-    return parent
+def mount(host: str, inside: str, *, read_only: bool, kind: str, selinux: bool) -> list[str]:
+    """A bind mount as `--mount type=bind,source=...,target=...`: a path may hold ':' (which `--volume` splits
+    on) or ',' and '"' (quoted as CSV fields, which both engines read)."""
+    for path in (host, inside):
+        if any(ch in path for ch in "\0\n\r"):
+            raise Failure(f"cannot mount {path!r}: the path holds a NUL or a line break; rename it")
+    if selinux and kind == "docker":
+        # docker's --mount cannot relabel for SELinux; only --volume's ',z' can, and it splits paths on ':'.
+        for path in (host, inside):
+            if ":" in path:
+                raise Failure(f"cannot mount '{path}' with docker on SELinux: the path holds ':'; rename it")
+        return ["--volume", f"{host}:{inside}:{'ro' if read_only else 'rw'},z"]
+    fields = ["type=bind", f"source={host}", f"target={inside}"]
+    if read_only:
+        fields.append("readonly")
+    if selinux:
+        fields.append("relabel=shared")  # podman: let the container read what it mounts
+    line = io.StringIO()
+    csv.writer(line, lineterminator="").writerow(fields)
+    return ["--mount", line.getvalue()]
 
 
 def prepare_private(folder: Path, variables: str) -> Path:
-    """The run's private directory (under `private_parent`): the prologue and the variables file."""
-    folder.chmod(0o755)
+    """The container's private directory (`owners.Claim.private`): the prologue and the variables file."""
     (folder / "init").write_text(PROLOGUE + "\n")
     fd = os.open(folder / "env", os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
     with os.fdopen(fd, "w") as fh:
@@ -119,33 +133,3 @@ def command_of(image: dict, given: list[str]) -> list[str]:
         return list(given)
     config = image.get("Config") or {}
     return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
-
-
-def container_name(purpose: str) -> str:
-    return f"forkdev-{purpose}-{os.getpid()}"
-
-
-def owner_labels(purpose: str) -> dict[str, str]:
-    return {L.RUN: purpose, L.HOST: socket.gethostname()}
-
-
-def sweep_orphans(engine: Engine, run: Runner) -> None:
-    """Remove the containers a killed run of this machine left (its pid is in the name; the host in a label):
-    run's, shell's and smoke's alike."""
-    from .scratch import alive
-
-    here = f"label={L.HOST}={socket.gethostname()}"
-    listing = run(engine.cmd("ps", "-a", "--filter", here, "--format", "{{.Names}}"), mutates=False)
-    for name in orphans(listing.out.split(), alive):
-        ui.info(f"removing {name}, left by a run that was killed")
-        run(engine.cmd("rm", "--force", name), check=False)
-
-
-def orphans(names: list[str], alive) -> list[str]:
-    """Of this machine's forkdev containers, those whose owning process is gone (a kill -9 skips its cleanup)."""
-    found = []
-    for name in names:
-        _, _, pid = name.rpartition("-")
-        if name.startswith("forkdev-") and pid.isdigit() and not alive(int(pid)):
-            found.append(name)
-    return found

@@ -21,10 +21,14 @@ KEY = "dev.forkdev.key"  # hash of everything that determines a thin image's con
 NATIVE_HASH = "dev.forkdev.native-hash"  # hash of the native sources a full build compiled
 BUILD = "dev.forkdev.build"  # "full" (compiled) or "thin" (a full image plus one layer)
 RECIPE = "dev.forkdev.wheel.recipe"  # on the wheel build image: the hash of what built it
+# On what a full build makes (buildah puts it on every step's image too): the lock file its run holds while it
+# builds, so a later run that can take the lock knows the build is over and may remove what it left (fullbuild.py)
+BUILD_OWNER = "dev.forkdev.build.owner"
 
 # On the containers `invoke run`, `shell` and `smoke --image` start
 RUN = "dev.forkdev.run"  # what the container is for (run, shell, ...)
-HOST = "dev.forkdev.host"  # the machine whose process owns the container: only there is its pid meaningful
+HOST = "dev.forkdev.host"  # the machine that started it (for people: the sweep goes by OWNER)
+OWNER = "dev.forkdev.owner"  # the lock file its owner holds while it lives (core/owners.py); never on --keep ones
 
 # Where a base may say which commit it holds: our label, vLLM's own label and environment variable.
 REVISION_LABELS = (REVISION, "ai.vllm.build.commit")

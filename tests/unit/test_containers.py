@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import re
 import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 
-from forkdev.core import container, envfiles, gpu
+from forkdev.core import container, envfiles, gpu, owners
 from forkdev.core.errors import Failure
 
 
@@ -72,7 +75,7 @@ def test_asking_for_gpus_the_host_cannot_give_names_the_missing_piece(tmp_path, 
         gpu.args(kind, found, request_)
 
 
-@pytest.mark.parametrize("value", ["two", "-1", "0", "all gpus", ""])
+@pytest.mark.parametrize("value", ["two", "-1", "0", "all gpus", "", "²", "٣"])
 def test_a_gpu_request_is_auto_none_all_or_a_count(value):
     with pytest.raises(Failure, match="--gpu"):
         gpu.parse_request(value)
@@ -87,13 +90,13 @@ def test_the_run_argv_mounts_the_private_directory_and_runs_the_images_command_a
         ports=[8000],
         mounts=[("/src", "/workspace", "rw")],
         private=tmp_path,
-        selinux=True,
         loop=True,
     )
     argv = container.argv("docker", spec)
     assert argv[:2] == ["docker", "run"] and "--rm" in argv and "--ipc=host" in argv
     assert argv[argv.index("--publish") : argv.index("--publish") + 2] == ["--publish", "8000:8000"]
-    assert f"{tmp_path}:/run/forkdev:ro,z" in argv and "/src:/workspace:rw,z" in argv
+    assert f"type=bind,source={tmp_path},target=/run/forkdev,readonly" in argv
+    assert "type=bind,source=/src,target=/workspace" in argv
     tail = argv[argv.index("--entrypoint") :]
     assert tail == [
         "--entrypoint",
@@ -113,11 +116,53 @@ def test_the_run_argv_mounts_the_private_directory_and_runs_the_images_command_a
     assert "--publish" not in host, "host networking binds the host's ports: nothing to publish"
 
 
+@pytest.mark.parametrize(
+    ("kind", "selinux", "path", "expected"),
+    [
+        ("docker", False, "/home/me/vllm:v2", ["--mount", "type=bind,source=/home/me/vllm:v2,target=/w,readonly"]),
+        ("podman", False, '/a,b"c', ["--mount", 'type=bind,"source=/a,b""c",target=/w,readonly']),
+        ("podman", True, "/a:b", ["--mount", "type=bind,source=/a:b,target=/w,readonly,relabel=shared"]),
+        ("docker", True, "/src", ["--volume", "/src:/w:ro,z"]),  # docker's --mount cannot relabel
+    ],
+)
+def test_a_mount_is_one_field_per_value_whatever_the_path_holds(kind, selinux, path, expected):
+    assert container.mount(path, "/w", read_only=True, kind=kind, selinux=selinux) == expected
+
+
+@pytest.mark.parametrize(
+    ("kind", "selinux", "path", "words"),
+    [
+        ("docker", True, "/home/me/vllm:v2", "cannot mount '/home/me/vllm:v2' with docker on SELinux"),
+        ("podman", False, "/a\nb", "cannot mount '/a\\nb': the path holds a NUL or a line break"),
+    ],
+)
+def test_a_path_no_mount_can_hold_is_named(kind, selinux, path, words):
+    with pytest.raises(Failure, match=re.escape(words)):
+        container.mount(path, "/w", read_only=False, kind=kind, selinux=selinux)
+
+
+def test_the_prologue_has_no_variable_a_users_variable_could_change(tmp_path):
+    """The variables file may set into, mode, PATH, IFS: the prologue neither copies an overlay nor loops for it,
+    and the command gets them, with its own exit code."""
+    script = container.PROLOGUE.replace(container.ENV_IN, str(tmp_path / "env"))
+    (tmp_path / "env").write_text(envfiles.script(envfiles.explicit(["into=/tmp", "mode=loop", "PATH=/nowhere"])))
+    probe = 'echo "$into $mode $PATH"; exit 3'
+    argv = ["sh", "-c", script, "init", "", "exec", "/bin/sh", "-c", probe]
+    res = subprocess.run(argv, capture_output=True, timeout=10)
+    assert (res.returncode, res.stdout) == (3, b"/tmp loop /nowhere\n"), res.stderr
+    # and in loop mode it restarts the command (with `sleep` found before the user's PATH replaced it)
+    count = tmp_path / "count"
+    loop = subprocess.Popen(["sh", "-c", script, "init", "", "loop", "/bin/sh", "-c", f"echo >> {count}"])
+    time.sleep(1.0)
+    loop.terminate()
+    assert loop.wait(10) == 0 and count.read_text().count("\n") >= 2
+
+
 def test_secrets_files_are_key_value_lines_and_a_bad_line_is_named(tmp_path):
     good = envfiles.parse("# tokens\n\nHF_TOKEN=abc=def\n  export OTHER= x y \nEMPTY=\n", "s.env")
     assert [(v.key, v.value) for v in good] == [("HF_TOKEN", "abc=def"), ("OTHER", " x y "), ("EMPTY", "")]
     for text, line in [("HF TOKEN=x\n", 1), ("\nnot a line\n", 2), ("1KEY=x\n", 1), ("=x\n", 1), ("K =x\n", 1)]:
-        with pytest.raises(Failure, match=rf"s.env:{line}: not a KEY=VALUE line"):
+        with pytest.raises(Failure, match=rf"s.env:{line}: not a NAME=value line"):
             envfiles.parse(text, "s.env")
 
 
@@ -132,6 +177,34 @@ def test_the_variables_script_is_literal_in_the_shell_and_later_values_win(tmp_p
     assert shlex.split(text.splitlines()[0]) == ["export", "A=flag"]
 
 
-def test_only_forkdev_containers_of_dead_processes_are_orphans():
-    names = ["forkdev-sync-100", "forkdev-run-200", "forkdev-shell-x", "mine-300", "forkdev-sync-", "forkdev-run-400"]
-    assert container.orphans(names, lambda pid: pid == 200) == ["forkdev-sync-100", "forkdev-run-400"]
+HOLD = """
+import sys, time
+from pathlib import Path
+from forkdev.core import owners
+claim = owners.Claim(Path(sys.argv[1]), None, None)
+print(claim.folder, flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_claim_is_swept_only_once_no_process_holds_its_lock(tmp_path):
+    """Not a pid guess (tests/integration/test_run.py has an owner in another PID namespace): a live owner holds
+    its flock, and kill -9 drops it."""
+    cache = tmp_path / "cache"
+    owner = subprocess.Popen([sys.executable, "-c", HOLD, str(cache)], stdout=subprocess.PIPE, text=True)
+    try:
+        held = Path(owner.stdout.readline().strip())
+        assert held.parent == owners.folder(cache)
+        (owners.folder(cache) / "half-made").mkdir()  # a claim killed before it locked
+        with owners.unheld(cache) as dead:
+            assert dead == [owners.folder(cache) / "half-made"], "the live owner's claim is not among them"
+    finally:
+        owner.kill()
+        owner.wait()
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        with owners.unheld(cache) as dead:
+            if held in dead:
+                break
+        time.sleep(0.05)
+    assert held in dead, "a killed owner's lock is free"
