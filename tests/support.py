@@ -1,5 +1,7 @@
 """Real components for tests and benchmarks: a Debian image made from nothing, a vLLM-shaped repository made
-from shared/data's manifest, base images built on the real engine, and a real registry on loopback.
+from the manifest of the real tree, base images built on the real engine, and a real registry on loopback. What
+`invoke demo` makes too (the tree, the buildable upstream, the cmake package, the debootstrap image) is the
+product's own code, forkdev/core/sandbox.py, used here as it is.
 
 Nothing here is a double: the engine, git, debootstrap and the registry are the real programs.
 """
@@ -20,14 +22,15 @@ import time
 import zipfile
 from pathlib import Path
 
+from forkdev.core import sandbox
 from forkdev.core.engine import Engine
+from forkdev.core.proc import Runner
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"  # copied from shared/data: facts about the real vLLM tree
-MANIFEST = DATA / "vllm-tree-manifest.tsv"
+DATA = Path(__file__).parent / "data"  # copied from shared/data: facts about real vLLM commits
 CACHE = Path(os.path.expanduser(os.environ.get("FORKDEV_TEST_CACHE", "~/.cache/forkdev-tests")))
 OS_IMAGE = "forkdev-test/debian:bookworm"
-SITE = "/usr/local/lib/python3.11/dist-packages"  # Debian's python3 puts pip installs here
+SITE = sandbox.SITE
 
 
 def sh(
@@ -92,39 +95,7 @@ def commit_all(repo: Path, message: str) -> str:
     return git(repo, "rev-parse", "HEAD")
 
 
-def manifest(limit_bytes: int | None = None) -> list[tuple[str, int, int]]:
-    rows = []
-    for line in MANIFEST.read_text().splitlines()[1:]:
-        path, size, mode = line.split("\t")
-        if not size.isdigit():
-            continue  # the manifest has one row with size 'BAD'; a fixture cannot invent its size
-        rows.append((path, min(int(size), limit_bytes) if limit_bytes else int(size), int(mode, 8)))
-    return rows
-
-
-def content(path: str, size: int, salt: str = "") -> bytes:
-    """Deterministic bytes of a given size; .py files stay valid Python."""
-    head = f"# {path} {salt}\nVALUE = {int(hashlib.sha256((path + salt).encode()).hexdigest()[:8], 16)}\n"
-    if not path.endswith(".py"):
-        head = f"{path} {salt}\n"
-    body = head.encode()
-    pad = b"# " + hashlib.sha256(path.encode()).hexdigest().encode() + b"\n"
-    while len(body) < size:
-        body += pad
-    return body[: max(size, len(head.encode()))] if path.endswith(".py") else body[:size]
-
-
-def write_tree(root: Path, limit_bytes: int | None = 2048) -> int:
-    """A checkout shaped like vLLM (same paths, modes; sizes capped at limit_bytes). Returns file count."""
-    rows = manifest(limit_bytes)
-    for path, size, mode in rows:
-        f = root / path
-        f.parent.mkdir(parents=True, exist_ok=True)
-        f.write_bytes(content(path, size))
-        if mode == 0o100755:
-            f.chmod(0o755)
-    (root / ".gitignore").write_text("*.so\n__pycache__/\nbuild/\n")
-    return len(rows)
+manifest, content, write_tree = sandbox.manifest, sandbox.content, sandbox.write_tree
 
 
 def make_upstream(root: Path, limit_bytes: int | None = 2048) -> str:
@@ -136,29 +107,12 @@ def make_upstream(root: Path, limit_bytes: int | None = 2048) -> str:
 
 # ---- images --------------------------------------------------------------------------------------------------
 def rootfs_tar() -> Path:
-    """A minbase Debian bookworm with python3 and git, made with debootstrap once and cached."""
-    tar = CACHE / "bookworm-python3-git.tar"
-    if tar.exists():
-        return tar
-    CACHE.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE) as tmp:
-        target = Path(tmp) / "root"
-        sh(
-            "debootstrap",
-            "--variant=minbase",
-            "--include=python3,git",
-            "bookworm",
-            target,
-            "http://deb.debian.org/debian",
-        )
-        sh("tar", "-C", target, "-cf", Path(tmp) / "rootfs.tar", ".")
-        os.replace(Path(tmp) / "rootfs.tar", tar)
-    return tar
+    """A minbase Debian bookworm with python3 and git (debootstrap, the product's own code), cached in CACHE."""
+    return sandbox.rootfs_tar(CACHE, Runner(echo=False))
 
 
 def ensure_os_image(engine: Engine) -> str:
-    if subprocess.run([engine.exe, "image", "inspect", OS_IMAGE], capture_output=True).returncode != 0:
-        sh(engine.exe, "import", rootfs_tar(), OS_IMAGE)
+    sandbox.os_image(engine, Runner(echo=False), OS_IMAGE, CACHE)
     return OS_IMAGE
 
 
@@ -183,13 +137,9 @@ def remove_test_images(engine: Engine, namespaces: tuple[str, ...] = ("forkdev-t
 
 
 def settle_checkout(checkout: Path) -> None:
-    """Make a fresh checkout one as a user's (or a base image's) is: its files older than its index. Straight
-    after a clone or checkout they are racily clean (as new as the index), so every later git command re-reads
-    them all, and a benchmark's git baseline looks slower than it is (a fork-sync merge 0.31 s, not 0.12 s)."""
-    hour_ago = time.time() - 3600
-    for path in git(checkout, "ls-files", "-z").split("\0"):
-        if path:
-            os.utime(checkout / path, (hour_ago, hour_ago), follow_symlinks=False)
+    """A fresh checkout made as a user's (or a base image's) is: its files older than its index (a benchmark's git
+    baseline otherwise looks slower than it is: a fork-sync merge 0.31 s, not 0.12 s)."""
+    sandbox.age(checkout, [p for p in git(checkout, "ls-files", "-z").split("\0") if p])
     git(checkout, "update-index", "-q", "--refresh")
 
 
@@ -291,6 +241,17 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def listening(port: int, seconds: float = 20) -> bool:
+    """Whether a server started on 127.0.0.1:`port` accepts connections within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return True
+        time.sleep(0.1)
+    return False
+
+
 class Registry:
     """Debian's docker-registry (distribution 2.8) on 127.0.0.1, storing into a temporary directory; with `users`
     ({name: password}) it asks for HTTP basic auth (htpasswd, bcrypt) as a private registry does."""
@@ -316,14 +277,9 @@ class Registry:
         exe = shutil.which("docker-registry") or "/usr/bin/docker-registry"
         self.log = open(workdir / "registry.log", "wb")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen([exe, "serve", str(conf)], stdout=self.log, stderr=self.log)
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.1)
-        self.stop()
-        raise RuntimeError(f"docker-registry did not listen on {self.host}")
+        if not listening(self.port):
+            self.stop()
+            raise RuntimeError(f"docker-registry did not listen on {self.host}")
 
     def tags(self, repository: str) -> list[str]:
         import json
@@ -332,10 +288,47 @@ class Registry:
         with urllib.request.urlopen(f"http://{self.host}/v2/{repository}/tags/list", timeout=10) as r:
             return sorted(json.load(r).get("tags") or [])
 
+    def retag(self, repository: str, source: str, tag: str) -> str:
+        """Put the manifest `source` names under `tag` too, as `crane tag` does: one manifest, two tags. Returns
+        the manifest's digest."""
+        import urllib.request
+
+        url = f"http://{self.host}/v2/{repository}/manifests/"
+        accept = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
+        with urllib.request.urlopen(urllib.request.Request(url + source, headers={"Accept": accept}), timeout=10) as r:
+            body, kind, digest = r.read(), r.headers["Content-Type"], r.headers["Docker-Content-Digest"]
+        put = urllib.request.Request(url + tag, data=body, method="PUT", headers={"Content-Type": kind})
+        urllib.request.urlopen(put, timeout=10).close()
+        return digest
+
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
         self.log.close()
+
+
+class GitDaemon:
+    """`git daemon` on 127.0.0.1 serving the repositories under `root` read-only at git://HOST:PORT/NAME: an
+    upstream that a BuildKit git context can fetch (it cannot fetch a commit of a local path)."""
+
+    def __init__(self, root: Path) -> None:
+        self.port = free_port()
+        self.proc = subprocess.Popen(
+            ["git", "daemon", "--reuseaddr", "--export-all", f"--base-path={root}", "--listen=127.0.0.1",
+             f"--port={self.port}", str(root)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        if not listening(self.port):
+            self.stop()
+            raise RuntimeError(f"git daemon did not listen on 127.0.0.1:{self.port}")
+
+    def url(self, name: str) -> str:
+        return f"git://127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=10)
 
 
 class FaultyRegistry:
@@ -385,38 +378,13 @@ class FaultyRegistry:
 
 
 # ---- a buildable upstream, for the full builds of nightly and batch ------------------------------------------
-BUILD_DOCKERFILE = """\
-FROM {os_image} AS base
-RUN mkdir -p {site} && echo /opt/vllm-source > {site}/vllm-editable.pth
-
-FROM base AS vllm-openai
-ARG max_jobs=1
-ARG SETUPTOOLS_SCM_PRETEND_VERSION=unknown
-ARG compile_seconds=0
-COPY . /opt/vllm-source
-# The "compile": the kernels' bytes are a function of the native sources; each run is logged in the cache
-# mount (BuildKit's RUN --mount=type=cache, as vLLM's Dockerfile uses it).
-RUN --mount=type=cache,target=/root/.cache/forkdev-compile \\
-    cd /opt/vllm-source && sleep "$compile_seconds" && \\
-    find csrc -type f | sort | xargs cat | sha256sum > vllm/_C.abi3.so && \\
-    echo "$SETUPTOOLS_SCM_PRETEND_VERSION" > vllm/BUILD_VERSION && \\
-    date >> /root/.cache/forkdev-compile/runs
-ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
-"""
-
-
 def make_buildable_upstream(root: Path, os_image: str | None = None, limit_bytes: int = 512) -> str:
     """A vLLM-shaped upstream whose docker/Dockerfile builds in seconds from the debootstrap image. (docker's
     BuildKit resolves FROM images in a registry even when they are local, so docker tests name the image as
     pushed to the loopback registry.)"""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
-    write_tree(root, limit_bytes=limit_bytes)
-    (root / "docker" / "Dockerfile").write_text(BUILD_DOCKERFILE.format(os_image=os_image or OS_IMAGE, site=SITE))
-    (root / "pyproject.toml").write_text(  # as vLLM's: the version comes from git through setuptools-scm
-        '[build-system]\nrequires = ["setuptools", "setuptools-scm"]\n\n[tool.setuptools_scm]\n'
-    )
-    (root / ".dockerignore").write_text(".git\n")
+    sandbox.write_buildable(root, os_image or OS_IMAGE, limit_bytes)
     return commit_all(root, "upstream: a buildable tree")
 
 
@@ -426,90 +394,6 @@ def wheel_env(engine: Engine) -> dict[str, str]:
 
 
 # ---- a small cmake-backed Python package, laid out as MLC-LLM is ---------------------------------------------
-PACKAGE_CMAKE = """\
-cmake_minimum_required(VERSION 3.18)
-project(mlc_llm C)
-# A cache variable: a -DGREETING=... on the command line must win (no plain set() overriding it).
-set(GREETING "hello" CACHE STRING "the greeting compiled into the library")
-add_library(mlc_llm SHARED cpp/greet.c)
-target_compile_definitions(mlc_llm PRIVATE "GREETING=\\"${GREETING}\\"")
-"""
-
-PACKAGE_C = """\
-#include <stdlib.h>
-
-/* getenv keeps libc.so.6 among the library's needs, as any real library has it. */
-const char *mlc_greet(void) {
-  const char *override = getenv("MLC_GREETING");
-  return override ? override : GREETING;
-}
-int mlc_add(int a, int b) { return a + b; }
-"""
-
-PACKAGE_SETUP = """\
-import os
-import shutil
-
-from setuptools import setup
-from setuptools.dist import Distribution
-
-HERE = os.path.dirname(os.path.abspath(__file__))
-
-
-class BinaryDistribution(Distribution):
-    def has_ext_modules(self):
-        return True
-
-
-# As MLC-LLM's setup.py: the libraries cmake built in ../build are copied into the package.
-if {ship_lib}:
-    shutil.copy(os.path.join(HERE, "..", "build", "libmlc_llm.so"), os.path.join(HERE, "mlc_llm"))
-setup(
-    name="mlc_llm",
-    version="{version}",
-    packages=["mlc_llm"],
-    package_data={{"mlc_llm": ["*.so"]}},
-    entry_points={{"console_scripts": ["mlc_llm = mlc_llm.__main__:main"]}},
-    {distclass}
-)
-"""
-
-PACKAGE_INIT = """\
-import ctypes
-import os
-
-{extra_import}
-__version__ = "{version}"
-_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmlc_llm.so"))
-_LIB.mlc_greet.restype = ctypes.c_char_p
-
-
-def greet() -> str:
-    return _LIB.mlc_greet().decode()
-
-
-def add(a: int, b: int) -> int:
-    return _LIB.mlc_add(a, b)
-"""
-
-PACKAGE_MAIN = """\
-import sys
-
-from . import add, greet
-
-
-def main() -> int:
-    if "--help" in sys.argv[1:]:
-        print("usage: mlc_llm [--help]")
-    print(greet(), add(2, 3))
-    return 0 if add(2, 3) == 5 else 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())
-"""
-
-
 def make_cmake_package(
     root: Path,
     *,
@@ -525,17 +409,7 @@ def make_cmake_package(
     import_error=True: the package's __init__ imports a module that does not exist. Returns the commit."""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
-    (root / "cpp").mkdir(exist_ok=True)
-    (root / "python" / "mlc_llm").mkdir(parents=True, exist_ok=True)
-    (root / "CMakeLists.txt").write_text(PACKAGE_CMAKE)
-    (root / "cpp" / "greet.c").write_text(PACKAGE_C)
-    distclass = "" if pure else "distclass=BinaryDistribution,"
-    setup = PACKAGE_SETUP.format(version=version, ship_lib=ship_lib, distclass=distclass)
-    (root / "python" / "setup.py").write_text(setup)
-    extra = "import mlc_llm_missing_dependency  # noqa: F401" if import_error else ""
-    (root / "python" / "mlc_llm" / "__init__.py").write_text(PACKAGE_INIT.format(version=version, extra_import=extra))
-    (root / "python" / "mlc_llm" / "__main__.py").write_text(PACKAGE_MAIN)
-    (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
+    sandbox.write_cmake_package(root, version=version, pure=pure, ship_lib=ship_lib, import_error=import_error)
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
 
 
@@ -581,3 +455,27 @@ def serve_unix(path: Path, reply) -> socket.socket:
 
     threading.Thread(target=loop, daemon=True).start()
     return server
+
+
+# ---- cron ----------------------------------------------------------------------------------------------------
+def crond(text: str) -> str:
+    """What Debian's cron hands /bin/sh for a command: do_command.c's loop, ported line for line (not the module's
+    own version of it). `\\%` becomes `%`; a bare `%` ends the command (what follows is its stdin)."""
+    cmd = list(text)
+    p = escaped = 0
+    for i, ch in enumerate(text):
+        if p != i:
+            cmd[p] = ch
+        if escaped:
+            if ch == "%":
+                p -= 1
+                cmd[p] = ch
+            escaped = 0
+            p += 1
+            continue
+        if ch == "\\":
+            escaped = 1
+        if ch == "%":
+            break
+        p += 1
+    return "".join(cmd[:p])

@@ -1,0 +1,255 @@
+"""Realistic material made from nothing, for `invoke demo` and for the tests' and benchmarks' fixtures alike: a
+vLLM-shaped tree (every path, size and mode of the real tree, from the manifest in forkdev/data), the files of an
+upstream whose docker/Dockerfile builds in seconds (a stand-in compile of csrc/ into vllm/_C.abi3.so), a small
+cmake-backed package laid out as MLC-LLM, and a Debian + Python image made with debootstrap where no image can
+be pulled.
+
+Writers take a directory and only write files; what runs a program (debootstrap, tar, the engine) goes through
+the Runner. Nothing here commits: the caller makes the repositories (the demo with its own git identity).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+from pathlib import Path
+
+from .engine import Engine
+from .errors import Failure
+from .proc import Runner
+from .scratch import scratch
+
+MANIFEST = Path(__file__).resolve().parents[1] / "data" / "vllm-tree-manifest.tsv"
+SITE = "/usr/local/lib/python3.11/dist-packages"  # Debian's python3 puts pip installs here
+ROOTFS = "bookworm-python3-git.tar"  # debootstrap's minbase bookworm with python3 and git, as a tar
+GITIGNORE = "*.so\n__pycache__/\nbuild/\n"
+
+
+def manifest(limit_bytes: int | None = None) -> list[tuple[str, int, int]]:
+    """(path, size, mode) of every file of the real vLLM tree; sizes capped at `limit_bytes` when given."""
+    rows = []
+    for line in MANIFEST.read_text().splitlines()[1:]:
+        path, size, mode = line.split("\t")
+        if not size.isdigit():
+            continue  # the manifest has one row with size 'BAD'; nothing can invent its size
+        rows.append((path, min(int(size), limit_bytes) if limit_bytes else int(size), int(mode, 8)))
+    return rows
+
+
+def content(path: str, size: int, salt: str = "") -> bytes:
+    """Deterministic bytes of a given size; .py files stay valid Python (a header line, then comment lines)."""
+    head = f"# {path} {salt}\nVALUE = {int(hashlib.sha256((path + salt).encode()).hexdigest()[:8], 16)}\n"
+    if not path.endswith(".py"):
+        head = f"{path} {salt}\n"
+    body = head.encode()
+    pad = b"# " + hashlib.sha256(path.encode()).hexdigest().encode() + b"\n"
+    body += pad * max(0, -(-(size - len(body)) // len(pad)))  # whole pad lines up to at least `size`
+    return body[: max(size, len(head.encode()))] if path.endswith(".py") else body[:size]
+
+
+def write_tree(root: Path, limit_bytes: int | None = 2048) -> int:
+    """A checkout shaped like vLLM (same paths and modes; sizes capped at limit_bytes). Returns its file count."""
+    rows = manifest(limit_bytes)
+    for path, size, mode in rows:
+        f = root / path
+        f.parent.mkdir(parents=True, exist_ok=True)
+        f.write_bytes(content(path, size))
+        if mode == 0o100755:
+            f.chmod(0o755)
+    (root / ".gitignore").write_text(GITIGNORE)
+    return len(rows)
+
+
+def age(root: Path, paths: list[str], seconds: float = 3600) -> None:
+    """Make a fresh checkout's files as a used one's are: older than its index. Straight after a clone they are
+    racily clean (as new as the index), so the next git command re-reads them all and looks slower than it is;
+    the caller then refreshes the index (`git update-index -q --refresh`)."""
+    then = time.time() - seconds
+    for path in paths:
+        os.utime(root / path, (then, then), follow_symlinks=False)
+
+
+# The upstream's own Dockerfile, as vLLM's: the source tree at /opt/vllm-source, found through a .pth file, and a
+# "compile" whose output (vllm/_C.abi3.so) is a function of the native sources. {run} is the compile's RUN line:
+# with a BuildKit cache mount that logs each compile (the tests count them), or plain (docker's legacy builder
+# takes a FROM image that is only local; 20.10's BuildKit asks a registry for it).
+BUILD_DOCKERFILE = """\
+FROM {os_image} AS base
+RUN mkdir -p {site} && echo /opt/vllm-source > {site}/vllm-editable.pth
+
+FROM base AS vllm-openai
+ARG max_jobs=1
+ARG SETUPTOOLS_SCM_PRETEND_VERSION=unknown
+ARG compile_seconds=0
+COPY . /opt/vllm-source
+# The "compile": the kernels' bytes are a function of the native sources.
+{run}
+ENTRYPOINT ["python3", "-m", "vllm.entrypoints.openai.api_server"]
+"""
+COMPILE = (
+    'cd /opt/vllm-source && sleep "$compile_seconds" && \\\n'
+    "    find csrc -type f | sort | xargs cat | sha256sum > vllm/_C.abi3.so && \\\n"
+    '    echo "$SETUPTOOLS_SCM_PRETEND_VERSION" > vllm/BUILD_VERSION'
+)
+
+
+def dockerfile(os_image: str, *, count_compiles: bool = True) -> str:
+    """The upstream's docker/Dockerfile, FROM `os_image`. count_compiles: each compile is logged in a BuildKit
+    cache mount (RUN --mount=type=cache), as vLLM's Dockerfile uses one; without it any builder can build it."""
+    run = f"RUN {COMPILE}"
+    if count_compiles:
+        run = f"RUN --mount=type=cache,target=/root/.cache/forkdev-compile \\\n    {COMPILE} && \\\n"
+        run += "    date >> /root/.cache/forkdev-compile/runs"
+    return BUILD_DOCKERFILE.format(os_image=os_image, site=SITE, run=run)
+
+
+def write_buildable(root: Path, os_image: str, limit_bytes: int | None = 512, *, count_compiles: bool = True) -> int:
+    """The files of a vLLM-shaped upstream whose docker/Dockerfile builds in seconds from `os_image`; file count."""
+    count = write_tree(root, limit_bytes=limit_bytes)
+    (root / "docker" / "Dockerfile").write_text(dockerfile(os_image, count_compiles=count_compiles))
+    (root / "pyproject.toml").write_text(  # as vLLM's: the version comes from git through setuptools-scm
+        '[build-system]\nrequires = ["setuptools", "setuptools-scm"]\n\n[tool.setuptools_scm]\n'
+    )
+    (root / ".dockerignore").write_text(".git\n")
+    return count
+
+
+# ---- a small cmake-backed Python package, laid out as MLC-LLM is ---------------------------------------------
+PACKAGE_CMAKE = """\
+cmake_minimum_required(VERSION 3.18)
+project(mlc_llm C)
+# A cache variable: a -DGREETING=... on the command line must win (no plain set() overriding it).
+set(GREETING "hello" CACHE STRING "the greeting compiled into the library")
+add_library(mlc_llm SHARED cpp/greet.c)
+target_compile_definitions(mlc_llm PRIVATE "GREETING=\\"${GREETING}\\"")
+"""
+
+PACKAGE_C = """\
+#include <stdlib.h>
+
+/* getenv keeps libc.so.6 among the library's needs, as any real library has it. */
+const char *mlc_greet(void) {
+  const char *override = getenv("MLC_GREETING");
+  return override ? override : GREETING;
+}
+int mlc_add(int a, int b) { return a + b; }
+"""
+
+PACKAGE_SETUP = """\
+import os
+import shutil
+
+from setuptools import setup
+from setuptools.dist import Distribution
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+class BinaryDistribution(Distribution):
+    def has_ext_modules(self):
+        return True
+
+
+# As MLC-LLM's setup.py: the libraries cmake built in ../build are copied into the package.
+if {ship_lib}:
+    shutil.copy(os.path.join(HERE, "..", "build", "libmlc_llm.so"), os.path.join(HERE, "mlc_llm"))
+setup(
+    name="mlc_llm",
+    version="{version}",
+    packages=["mlc_llm"],
+    package_data={{"mlc_llm": ["*.so"]}},
+    entry_points={{"console_scripts": ["mlc_llm = mlc_llm.__main__:main"]}},
+    {distclass}
+)
+"""
+
+PACKAGE_INIT = """\
+import ctypes
+import os
+
+{extra_import}
+__version__ = "{version}"
+_LIB = ctypes.CDLL(os.path.join(os.path.dirname(os.path.abspath(__file__)), "libmlc_llm.so"))
+_LIB.mlc_greet.restype = ctypes.c_char_p
+
+
+def greet() -> str:
+    return _LIB.mlc_greet().decode()
+
+
+def add(a: int, b: int) -> int:
+    return _LIB.mlc_add(a, b)
+"""
+
+PACKAGE_MAIN = """\
+import sys
+
+from . import add, greet
+
+
+def main() -> int:
+    if "--help" in sys.argv[1:]:
+        print("usage: mlc_llm [--help]")
+    print(greet(), add(2, 3))
+    return 0 if add(2, 3) == 5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+"""
+
+
+def write_cmake_package(
+    root: Path, *, version: str = "0.1.0", pure: bool = False, ship_lib: bool = True, import_error: bool = False
+) -> None:
+    """A checkout laid out as MLC-LLM is: a root CMakeLists.txt builds libmlc_llm.so (a C library) into build/,
+    python/setup.py copies it into the package, whose __init__ loads it with ctypes.
+    pure=True: no BinaryDistribution, so the wheel is tagged py3-none-any while carrying the .so.
+    ship_lib=False: the package never gets the library (a broken wheel).
+    import_error=True: the package's __init__ imports a module that does not exist."""
+    (root / "cpp").mkdir(parents=True, exist_ok=True)
+    (root / "python" / "mlc_llm").mkdir(parents=True, exist_ok=True)
+    (root / "CMakeLists.txt").write_text(PACKAGE_CMAKE)
+    (root / "cpp" / "greet.c").write_text(PACKAGE_C)
+    distclass = "" if pure else "distclass=BinaryDistribution,"
+    (root / "python" / "setup.py").write_text(
+        PACKAGE_SETUP.format(version=version, ship_lib=ship_lib, distclass=distclass)
+    )
+    extra = "import mlc_llm_missing_dependency  # noqa: F401" if import_error else ""
+    (root / "python" / "mlc_llm" / "__init__.py").write_text(PACKAGE_INIT.format(version=version, extra_import=extra))
+    (root / "python" / "mlc_llm" / "__main__.py").write_text(PACKAGE_MAIN)
+    (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
+
+
+# ---- a Debian + Python image made from nothing ---------------------------------------------------------------
+def rootfs_tar(cache: Path, run: Runner) -> Path:
+    """A minbase Debian bookworm with python3 and git, made with debootstrap once and kept in `cache`. Made in a
+    scratch directory beside it (a killed run's is removed by the next) and moved in whole."""
+    tar = cache / ROOTFS
+    if tar.exists():
+        return tar
+    if run.dry_run:
+        raise Failure(f"dry run stops here: a real run makes {tar} with debootstrap (about a minute, as root)")
+    if os.geteuid() != 0:
+        raise Failure(
+            "debootstrap needs root to make the Debian image; run as root, or set demo.os_image to an image with "
+            "python3 that this machine has or can pull"
+        )
+    cache.mkdir(parents=True, exist_ok=True)
+    with scratch("rootfs", cache) as tmp:
+        target = tmp / "root"
+        debian = ("bookworm", str(target), "http://deb.debian.org/debian")
+        run(["debootstrap", "--variant=minbase", "--include=python3,git", *debian], timeout=1800)
+        run(["tar", "-C", str(target), "-cf", str(tmp / "rootfs.tar"), "."])
+        os.replace(tmp / "rootfs.tar", tar)
+    return tar
+
+
+def os_image(engine: Engine, run: Runner, ref: str, cache: Path) -> bool:
+    """Make `ref` from the cached rootfs when the engine does not have it; True when it was made now."""
+    if engine.inspect_image(run, ref) is not None:
+        return False
+    tar = rootfs_tar(cache, run)
+    run(engine.cmd("import", "--", str(tar), ref))
+    return True
