@@ -5,6 +5,8 @@ its stage, the build args). Each group gets ONE full build of its first commit (
 else the commit's); every commit of the group, the first included, is then that build plus one thin layer (the
 `invoke dev` writer: files changed, added and deleted between the two commits, and the proof file), tagged
 `<repository>:<full sha>`. The plan is printed first and is all that --dry-run does; a re-run reuses what exists.
+With --skip-pushed the registry is asked first, so a native state whose commits are all pushed is not compiled.
+A row's own Dockerfile is the dataset's, not the upstream's: its RUN steps have no network unless --network host.
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ from .core.tasking import runner, task, toggle
         "upstream": "upstream URL or path (default: config upstream.url, else the target's)",
         "blacklist": "a file of SHAs never to build (one a line, # comments)",
         "jobs": "how many native states to build at once (default: config batch.jobs)",
-        "skip_pushed": "skip commits whose image is already in the registry (any registry error fails that commit)",
+        "skip_pushed": "ask the registry first; build only commits whose image it lacks (an error fails that commit)",
+        "network": "network of the RUN steps of a row's own Dockerfile: none (the default) or host",
         "push": "push every image to --repository (it must name a registry)",
         "no_push": "do not push, whatever config batch.push says",
         "precompiled": "vLLM: full builds use the upstream's precompiled kernels (VLLM_USE_PRECOMPILED=1)",
@@ -47,6 +50,7 @@ def batch(
     blacklist=None,
     jobs=None,
     skip_pushed=False,
+    network=None,
     push=False,
     no_push=False,
     precompiled=False,
@@ -61,9 +65,11 @@ def batch(
     quiet=False,
 ):
     """Per-commit images from a dataset of commits, one compile per native state; a re-run resumes."""
+    from .core import bakefile
     from .core import dataset as datasets
     from .core import state as statefile
-    from .core.batching import Item, Job, build_group, describe, emit_plan, plan, table
+    from .core.batching import Emit, Item, Job, ask_registry, build_group, describe, emit_plan, plan, resolve, table
+    from .core.fsutil import output_file, stdout_apart
     from .core.gitrepo import mirror
     from .core.registry import Registry
     from .core.scratch import sweep
@@ -80,6 +86,10 @@ def batch(
     if blacklist:
         listed = Path(validate.plain(blacklist, "--blacklist")).expanduser()
         denied = datasets.blacklist(datasets.read_text(listed, "blacklist"), str(listed))
+    inputs = {"the dataset": path, **({"the blacklist": listed} if blacklist else {})}
+    stdout_apart(inputs)  # `--emit bake >> DATASET`
+    cache = config.cache_dir(c)
+    out = output_file(results or str(cache / "batch" / "results.json"), "--results", inputs)
     skipped = [r.commit for r in rows if datasets.blacklisted(r.commit, denied)]
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]
     if not rows:
@@ -91,6 +101,9 @@ def batch(
         raise Failure(
             f"--push/--skip-pushed: repository '{repo_name}' names no registry; pass --repository REGISTRY/NAME"
         )
+    build_network = validate.plain(network or "none", "--network")
+    if build_network not in ("none", "host"):
+        raise Failure(f"--network '{build_network}': a dataset's Dockerfile builds with none (the default) or host")
     try:
         workers = int(jobs if jobs is not None else cfg.jobs)
     except (TypeError, ValueError):
@@ -99,27 +112,52 @@ def batch(
         raise Failure(f"--jobs {workers}: pass a number from 1 to 64")
 
     url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")
-    cache = config.cache_dir(c)
+    if emit not in (None, "github-matrix", "bake"):
+        raise Failure(f"--emit '{emit}' is not known; use github-matrix or bake")
+    if emit == "bake":
+        bakefile.context(url, "")  # before the mirror is fetched: can BuildKit fetch this upstream at all?
     with ui.step(f"mirror {url}"):
         repo = mirror(config.cache_path(cache, "mirrors", url), url, run)
     shaping, parallel = build_args(profile, c.config.nightly, prebuilt)
-    groups = plan(repo, rows, url, profile, shaping)
+    policy = config.registry_policy(c)
+    host = validate.registry_host(repo_name)
+    registry = Registry(host, policy, run) if host and (pushing or skip_pushed) else None
+    commits = resolve(repo, rows, url)
+    if skip_pushed and registry is not None:  # a read-only question, asked under --dry-run and --emit too
+        with ui.step(f"ask {host} which of the {len(commits)} commits are pushed already"):
+            ask_registry(registry, repo_name, commits)
+    groups = plan(repo, commits, profile, shaping)
     if state:
-        groups = [g for g in groups if g.state.startswith(validate.plain(state, "--state").lower())]
-        if not groups:
+        prefix = validate.plain(state, "--state").lower()
+        commits = [i for i in commits if i.state.startswith(prefix)]
+        groups = [g for g in groups if g.state.startswith(prefix)]
+        if not commits:
             raise Failure(f"--state '{state}' matches no native state of this dataset; see the plan (--dry-run)")
-    describe(groups, skipped)
+    settled = [i for i in commits if i.status != "planned"]
+    describe(groups, skipped, settled)
     if emit:
-        ui.emit_json(emit_plan(emit, groups, url, profile, repo_name, shaping))
+        unanswered = [i for i in settled if i.status == "failed"]
+        if unanswered:  # a plan without them would leave them out of every job
+            raise Failure(f"{len(unanswered)} commits could not be asked about: {unanswered[0].error}")
+        again = ["invoke", "batch", str(path), "--upstream", url, "--repository", repo_name]
+        again += ["--precompiled" if prebuilt else "--no-precompiled", "--target", profile.name]
+        again += ["--blacklist", str(listed)] if blacklist else []
+        again += ["--network", build_network] if build_network != "none" else []
+        ui.emit_json(
+            emit_plan(
+                emit,
+                groups,
+                Emit(repo, url, profile, repo_name, shaping, build_network, c.config.engine.network, again),
+            )
+        )
         return
     if run.dry_run:
         if json:
-            ui.emit_json({"groups": [[asdict(i) for i in g.items] for g in groups], "dry_run": True})
+            plan_ = {"groups": [[asdict(i) for i in g.items] for g in groups], "settled": [asdict(i) for i in settled]}
+            ui.emit_json(plan_ | {"dry_run": True})
         return
 
     engine = config.engine(c, run)
-    policy = config.registry_policy(c)
-    host = validate.registry_host(repo_name)
     job = Job(
         engine=engine,
         run=run,
@@ -130,14 +168,15 @@ def batch(
         parallel=parallel,
         cache=cache,
         logs=cache / "batch" / "logs",
-        registry=Registry(host, policy, run) if host and (pushing or skip_pushed) else None,
+        registry=registry,
         push=pushing,
-        skip_pushed=skip_pushed,
+        network=build_network,
         source=url if "://" in url else "",
         upstream=url,
         policy=policy,
+        hidden=config.secret_paths(c),
     )
-    items = [i for g in groups for i in g.items]
+    items = [*settled, *(i for g in groups for i in g.items)]
     done = []
 
     def report(item: Item) -> None:
@@ -148,16 +187,17 @@ def batch(
             line + (f": {item.error} (log: {item.log})" if item.error else "")
         )
 
+    for item in settled:
+        report(item)
     with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         for future in [pool.submit(build_group, job, g, report) for g in groups]:
             future.result()
-    out = Path(results).expanduser() if results else cache / "batch" / "results.json"
     summary = {
         "commits": [asdict(i) for i in items],
         "repository": repo_name,
         "upstream": url,
         "full_builds": len(groups),
-        "thin": len(items) - len(groups),
+        "thin": len(items) - len(settled) - len(groups),
         "failed": sum(i.status == "failed" for i in items),
     }
     statefile.write(out, summary)

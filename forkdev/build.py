@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from .core import config, validate
+from .core import config, ui, validate
 from .core.errors import Failure
-from .core.gitrepo import mirror
+from .core.gitrepo import mirror_unless_dry
 from .core.tasking import runner, task
 from .dev import HELP, thin_image
 
@@ -36,8 +36,15 @@ def build(
     run = runner(c, dry_run, quiet)
     validate.git_ref(sha, "SHA")
     url = validate.source(upstream or c.config.upstream.url or config.of(c, target).upstream, "--upstream")
-    repo = mirror(config.cache_path(config.cache_dir(c), "mirrors", url), url, run)
-    commit = repo.rev(f"{sha}^{{commit}}")
+    path = config.cache_path(config.cache_dir(c, create=not run.dry_run), "mirrors", url)
+    repo = mirror_unless_dry(path, url, run)
+    commit = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
+    if commit is None and run.dry_run:  # the plan needs the commit's files, which only a fetch would bring
+        why = "no mirror of it yet" if repo is None else f"its mirror does not have '{sha}' yet"
+        ui.info(f"dry run: {why}; a real run fetches {url} into {path}, then makes the thin image of {sha}")
+        if json:
+            ui.emit_json({"dry_run": True, "image": None, "commit": None, "reason": why})
+        return
     if commit is None:
         raise Failure(f"unknown commit '{sha}' in upstream {url} (just fetched); check the sha or pass --upstream")
     thin_image(

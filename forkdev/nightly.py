@@ -9,9 +9,12 @@ Python changes, in seconds; else the target's Dockerfile builds it fully. `night
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import os
+import re
 import time
+from pathlib import Path
 from typing import Any
 
 from invoke import Collection
@@ -20,12 +23,13 @@ from .core import config, state, ui, validate
 from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
-from .core.gitrepo import mirror
+from .core.gitrepo import Repo, mirror_unless_dry
 from .core.image import instant
 from .core.lock import exclusive
 from .core.proc import Runner
 from .core.registry import Ref, Registry
 from .core.scratch import sweep
+from .core.secrets import public_url
 from .core.ship import Request, ship
 from .core.tasking import runner, task, toggle
 
@@ -109,12 +113,14 @@ def build(
             f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME "
             "(docker.io/you/name for Docker Hub)"
         )
-    cache = config.cache_dir(c)
+    cache = config.cache_dir(c, create=not run.dry_run)
     home = cache / "nightly"
     log = config.nightly_log(c, profile.name)
     started = time.time()
     outcome: dict[str, Any] = {"ok": False, "started": _iso(started)}
-    with ui.log_to(None if run.dry_run else log), exclusive(home / f"{profile.name}.lock", "invoke nightly"):
+    # A dry run writes nothing (no log, no lock file, no state) and may run beside a real one.
+    locked = contextlib.nullcontext() if run.dry_run else exclusive(home / f"{profile.name}.lock", "invoke nightly")
+    with ui.log_to(None if run.dry_run else log), locked:
         try:
             result = _nightly(
                 c, run, profile, url, repository, commit, ref, full, force, pushing, prebuilt, cache, home
@@ -129,7 +135,7 @@ def build(
     if json:
         ui.emit_json(result)
     else:
-        ui.result(result["image"])
+        ui.result(result["image"] or "")
 
 
 def _nightly(
@@ -138,28 +144,40 @@ def _nightly(
     from .core import fullbuild, native  # loaded when a nightly runs (cli.py)
 
     engine = config.engine(c, run)
+    if not run.dry_run:
+        fullbuild.sweep(engine, run)  # what a killed full build left, even if this run builds nothing
     registry = Registry(validate.registry_host(repository) or "docker.io", config.registry_policy(c), run)
     registry = registry if pushing else None
     sha = resolve_commit(run, url, ref or c.config.upstream.branch, commit)
-    done = None if force or not _full_sha(sha) else _already(engine, run, repository, sha, registry)
-    if done is not None:
-        return done
+    where = _points_at(engine, run, repository, registry)
+    at = set(where.values())
+    found = None if force or not _full_sha(sha) else _found(engine, run, repository, sha, registry)
+    if found is not None and at <= {sha}:  # built, and `nightly` is there or nowhere yet: no mirror needed
+        return _existing(engine, run, repository, sha, registry, found, True, where)
 
+    mirror_path = config.cache_path(cache, "mirrors", url)
     with ui.step(f"mirror {url}"):
-        repo = mirror(config.cache_path(cache, "mirrors", url), url, run)
-    resolved = repo.rev(f"{sha}^{{commit}}")
+        repo = mirror_unless_dry(mirror_path, url, run)
+    resolved = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
+    shaping, parallel = build_args(profile, c.config.nightly, precompiled)
+    if resolved is None and run.dry_run:  # the plan needs the commit's tree, which only a fetch would bring
+        why = "no mirror of the upstream yet" if repo is None else f"the mirror does not have {sha} yet"
+        ui.info(f"dry run: {why}; a real run fetches {url} into {mirror_path} first, then plans")
+        tag = f"{repository}:nightly-{sha}" if _full_sha(sha) else None
+        plan = {"image": tag, "commit": sha, "built": "unknown", "reason": why, "build_args": shaping}
+        return {**plan, "dry_run": True, "summary": "dry run"}
     if resolved is None:
         raise Failure(f"unknown commit '{sha}' in upstream {url}; check --commit / --ref")
     if resolved != sha:  # an abbreviated --commit: now that it is known, it may already be built
         sha = resolved
-        done = None if force else _already(engine, run, repository, sha, registry)
-        if done is not None:
-            return done
+        found = None if force else _found(engine, run, repository, sha, registry)
+    moves = _forward(repo, at, sha)
+    if found is not None:
+        return _existing(engine, run, repository, sha, registry, found, moves, where)
     tag = f"{repository}:nightly-{sha}"
 
-    shaping, parallel = build_args(profile, c.config.nightly, precompiled)
     native_state = native.native_hash(repo, sha, profile, shaping)
-    recorded = state.read(home / f"{profile.name}.json")
+    recorded = _recorded(home / f"{profile.name}.json")
     last_full = recorded.get("last_full") or {}
     full_image = f"{repository}:nightly-{last_full.get('commit', '')}"
     why = _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha)
@@ -167,7 +185,7 @@ def _nightly(
     version = fullbuild.version_of(repo, sha)
     labels = {L.REVISION: sha, L.VERSION: version, L.NATIVE_HASH: native_state, L.BUILD: kind}
     if "://" in url:
-        labels[L.SOURCE] = url
+        labels[L.SOURCE] = public_url(url)  # never a credential in a label
     ui.info(f"full build: {why}" if why else f"thin layer: the native state is the last full nightly's ({full_image})")
     if run.dry_run:
         return {
@@ -176,6 +194,7 @@ def _nightly(
             "built": kind,
             "reason": why,
             "build_args": shaping,
+            "moves_nightly": moves,
             "dry_run": True,
             "summary": "dry run",
         }
@@ -188,6 +207,7 @@ def _nightly(
                 labels={**labels, L.CREATED: _iso(time.time())},
                 build_args={**shaping, **parallel},
                 version=version,
+                hidden=config.secret_paths(c),
             )
             built = fullbuild.build(engine, run, repo, profile, spec, log=ui.current_log())
             image_id = built.image_id
@@ -208,17 +228,19 @@ def _nightly(
             registry=config.registry_policy(c),
             primary=tag,
             labels=labels,
+            secret_paths=config.secret_paths(c),
+            secret_values=tuple(config.secret_values(c)),
         )
         with ui.step(f"thin layer on {full_image}"):
             image_id = ship(engine, run, request)["image_id"]
-    _publish(engine, run, tag, repository, registry)
+    _publish(engine, run, tag, repository, registry, push_tag=True, move=moves, pushed_at=where.get("there"))
     entry = {"commit": sha, "image_id": image_id, "native_hash": native_state, "version": version}
     entry["at"] = _iso(time.time())
     new_state = {**recorded, "last": {**entry, "build": kind}}
     if why:
         new_state["last_full"] = entry
     state.write(home / f"{profile.name}.json", new_state)
-    summary = f"{'full build' if why else 'thin layer'}: {tag}"
+    summary = f"{'full build' if why else 'thin layer'}: {tag}" + ("" if moves else " (nightly stays)")
     ui.ok(summary)
     return {
         "image": tag,
@@ -228,35 +250,106 @@ def _nightly(
         "image_id": image_id,
         "native_hash": native_state,
         "pushed": registry is not None,
+        "moves_nightly": moves,
         "summary": summary,
         "dry_run": False,
     }
+
+
+NIGHTLY_TAG = re.compile(r"^nightly-[0-9a-f]{40}$")  # what nightly tags and prune removes; nothing else
 
 
 def _full_sha(sha: str) -> bool:
     return len(sha) == 40 and all(ch in "0123456789abcdef" for ch in sha)
 
 
-def _already(engine, run, repository, sha, registry) -> dict[str, Any] | None:
-    """The result when nightly-<sha> needs no build: it is here (and, with --push, in the registry, or pushed
-    now). A registry that answers anything but yes or no is an error, never 'absent'."""
+def _found(engine, run, repository, sha, registry) -> tuple[bool, bool | None] | None:
+    """Where nightly-<sha> already is: (here, in the registry: None without --push), or None when nowhere. A
+    registry that answers anything but yes or no is an error, never 'absent'."""
     tag = f"{repository}:nightly-{sha}"
     here = engine.inspect_image(run, tag) is not None
     there = registry.exists(Ref.parse(tag).repository, Ref.parse(tag).tag) if registry is not None else None
-    if not here and not there:
-        return None
+    return (here, there) if here or there else None
+
+
+def _existing(engine, run, repository, sha, registry, found, moves, where) -> dict[str, Any]:
+    """The result when nightly-<sha> needs no build: `nightly` follows it when that is forward; with --push, what
+    the registry lacks is pushed."""
+    here, there = found
+    tag = f"{repository}:nightly-{sha}"
     if here:
-        _publish(engine, run, tag, repository, registry if there is False else None)
+        _publish(
+            engine, run, tag, repository, registry, push_tag=there is False, move=moves, pushed_at=where.get("there")
+        )
     where = "here" + (" and in the registry" if there else "") if here else "in the registry"
-    ui.ok(f"{tag} exists {where}" + ("; pushed it" if there is False else "") + ": nothing to build")
+    ui.ok(f"{tag} exists {where}" + ("; pushed it" if here and there is False else "") + ": nothing to build")
     return {
         "image": tag,
         "commit": sha,
         "built": "nothing",
         "summary": f"{tag} exists",
         "dry_run": run.dry_run,
-        "pushed": there is False,
+        "pushed": bool(here and there is False),
+        "moves_nightly": moves if here else False,
     }
+
+
+def _points_at(engine: Engine, run: Runner, repository: str, registry: Registry | None) -> dict[str, str]:
+    """The commit `nightly` points at "here" and (with --push) "there", in the registry: no key where there is
+    no `nightly`; "?" for an image that names no commit."""
+    found = {}
+    info = engine.inspect_image(run, f"{repository}:nightly")
+    if info is not None:
+        found["here"] = Engine.labels(info).get(L.REVISION) or "?"
+    if registry is not None:
+        labels = registry.labels(Ref.parse(repository + ":nightly").repository, "nightly")
+        if labels is not None:
+            found["there"] = labels.get(L.REVISION) or "?"
+    return found
+
+
+def _forward(repo: Repo | None, at: set[str], sha: str) -> bool:
+    """Whether `nightly` may move to `sha`: only forward, to a commit that descends from every one it points at.
+    An older or unrelated commit gets its nightly-<sha> tag only, and says so. A commit `nightly` points at that
+    the upstream does not have (its history was rewritten) cannot be compared: then `nightly` moves, said so."""
+    for current in sorted(at - {sha}):
+        if repo is None:
+            ui.info(f"dry run: whether nightly moves from {current[:12]} is known once the mirror exists")
+            return True
+        if not _full_sha(current) or not repo.has_commit(current):
+            ui.warn(f"nightly points at {current[:12]!r}, which the upstream does not have; it moves to {sha[:12]}")
+            continue
+        if not repo.git("merge-base", "--is-ancestor", current, sha, check=False).ok:
+            ui.warn(
+                f"nightly stays at {current[:12]}: {sha[:12]} does not descend from it; only nightly-{sha} is tagged"
+            )
+            return False
+    return True
+
+
+def _recorded(path: Path, strict: bool = False) -> dict[str, Any]:
+    """The nightly's state (its last build and last full build). An entry that is not what nightly writes is
+    dropped with a warning (the next build is then full, which writes it again), never a traceback; `strict`
+    (prune, which must know the last full build) refuses it instead."""
+    data = state.read(path)
+    bad = [] if data or not path.is_file() or not path.stat().st_size else ["it is not a JSON object"]
+    for key in ("last", "last_full"):
+        entry = data.get(key)
+        good = isinstance(entry, dict) and _full_sha(str(entry.get("commit", "")))
+        if entry is not None and not (good and all(isinstance(entry.get(k, ""), str) for k in ENTRY_TEXT)):
+            bad.append(f"its '{key}' entry is malformed")
+            data.pop(key)
+    if bad and strict:
+        raise Failure(
+            f"nightly state {path} is damaged ({'; '.join(bad)}), so the last full nightly, which later thin ones "
+            "build on, is unknown; run 'invoke nightly --full' (it writes the state again) before pruning"
+        )
+    for why in bad:
+        ui.warn(f"nightly state {path}: {why}; ignoring it (the next build is full)")
+    return data
+
+
+ENTRY_TEXT = ("native_hash", "image_id", "version", "at")
 
 
 def _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha) -> str:
@@ -280,13 +373,27 @@ def _why_full(engine, run, repo, profile, full, native_state, last_full, full_im
     return ""
 
 
-def _publish(engine: Engine, run: Runner, tag: str, repository: str, registry: Registry | None) -> None:
-    """`nightly` follows the newest nightly-<sha>; with --push both go to the registry."""
+def _publish(
+    engine: Engine,
+    run: Runner,
+    tag: str,
+    repository: str,
+    registry: Registry | None,
+    *,
+    push_tag: bool,
+    move: bool,
+    pushed_at: str | None,
+) -> None:
+    """`nightly` follows nightly-<sha> when `move` (forward); with --push, what is new goes to the registry: the
+    tag when `push_tag`, `nightly` when it moved and the registry's (at `pushed_at`) is not there yet."""
     latest = f"{repository}:nightly"
-    engine.tag(run, tag, latest)
-    if registry is not None:
+    if move:
+        engine.tag(run, tag, latest)
+    there = move and pushed_at != tag.rpartition(":nightly-")[2]
+    refs = [*([tag] if push_tag else []), *([latest] if there else [])]
+    if registry is not None and refs:
         registry.check()
-        for ref in (tag, latest):
+        for ref in refs:
             with ui.step(f"push {ref}"):
                 engine.push(run, ref, timeout=registry.policy.timeout)
 
@@ -314,30 +421,50 @@ def prune(c, keep=None, push=False, target=None, dry_run=False, json=False, quie
     if count < 1:
         raise Failure(f"--keep {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
     engine = config.engine(c, run)
-    last_full = state.read(config.cache_dir(c) / "nightly" / f"{profile.name}.json").get("last_full") or {}
+    home = config.cache_dir(c, create=False) / "nightly"
+    last_full = _recorded(home / f"{profile.name}.json", strict=True).get("last_full") or {}
     keep_too = {f"nightly-{last_full['commit']}"} if last_full.get("commit") else set()
-    removed = _prune_local(engine, run, repository, count, keep_too)
+    removed, stayed = _prune_local(engine, run, repository, count, keep_too)
     remote: list[str] = []
+    stayed_remote: list[dict[str, str]] = []
     if push:
         host = validate.registry_host(repository)
         if not host:
             raise Failure(f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME")
         registry = Registry(host, config.registry_policy(c), run)
-        remote = _prune_registry(registry, Ref.parse(repository + ":x"), count, keep_too)
+        remote, stayed_remote = _prune_registry(registry, Ref.parse(repository + ":x"), count, keep_too)
+    for item in [*stayed, *stayed_remote]:
+        ui.warn(f"kept {item['ref']}: {item['reason']}")
     if json:
-        ui.emit_json({"removed": removed, "removed_in_registry": remote, "kept": count, "dry_run": run.dry_run})
-    ui.ok(("would remove " if run.dry_run else "removed ") + f"{len(removed)} local and {len(remote)} registry tags")
+        ui.emit_json(
+            {
+                "removed": removed,
+                "removed_in_registry": remote,
+                "not_removed": stayed,
+                "not_removed_in_registry": stayed_remote,
+                "kept": count,
+                "dry_run": run.dry_run,
+            }
+        )
+    ui.ok(
+        ("would remove " if run.dry_run else "removed ")
+        + f"{len(removed)} local and {len(remote)} registry tags"
+        + (f"; {len(stayed) + len(stayed_remote)} could not go (above)" if stayed or stayed_remote else "")
+    )
 
 
-def _prune_local(engine: Engine, run: Runner, repository: str, keep: int, keep_too: set[str]) -> list[str]:
-    """Untag the oldest local nightly-<sha> tags beyond `keep`; never what `nightly` or `keep_too` name (the last
-    full nightly, which later thin nightlies build on)."""
+def _prune_local(
+    engine: Engine, run: Runner, repository: str, keep: int, keep_too: set[str]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Untag the oldest local nightly-<40 hex> tags beyond `keep` (no other tag: nightly-my-custom is yours);
+    never what `nightly` or `keep_too` name (the last full nightly, which later thin nightlies build on). Returns
+    what went, and what the engine refused (an image a container uses) with its reason."""
     listing = run(engine.cmd("images", "--format", "{{.Repository}}:{{.Tag}}", "--", repository), mutates=False)
     # Only this repository's tags, exactly: podman matches a name given to `images` loosely, and names local
     # images localhost/NAME.
     names = {r.removeprefix("localhost/") for r in listing.out.split()}
     mine = repository.removeprefix("localhost/")
-    refs = sorted(r for r in names if r.rpartition(":")[0] == mine and ":nightly-" in r)
+    refs = sorted(r for r in names if r.rpartition(":")[0] == mine and NIGHTLY_TAG.match(r.rpartition(":")[2]))
     created = {}
     for ref in refs:
         info = engine.inspect_image(run, ref)
@@ -347,20 +474,44 @@ def _prune_local(engine: Engine, run: Runner, repository: str, keep: int, keep_t
     protected = Engine.image_id(latest) if latest else None
     newest_first = sorted(created, key=lambda r: created[r][0], reverse=True)
     doomed = [r for r in newest_first[keep:] if created[r][1] != protected and r.split(":")[-1] not in keep_too]
+    removed, stayed = [], []
     for ref in doomed:
-        engine.remove_image(run, ref)
-    return doomed
+        res = engine.remove_image(run, ref)
+        if res.ok:
+            removed.append(ref)
+        else:
+            stayed.append({"ref": ref, "reason": f"{engine.name} refused to remove it ({res.reason})"})
+    return removed, stayed
 
 
-def _prune_registry(registry: Registry, repo: Ref, keep: int, keep_too: set[str]) -> list[str]:
-    tags = [t for t in registry.tags(repo.repository) if t.startswith("nightly-")]
-    protected = registry.digest(repo.repository, "nightly")
-    created = {t: instant(registry.created(repo.repository, t)) for t in tags}
-    newest_first = sorted(tags, key=lambda t: created[t], reverse=True)
-    doomed = [t for t in newest_first[keep:] if t not in keep_too and registry.digest(repo.repository, t) != protected]
+def _prune_registry(
+    registry: Registry, repo: Ref, keep: int, keep_too: set[str]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """The same in the registry, which deletes manifests, not tags: a nightly-<sha> whose manifest another kept
+    tag (`nightly`, a `stable-release` you made) also names is skipped and said so, never deleted with it."""
+    tags = registry.tags(repo.repository)
+    nightlies = [t for t in tags if NIGHTLY_TAG.match(t)]
+    created = {t: instant(registry.created(repo.repository, t)) for t in nightlies}
+    newest_first = sorted(nightlies, key=lambda t: created[t], reverse=True)
+    doomed = [t for t in newest_first[keep:] if t not in keep_too]
+    digests = {t: registry.digest(repo.repository, t) for t in tags}
+    kept_by: dict[str | None, list[str]] = {}
+    for t in tags:
+        if t not in doomed:
+            kept_by.setdefault(digests[t], []).append(t)
+    removed, stayed, deleted = [], [], set()
     for t in doomed:
-        registry.delete(repo.repository, t)
-    return doomed
+        digest = digests[t]
+        if digest in kept_by:
+            also = ", ".join(kept_by[digest][:3])
+            why = f"its manifest is also tagged {also}, which stays (a registry deletes a manifest with all its tags)"
+            stayed.append({"ref": f"{repo.host}/{repo.repository}:{t}", "reason": why})
+            continue
+        if digest is not None and digest not in deleted:
+            registry.delete_manifest(repo.repository, digest, t)
+            deleted.add(digest)
+        removed.append(t)
+    return removed, stayed
 
 
 nightly = Collection("nightly")

@@ -3,6 +3,7 @@ its config a thin image copies."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import posixpath
@@ -89,6 +90,7 @@ class Base:
     platform: dict[str, str]  # architecture, os, variant
     image: dict[str, Any]  # the whole inspect output (history for docker is asked when an image is written)
     facts: Facts
+    history: tuple[dict[str, Any], ...] | None = None  # the stored config's, when it could be read
 
     @property
     def location(self) -> Location:
@@ -156,6 +158,19 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
             "'invoke nightly' or pass --base with an image that has one"
         )
     image_id = Engine.image_id(image)
+    stored = stored_config(engine, run, image, cache)
+    if stored is not None:  # the config itself: one rendering of it for both engines (see stored_config)
+        return Base(
+            ref=ref,
+            id=image_id,
+            revision=revision,
+            config={k: v for k, v in (stored.get("config") or {}).items() if k in CONFIG_FIELDS},
+            diff_ids=tuple((stored.get("rootfs") or {}).get("diff_ids") or ()),
+            platform={k: str(stored[k]) for k in ("architecture", "os", "variant") if stored.get(k)},
+            image=image,
+            facts=facts(engine, run, ref, image_id, target, cache),
+            history=tuple(stored.get("history") or ()),
+        )
     return Base(
         ref=ref,
         id=image_id,
@@ -172,10 +187,40 @@ def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cac
     )
 
 
+def stored_config(engine: Engine, run: Runner, image: dict[str, Any], cache: Path) -> dict[str, Any] | None:
+    """The base's config as stored, the bytes its id is the hash of, cached per id (checked against it when read
+    back). A derived image copies its run settings and history from these, never from an inspect: docker's
+    shows absent fields as null or "", podman's leaves them out, and `docker history` has times to the second, no
+    author, and cannot tell an entry that made no layer (ENV) from a layer of no file bytes (RUN mkdir); so one
+    base gave another thin image id on each engine. None where the engine cannot give it (then: inspect)."""
+    digest = Engine.image_id(image).split(":")[-1]
+    cached = cache / "bases" / f"{digest}-config.json"
+    try:
+        data = cached.read_bytes()
+    except OSError:
+        data = b""
+    if hashlib.sha256(data).hexdigest() != digest:
+        unreadable = cache / "bases" / f"{digest}-config-{engine.kind}.unreadable"  # not asked again each run
+        if unreadable.exists():
+            return None
+        data = engine.stored_config(run, image) or b""
+        if not run.dry_run:
+            _write_bytes(cached if data else unreadable, data)
+        if not data:
+            return None
+    try:
+        doc = json.loads(data)
+    except ValueError:
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 def history(engine: Engine, run: Runner, base: Base, cache: Path) -> list[dict[str, Any]]:
-    """The base's history entries (what a derived image's config repeats), cached per image id like `facts`."""
-    # -utc: entries cached before the times were kept in UTC hold the local time of the machine that asked
-    cached = cache / "bases" / f"{base.id.split(':')[-1]}-history-utc.json"
+    """The base's history entries (what a derived image's config repeats): its stored config's, else what the
+    engine shows of it, cached per image id and engine (docker's rendering is not podman's; see stored_config)."""
+    if base.history is not None:
+        return list(base.history)
+    cached = cache / "bases" / f"{base.id.split(':')[-1]}-history-{engine.kind}.json"
     try:
         return list(json.loads(cached.read_text()))
     except (OSError, ValueError, TypeError):
@@ -187,9 +232,13 @@ def history(engine: Engine, run: Runner, base: Base, cache: Path) -> list[dict[s
 
 
 def _write(path: Path, data: Any) -> None:
+    _write_bytes(path, json.dumps(data).encode())
+
+
+def _write_bytes(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f"{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data))
+    tmp.write_bytes(data)
     os.replace(tmp, path)
 
 

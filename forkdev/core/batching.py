@@ -4,13 +4,15 @@ holds the task."""
 
 from __future__ import annotations
 
+import concurrent.futures
+import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import bakefile, config, fullbuild, native, secrets, ui
 from . import base as bases
-from . import config, fullbuild, native, ui
 from . import dataset as datasets
 from . import labels as L
 from .engine import Engine
@@ -46,8 +48,8 @@ class Group:
         return self.items[0]
 
 
-def plan(repo: Repo, rows: list[datasets.Row], url: str, target: config.Target, shaping: dict[str, str]) -> list[Group]:
-    """Commits resolved (all unknown ones reported at once, with their lines), then grouped by native state."""
+def resolve(repo: Repo, rows: list[datasets.Row], url: str) -> list[Item]:
+    """The dataset's commits, resolved in the upstream (all unknown ones reported at once, with their lines)."""
     items: dict[str, Item] = {}
     unknown = []
     for row in rows:
@@ -64,47 +66,94 @@ def plan(repo: Repo, rows: list[datasets.Row], url: str, target: config.Target, 
         for line in unknown[:50]:
             ui.warn(line)
         raise Failure(f"{unknown[0]} in upstream {url} (and {len(unknown) - 1} more above); fix or remove those rows")
+    return list(items.values())
+
+
+def ask_registry(registry: Registry, repository: str, items: list[Item]) -> None:
+    """--skip-pushed, before anything is planned or compiled: each commit whose image the registry has is
+    settled as pushed-already; one the registry cannot answer for fails (never taken as absent)."""
+
+    def ask(item: Item) -> None:
+        item.image = f"{repository}:{item.commit}"
+        ref = Ref.parse(item.image)
+        try:
+            if registry.exists(ref.repository, ref.tag):
+                item.status = "pushed-already"
+        except Failure as exc:
+            item.status, item.error = "failed", str(exc)
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=ASKED_AT_ONCE) as pool:
+        list(pool.map(ask, items))
+
+
+ASKED_AT_ONCE = 8  # registry questions in flight (one HEAD per commit)
+
+
+def plan(repo: Repo, items: list[Item], target: config.Target, shaping: dict[str, str]) -> list[Group]:
+    """The commits still to build, grouped by native state; every commit gets its state (a settled one too, so a
+    matrix job's --state names it)."""
     groups: dict[str, Group] = {}
-    for item in items.values():
+    for item in items:
         item.state = native.native_hash(repo, item.commit, target, shaping, item.dockerfile or "")
-        groups.setdefault(item.state, Group(item.state, [])).items.append(item)
+        if item.status == "planned":
+            groups.setdefault(item.state, Group(item.state, [])).items.append(item)
     for group in groups.values():
         group.full.role = "full"
     return list(groups.values())
 
 
-def describe(groups: list[Group], skipped: list[str]) -> None:
+def describe(groups: list[Group], skipped: list[str], settled: list[Item]) -> None:
     total = sum(len(g.items) for g in groups)
+    pushed = sum(i.status == "pushed-already" for i in settled)
+    unanswered = sum(i.status == "failed" for i in settled)
     ui.info(
         f"plan: {total} commits in {len(groups)} native states: {len(groups)} full builds, {total - len(groups)} "
-        f"thin layers" + (f"; {len(skipped)} blacklisted" if skipped else "")
+        f"thin layers"
+        + (f"; {pushed} pushed already" if pushed else "")
+        + (f"; {unanswered} the registry could not answer for" if unanswered else "")
+        + (f"; {len(skipped)} blacklisted" if skipped else "")
     )
     for g in groups:
         ui.info(f"  state {g.state[:12]}: full build of {g.full.commit[:12]}, then {len(g.items)} thin layers")
 
 
-def emit_plan(kind: str, groups: list[Group], url: str, target: config.Target, repository: str, shaping: dict) -> Any:
+def emit_plan(kind: str, groups: list[Group], job: Emit) -> Any:
     """What another engine runs instead: a GitHub Actions matrix (a job per native state) or a bake file."""
     if kind == "github-matrix":
         return {"include": [{"state": g.state[:12], "full": g.full.commit, "commits": len(g.items)} for g in groups]}
     if kind == "bake":
         targets = {}
         for g in groups:
-            entry: dict[str, Any] = {
-                "context": f"{url}#{g.full.commit}",
-                "args": dict(shaping),
-                "tags": [f"{repository}:native-{g.state[:12]}"],
-                "labels": {L.REVISION: g.full.commit, L.NATIVE_HASH: g.state},
-            }
-            if g.full.dockerfile:
-                entry["dockerfile-inline"] = g.full.dockerfile
-            else:
-                entry["dockerfile"] = target.dockerfile
-            if target.stage:
-                entry["target"] = target.stage
-            targets[f"native-{g.state[:12]}"] = entry
-        return {"group": {"default": {"targets": sorted(targets)}}, "target": targets}
+            args = {**job.shaping, job.target.version_env: fullbuild.version_of(job.repo, g.full.commit)}
+            again = shlex.join([*job.again, "--state", g.state[:12]])
+            targets[f"native-{g.state[:12]}"] = bakefile.target(
+                url=job.upstream, commit=g.full.commit, state=g.state, dockerfile=g.full.dockerfile,
+                path=job.target.dockerfile, stage=job.target.stage, args=args,
+                tag=f"{job.repository}:native-{g.state[:12]}",
+                network=job.network if g.full.dockerfile is not None else job.engine_network,
+                commits=[i.commit for i in g.items], thin=f"'{again}'",
+            )  # fmt: skip
+        return {
+            "//": "invoke batch --emit bake: one target a native state (its compile); see each target's comment "
+            "for the commits it serves and how their thin layers are made",
+            "group": {"default": {"targets": sorted(targets)}},
+            "target": targets,
+        }
     raise Failure(f"--emit '{kind}' is not known; use github-matrix or bake")
+
+
+@dataclass(frozen=True)
+class Emit:
+    """What an emitted plan names besides the groups."""
+
+    repo: Repo
+    upstream: str
+    target: config.Target
+    repository: str
+    shaping: dict[str, str]
+    network: str  # of a row's own Dockerfile
+    engine_network: str  # of the upstream's (engine.network, as nightly and batch build it)
+    again: list[str]  # the batch command line that builds the thin layers (--state is added)
 
 
 @dataclass(frozen=True)
@@ -118,12 +167,13 @@ class Job:
     parallel: dict[str, str]
     cache: Path
     logs: Path
-    registry: Registry | None  # for --skip-pushed and --push
+    registry: Registry | None  # for --push
     push: bool
-    skip_pushed: bool
+    network: str  # of the builds of a dataset row's own Dockerfile (none unless --network)
     source: str
     upstream: str
     policy: Any
+    hidden: secrets.Paths = secrets.DEFAULT  # secret paths: never in a context or a layer
 
 
 def build_group(job: Job, group: Group, report) -> None:
@@ -142,6 +192,8 @@ def build_group(job: Job, group: Group, report) -> None:
                     build_args={**job.shaping, **job.parallel},
                     version=fullbuild.version_of(job.repo, full.commit),
                     dockerfile_text=full.dockerfile,
+                    hidden=job.hidden,
+                    network=job.network if full.dockerfile is not None else None,
                 )
                 full.fixes = fullbuild.build(job.engine, job.run, job.repo, job.target, spec).fixes
     except (Failure, OSError) as exc:  # one group's failure (a full disk included) stays with its commits
@@ -177,11 +229,6 @@ def build_item(job: Job, item: Item, native_tag: str) -> None:
     item.log = str(job.logs / f"{item.commit}.log")
     try:
         with ui.log_to(Path(item.log), console=False):
-            if job.skip_pushed and job.registry is not None:
-                ref = Ref.parse(item.image)
-                if job.registry.exists(ref.repository, ref.tag):
-                    item.status = "pushed-already"
-                    return
             result = ship(
                 job.engine,
                 job.run,
@@ -201,6 +248,7 @@ def build_item(job: Job, item: Item, native_tag: str) -> None:
                     registry=job.policy,
                     primary=item.image,
                     labels={L.NATIVE_HASH: item.state, L.BUILD: item.role},
+                    secret_paths=job.hidden,
                 ),
             )
             item.status = "reused" if result["reused"] else "built"

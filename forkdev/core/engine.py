@@ -6,13 +6,16 @@ project branches on the engine's kind.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
+import hashlib
 import ipaddress
 import json
 import os
 import re
 import shutil
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Literal
 
 from . import ui
@@ -165,6 +168,41 @@ class Engine:
             entries.append(entry)
         return entries
 
+    def stored_config(self, run: Runner, image: dict[str, Any]) -> bytes | None:
+        """The image's config as the engine stores it: the bytes whose sha256 is the image id, identical on both
+        engines for one image (inspect shows each engine's own rendering of it, `docker history` less). None
+        where it cannot be read; what is returned is checked against the id."""
+        digest = str(image.get("Id", "")).split(":")[-1]
+        if not re.fullmatch(r"[0-9a-f]{64}", digest):
+            return None
+        if self.kind == "podman":
+            # containers/storage keeps it beside the image as the big-data item named after its digest; the
+            # store is the user's own (rootless) or root's (rootful podman runs as root).
+            where = "{{.Store.GraphRoot}}\t{{.Store.GraphDriverName}}"
+            res = run(self.cmd("info", "--format", where), mutates=False, check=False)
+            root, _, driver = res.out.partition("\t")
+            if not res.ok or not root or not driver:
+                return None
+            item = "=" + base64.b64encode(f"sha256:{digest}".encode()).decode()
+            try:
+                data = (Path(root) / f"{driver}-images" / digest / item).read_bytes()
+            except (OSError, ValueError):
+                return None
+        else:
+            # docker keeps it in its image store, named by the id; a container of the image reads it from a
+            # read-only bind mount, which the daemon resolves where it runs (a remote or rootless daemon too). The
+            # containerd image store or a user-namespace remap leave it unreadable.
+            res = run(self.cmd("info", "--format", "{{.DockerRootDir}}\t{{.Driver}}"), mutates=False, check=False)
+            root, _, driver = res.out.partition("\t")
+            stored = f"{root}/image/{driver}/imagedb/content/sha256/{digest}"
+            if not res.ok or not root.startswith("/") or not driver or "," in stored:
+                return None  # a mount's source is one field of --mount
+            argv = self.cmd("run", "--rm", "--network", "none", "--user", "0", "--entrypoint", "python3")
+            argv += ["--mount", f"type=bind,source={stored},target=/forkdev-config,readonly"]
+            read = "import sys; sys.stdout.buffer.write(open('/forkdev-config', 'rb').read())"
+            data = run([*argv, "--", image["Id"], "-c", read], mutates=False, check=False).stdout
+        return data if hashlib.sha256(data).hexdigest() == digest else None
+
     @property
     def archive_format(self) -> str:
         # docker 20.10 loads a docker-archive that lists the base's layers without carrying them (it looks the
@@ -188,8 +226,10 @@ class Engine:
         if not res.ok:
             raise Failure(f"push of '{ref}' failed: {res.reason}; check that the registry is up and you are logged in")
 
-    def remove_image(self, run: Runner, ref: str) -> bool:
-        return run(self.cmd("image", "rm", "--", ref), check=False).ok
+    def remove_image(self, run: Runner, ref: str) -> Result:
+        """Untag `ref` (the image goes with its last tag); not ok, with the engine's reason, when it refuses (an
+        image a container uses)."""
+        return run(self.cmd("image", "rm", "--", ref), check=False)
 
     def _tls(self, ref: str) -> list[str]:
         # podman insists on TLS unless told; docker trusts 127.0.0.0/8 registries over plain HTTP.

@@ -131,7 +131,7 @@ class Repo:
 
 def mirror(path: Path, url: str, run: Runner) -> Repo:
     """A bare mirror of `url` at `path` (a place in the tool's own cache), created or refreshed; a failed fetch is
-    an error. It runs under --dry-run too: the plan needs the commits, and only the cache changes."""
+    an error. It runs under --dry-run too (batch plans with it); nightly and build use `mirror_unless_dry`."""
     validate.source(url, "upstream")
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -140,4 +140,18 @@ def mirror(path: Path, url: str, run: Runner) -> Repo:
         res = run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"], check=False, mutates=False)
     if not res.ok:
         raise Failure(f"cannot fetch upstream '{url}' ({res.reason}); check upstream.url or your network")
+    return Repo(path, run)
+
+
+def mirror_unless_dry(path: Path, url: str, run: Runner) -> Repo | None:
+    """`mirror`, except under dry-run, which writes nothing, the cache included: the mirror is then read as it is,
+    never created or fetched (the clone or fetch a real run would do is echoed as not run), and is None when
+    there is none yet."""
+    if not run.dry_run:
+        return mirror(path, url, run)
+    validate.source(url, "upstream")
+    if not path.is_dir():
+        run(["git", "clone", "--mirror", "--quiet", "--", url, str(path)])
+        return None
+    run(["git", "-C", str(path), "fetch", "--prune", "--quiet", "origin"])
     return Repo(path, run)

@@ -92,13 +92,30 @@ class Registry:
 
     def created(self, repository: str, tag: str) -> str:
         """The image's creation time as its config records it (RFC 3339; "" when it has none)."""
+        return str((self._config(repository, tag) or {}).get("created") or "")
+
+    def labels(self, repository: str, tag: str) -> dict[str, str] | None:
+        """The image's labels as its config records them; None when there is no such tag."""
+        found = self._config(repository, tag, absent_ok=True)
+        return None if found is None else dict((found.get("config") or {}).get("Labels") or {})
+
+    def _config(self, repository: str, tag: str, absent_ok: bool = False) -> dict[str, Any] | None:
+        """The image config `tag` names ({} when its manifest names none; None when absent and `absent_ok`)."""
         single = "application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json"
-        _, _, body = self._request("GET", f"{repository}/manifests/{tag}", accept=single)
-        digest = (json.loads(body or b"{}").get("config") or {}).get("digest")
-        if not digest:
-            return ""
-        _, _, blob = self._request("GET", f"{repository}/blobs/{digest}")
-        return str(json.loads(blob or b"{}").get("created") or "")
+        status, _, body = self._request("GET", f"{repository}/manifests/{tag}", accept=single, absent_ok=absent_ok)
+        if status == 404:
+            return None
+        try:
+            digest = (json.loads(body or b"{}").get("config") or {}).get("digest")
+            if not digest:
+                return {}
+            _, _, blob = self._request("GET", f"{repository}/blobs/{digest}")
+            found = json.loads(blob or b"{}")
+        except (ValueError, AttributeError):
+            raise Failure(
+                f"registry {self.host} sent a manifest or config of {repository}:{tag} that is not JSON"
+            ) from None
+        return found if isinstance(found, dict) else {}
 
     def tags(self, repository: str) -> list[str]:
         status, _, body = self._request("GET", f"{repository}/tags/list", absent_ok=True)
@@ -109,8 +126,11 @@ class Registry:
     def delete(self, repository: str, tag: str) -> bool:
         """Delete the manifest `tag` points at (every tag of that manifest goes with it); False if absent."""
         digest = self.digest(repository, tag)
-        if digest is None:
-            return False
+        return digest is not None and self.delete_manifest(repository, digest, tag)
+
+    def delete_manifest(self, repository: str, digest: str, tag: str) -> bool:
+        """Delete the manifest `digest` (which `tag` names; the API deletes manifests, and every tag of one goes
+        with it); False if absent."""
         if self.run.dry_run:
             ui.command(f"DELETE {self.api}{repository}/manifests/{digest}", skipped=True)
             return True
@@ -184,6 +204,8 @@ class Registry:
         fetched with them (anonymous when there are none)."""
         scheme, _, params = challenge.partition(" ")
         user_pass = credentials(self.host, self.run)
+        if user_pass:  # the password, and what carries it, are masked in every line from now on
+            ui.conceal([user_pass.partition(":")[2], base64.b64encode(user_pass.encode()).decode()])
         basic = "Basic " + base64.b64encode(user_pass.encode()).decode() if user_pass else None
         if scheme.lower() == "basic":
             return basic
@@ -204,6 +226,8 @@ class Registry:
         except (urllib.error.URLError, OSError, ValueError):
             return None
         token = data.get("token") or data.get("access_token")
+        if token:
+            ui.conceal([str(token)])
         return f"Bearer {token}" if token else None
 
 

@@ -2,7 +2,9 @@
 
 `ship` takes a `Request` (plain values; no invoke context) and returns the result as a dict. Everything that can
 be refused is refused before anything is built: tags and repository are validated first, native changes stop
-the run after the plan, and `--push` must have somewhere to push to.
+the run after the plan, and `--push` must have somewhere to push to. The secret paths never reach the plan,
+and the layer (files, labels) is scanned for every secret value the task knows before anything is loaded,
+tagged or pushed, a reused image's included (core/secrets.py).
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from typing import Any
 
 from .. import __version__
 from . import base as bases
-from . import image, thin, ui, validate
+from . import image, secrets, thin, ui, validate
 from . import labels as L
 from .config import Target
 from .engine import Engine
@@ -46,6 +48,8 @@ class Request:
     # without first asking the engine whether that tag already holds it (each edit saves that call; a tag that
     # did hold it, made elsewhere, is loaded again, to the same image id). None: always ask.
     made: tuple[str, ...] | None = None
+    secret_paths: secrets.Paths = secrets.DEFAULT  # never shipped (config run.secrets, run.secret_paths)
+    secret_values: tuple[secrets.Known, ...] = ()  # besides the secrets files' and the environment's
 
 
 def pushed_refs(req: Request, primary: str) -> list[str]:
@@ -76,7 +80,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
             engine, run, list(req.bases), explicit=req.explicit_base, cache=req.cache, target=req.target
         )
     with ui.step("changes"):
-        plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch, req.upstream)
+        plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch, req.upstream, req.secret_paths)
         thin.describe(plan, base)
     if plan.native and not req.force:
         listed = ", ".join(plan.native[:20]) + (" ..." if len(plan.native) > 20 else "")
@@ -90,6 +94,15 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     key = plan.key(base, req.labels)
     suffix = f"-dirty-{plan.diff_hash[:12]}" if plan.dirty else ""
     primary = req.primary or f"{req.repository}:local-{plan.revision[:12]}{suffix}"
+    labels = {**thin_labels(plan, base, req.source, key), **req.labels}
+    files = plan.files(base, req.target)
+    known = secrets.known(req.repo.path, req.secret_paths, req.secret_values)  # a mirror has no secrets files
+    shipped = [(e.path, e.data) for e in plan.entries] + [(path, data) for path, _, data in files[len(plan.entries) :]]
+    secrets.scan(
+        shipped + [(f"label {k}", v.encode("utf-8", "surrogateescape")) for k, v in labels.items()],
+        known,
+        f"the layer of {primary}",
+    )
     existing = engine.inspect_image(run, primary) if req.made is None or primary in req.made else None
     reused = existing is not None and engine.labels(existing).get(L.KEY) == key
     if reused:
@@ -97,10 +110,10 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         ui.ok(f"{primary} already holds this state; reusing it")
     else:
         content = image.Content(
-            files=plan.files(base, req.target),
+            files=files,
             deleted=plan.deleted + plan.bytecode,
             dirs=[*plan.new_dirs, L.PROOF_DIR],
-            labels={**thin_labels(plan, base, req.source, key), **req.labels},
+            labels=labels,
             epoch=plan.epoch,
             created_by=f"forkdev {__version__}: {plan.revision[:12]}{' + uncommitted work' if plan.dirty else ''}",
         )
@@ -144,5 +157,5 @@ def thin_labels(plan: thin.Plan, base: bases.Base, source: str | None, key: str)
         L.KEY: key,
     }
     if source:
-        labels[L.SOURCE] = source
+        labels[L.SOURCE] = secrets.public_url(source) or source
     return labels

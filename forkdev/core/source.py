@@ -1,6 +1,7 @@
 """The exact files a build sees: the checkout's working tree as git knows it (tracked files, uncommitted edits,
 untracked files that are not ignored; submodules included), copied to a scratch directory. Ignored files (an old
-build/, a stale .so) never reach the build, and the user's checkout is only read."""
+build/, a stale .so) and the secret paths (core/secrets.py; tracked or not) never reach the build, and the
+user's checkout is only read."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import stat
 from dataclasses import dataclass
 from pathlib import Path
 
-from .gitrepo import Repo
+from . import secrets
+from .gitrepo import Repo, z_paths
 
 
 @dataclass(frozen=True)
@@ -38,16 +40,28 @@ class Source:
         return h.hexdigest()
 
 
-def describe(repo: Repo) -> Source:
-    """What `export` would copy, and the commit and dirtiness it stands for; reads only."""
+def describe(repo: Repo, hidden: secrets.Paths) -> Source:
+    """What `export` would copy, and the commit and dirtiness it stands for (a changed secret path is none);
+    reads only."""
     commit = repo.resolve("HEAD", "commit (HEAD)")
-    status = repo.git("status", "--porcelain", "-z", "--untracked-files=normal", "--ignore-submodules=none")
-    url = repo.url()
+    status = repo.git("status", "--porcelain", "-z", "--untracked-files=all", "--ignore-submodules=none")
+    url = secrets.public_url(repo.url())
     uri = url if url else f"file://{repo.path}"
-    return Source(uri, commit, bool(status.stdout.strip(b"\0")), tuple(sorted(_files(repo, ""))))
+    dirty = bool(hidden.keep(_status_paths(status.stdout)))
+    return Source(uri, commit, dirty, tuple(sorted(_files(repo, "", hidden))))
 
 
-def _files(repo: Repo, prefix: str) -> list[str]:
+def _status_paths(raw: bytes) -> list[str]:
+    """The paths of `git status --porcelain -z` ("XY path", a rename's or copy's source as the next field)."""
+    found, fields = [], z_paths(raw)
+    i = 0
+    while i < len(fields):
+        found.append(fields[i][3:])
+        i += 2 if set(fields[i][:2]) & {"R", "C"} else 1
+    return found
+
+
+def _files(repo: Repo, prefix: str, hidden: secrets.Paths) -> list[str]:
     listed = repo.run(
         [
             "git",
@@ -63,10 +77,12 @@ def _files(repo: Repo, prefix: str) -> list[str]:
     found = []
     for rel in filter(None, listed.stdout.decode("utf-8", "surrogateescape").split("\0")):
         path = f"{prefix}{rel}"
+        if hidden.hidden(path):
+            continue
         full = repo.path / path
         if full.is_dir() and not full.is_symlink():
             if (full / ".git").exists():  # a submodule: its own files
-                found += _files(repo, path + "/")
+                found += _files(repo, path + "/", hidden)
             continue
         if os.path.lexists(full):  # a tracked file deleted in the working tree is not part of it
             found.append(path)

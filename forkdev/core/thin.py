@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 
 from .. import __version__
 from . import labels as L
-from . import ui
+from . import secrets, ui
 from .base import Base
 from .config import Target
 from .errors import Failure
-from .gitrepo import Change, Repo, with_untracked
+from .gitrepo import Change, Repo, with_untracked, z_paths
 from .proc import CommandFailed, concurrently
 
 # The proof's layout, hashed into every key: an image whose proof was written another way is made again, never
@@ -53,6 +53,7 @@ class Plan:
     skipped: list[str]  # repo paths with no place in the image
     nested: list[str]  # repo paths that are another repository's (a submodule, a nested clone): left as they are
     native: list[str]
+    withheld: list[str]  # repo paths under the secret paths that changed: never shipped (core/secrets.py)
     diff_hash: str
     epoch: int  # the time every file and the image carry: SOURCE_DATE_EPOCH, else the commit's time
 
@@ -125,10 +126,19 @@ def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> tuple[di
     return found, nested
 
 
-def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | None = None, upstream: str = "") -> Plan:
+def plan(
+    repo: Repo,
+    ref: str | None,
+    base: Base,
+    target: Target,
+    epoch: int | None = None,
+    upstream: str = "",
+    hidden: secrets.Paths = secrets.DEFAULT,
+) -> Plan:
     """The plan of `ref` (a commit), or of the working tree when ref is None. The working tree's reads (its
     commit, its diff from the base's commit, its untracked files, whether it differs from HEAD) run at once:
-    they see the same moment as closely as reads one after the other would, in less time."""
+    they see the same moment as closely as reads one after the other would, in less time. A secret path
+    (`hidden`) is no part of it, whatever git says of it: never shipped, never deleted, no dirtiness."""
     since = f"{base.revision}^{{commit}}"  # a label naming a tree or a range is no base commit
 
     def commit() -> tuple[str, int]:
@@ -155,6 +165,11 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
             commit, lambda: diff(None), repo.untracked, repo.edited
         )
         changes = with_untracked(tracked, untracked)
+        untracked = hidden.keep(untracked)
+        if edited and any(hidden.hidden(c.path) for c in tracked):  # a tracked secret's edit is no shipped work
+            edited = bool(hidden.keep(z_paths(repo.git("diff", "--name-only", "-z", "HEAD", "--").stdout)))
+    withheld = [c.path for c in changes if hidden.hidden(c.path)]
+    changes = [c for c in changes if not hidden.hidden(c.path)]
     contents, nested = read_entries(repo, ref, changes)
     location, package_path = base.location, target.package_path
     entries, deleted, deleted_paths, skipped, bytecode = [], [], [], [], []
@@ -189,6 +204,7 @@ def plan(repo: Repo, ref: str | None, base: Base, target: Target, epoch: int | N
         skipped=skipped,
         nested=sorted(nested),
         native=[c.path for c in changes if target.is_native(c.path)],
+        withheld=withheld,
         diff_hash=digest.hexdigest(),
         epoch=when,
     )
@@ -226,6 +242,9 @@ def describe(plan: Plan, base: Base) -> None:
         f"layer: {len(plan.entries)} files ({size} bytes), {len(plan.deleted)} deletions"
         + (f"; not shipped (no place in a site-packages base): {len(plan.skipped)}" if plan.skipped else "")
     )
+    if plan.withheld:
+        listed = ", ".join(plan.withheld[:10]) + (" ..." if len(plan.withheld) > 10 else "")
+        ui.info(f"not shipped: {listed} (secret paths: run.secrets, run.secret_paths)")
     if plan.nested:
         listed = ", ".join(plan.nested[:10]) + (" ..." if len(plan.nested) > 10 else "")
         ui.warn(f"not shipped, nor deleted: {listed} (a submodule or a repository of its own; the base's stays)")
