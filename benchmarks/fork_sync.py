@@ -1,13 +1,15 @@
 """`invoke fork-sync` against `git fetch upstream main && git merge FETCH_HEAD`, on identical clones of a
-vLLM-sized fork 500 upstream commits behind, carrying its own extras/ and workflow."""
+vLLM-sized fork thousands of upstream commits behind (BENCH_BEHIND, 3,000 by default: a few weeks of vLLM's
+history), carrying its own extras/ and workflow; the two take turns, and the medians are compared."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 from common import import_invoke_seconds, invoke, median, support, timed, vllm_sized_upstream
 
-BEHIND = 500
+BEHIND = int(os.environ.get("BENCH_BEHIND", "3000"))  # thousands: what a fork a few weeks behind merges
 
 
 def run(work: Path, rounds: int = 7) -> dict:
@@ -65,7 +67,7 @@ def report(r: dict) -> None:
     print(
         f"  invoke fork-sync     {r['fork_sync_seconds']:>8.3f} s   "
         f"git fetch + git merge {r['git_merge_seconds']:.3f} s"
-        f"   ratio {r['ratio']:.2f}x (target <= 1.3x); medians of 7, same merged tree"
+        f"   ratio {r['ratio']:.2f}x (target <= 1.1x); medians of 7, same merged tree"
     )
     rest = (r["fork_sync_seconds"] - r["startup_seconds"]) / r["git_merge_seconds"]
     print(

@@ -51,6 +51,7 @@ def run(engine: Engine, work: Path) -> dict:
             if line.startswith("seen "):
                 _, when, *content = line.split()
                 seen[" ".join(content)] = float(when)
+            if "Ctrl-C to leave" in line:  # the tool says so once its watcher is up and the container runs
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
@@ -58,7 +59,6 @@ def run(engine: Engine, work: Path) -> dict:
     try:
         if not ready.wait(60):
             raise SystemExit("the synced container did not start")
-        time.sleep(1.5)  # the watcher is up
         for i in range(SAVES):
             text = f"ENVS = 'save {i}'"
             written = time.time()

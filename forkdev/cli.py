@@ -2,9 +2,8 @@
 
 invoke builds the whole collection on every run, so every task module is imported to run any one task. A task
 module therefore imports at its top only what declaring its tasks needs, and the machinery of a task that
-others do not share (fork-sync's merge, cron's crontab parser, the wheel and smoke builders, batch's and
-nightly's full builds) inside the task, where it runs: `invoke dev`, whose whole budget is a few tenths of a
-second, does not pay for them.
+others do not share (fork-sync's merge, the wheel and smoke builders, batch's and nightly's full builds) inside
+the task, where it runs: `invoke dev`, whose whole budget is a few tenths of a second, does not pay for them.
 """
 
 from __future__ import annotations
@@ -15,22 +14,54 @@ import sys
 
 from invoke import Collection, Program
 
-from . import __version__, batch, build, cron, dev, fork_sync, nightly, overlay, patches, run, smoke, verify, wheel
+from . import (
+    __version__,
+    batch,
+    build,
+    cron,
+    demo,
+    dev,
+    fork_sync,
+    nightly,
+    overlay,
+    patches,
+    run,
+    smoke,
+    verify,
+    wheel,
+)
 from .core import config
+from .core.errors import Failure
 
 
 def namespace() -> Collection:
-    """Every task at the top (a verb per module); every config default declared once."""
+    """Every task at the top (a verb per module); every config default declared once. The INVOKE_* variables are
+    checked first (see check_environment)."""
+    check_environment()
     ns = Collection()
     images = (dev.dev, build.build, batch.batch, verify.verify)
     inside = (run.run, run.shell, run.gpu_check, run.devcontainer, smoke.smoke)
-    for t in (*images, *inside, fork_sync.fork_sync, overlay.overlay, patches.patches):
+    for t in (*images, *inside, fork_sync.fork_sync, overlay.overlay, patches.patches, demo.demo):
         ns.add_task(t)
     ns.add_collection(nightly.nightly)
     ns.add_collection(cron.cron)
     ns.add_collection(wheel.wheel)
     ns.configure(config.DEFAULTS)
     return ns
+
+
+def check_environment() -> None:
+    """Refuse, in one line naming it, an INVOKE_* variable that invoke would fail to cast to its default's type
+    (int('abc'), any list) or would read against its writer's meaning (INVOKE_DEV_PUSH=false is true to invoke).
+    invoke casts them while it loads a task's config, after anything of ours could catch its traceback, and on
+    every task; the collection is built by both programs (`invoke`, through tasks.py, whose Program is invoke's
+    own, and `forkdev`) before that, inside their error handling, so the check stands here."""
+    from invoke import Config
+    from invoke.config import merge_dicts
+
+    problem = config.environment_problem(os.environ, merge_dicts(Config.global_defaults(), config.DEFAULTS))
+    if problem:
+        raise Failure(problem)
 
 
 class Forkdev(Program):
@@ -56,8 +87,11 @@ def __getattr__(name: str) -> Program:
     """`program` (the console script's `forkdev.cli:program.run`), made on first use: importing this module for
     tasks.py builds the collection once, not twice."""
     if name == "program":
-        made = globals()["program"] = Forkdev(
-            namespace=namespace(), name="forkdev", binary="forkdev", version=__version__
-        )
+        try:
+            tasks = namespace()
+        except Failure as exc:  # the console script asks for `program` before it runs it: end as run() would
+            print(exc.message, file=sys.stderr)
+            sys.exit(exc.code)
+        made = globals()["program"] = Forkdev(namespace=tasks, name="forkdev", binary="forkdev", version=__version__)
         return made
     raise AttributeError(name)

@@ -59,9 +59,11 @@ def thin_image(
         tags=tuple(tags or ()),
         push=toggle("push", push, no_push, c.config.dev.push),
         force=toggle("force", force, no_force, c.config.dev.force),
-        cache=config.cache_dir(c),
+        cache=config.cache_dir(c, create=not run.dry_run),
         registry=config.registry_policy(c),
         epoch=config.epoch(),
+        secret_paths=config.secret_paths(c),
+        secret_values=tuple(config.secret_values(c)),
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
     last = config.cache_path(request.cache, "dev", str(repo.path)).with_suffix(".json")

@@ -61,7 +61,7 @@ def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=Fals
             raise Failure(f"no overlay definitions at '{shown(defs_path)}'; create it or pass --definitions FILE")
         defs = parse(defs_path.read_bytes(), given)
         dest_dir = resolve_dest(c, r, dest)
-        files = build(r.path, defs, dest_dir)
+        files = build(r.path, defs, dest_dir, config.secret_paths(c))
         for rel in sorted(files):
             ui.info(f"  {shown(rel)}")
         if run.dry_run:

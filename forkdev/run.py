@@ -12,6 +12,7 @@ import dataclasses
 import errno
 import json as jsonlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -25,12 +26,12 @@ from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.proc import Runner
-from .core.scratch import scratch
 from .core.tasking import remainder, runner, task
 
 if TYPE_CHECKING:
     from .core import container as ctr
     from .core import gpu as gpus
+    from .core import owners
 
 # What only these tasks use (containers, secrets files, GPUs, live sync) is imported where they run: see cli.py.
 
@@ -69,7 +70,7 @@ def check_ports(ports: list[int]) -> None:
 def parse_ports(values: list[str] | None) -> list[int]:
     ports = []
     for value in values or []:
-        if not str(value).isdigit() or not 0 < int(value) < 65536:
+        if not re.fullmatch(r"[0-9]{1,5}", str(value)) or not 0 < int(value) < 65536:  # not isdigit(): '²' is one
             raise Failure(f"--port '{value}' is not a port number (1-65535); pass e.g. --port 8000")
         ports.append(int(value))
     return ports
@@ -79,37 +80,43 @@ def prepare(
     c,
     run: Runner,
     repo: Repo,
-    image_ref: str,
-    *,
-    gpu_request: str,
-    env: list[str],
-    ports: list[int],
-    mount_source: bool,
-    overlay: bool,
-    tmp: Path,
     target: config.Target,
+    image: str | None,
+    gpu: str | None,
+    env: list[str] | None,
+    *,
     purpose: str,
-    command: list[str],
-    interactive: bool,
+    ports: list[int] | None = None,
+    mount_source: bool = False,
+    overlay: bool = False,
+    command: list[str] | None = None,
+    interactive: bool = False,
     detach: bool = False,
     loop: bool = False,
-) -> tuple[Engine, ctr.Spec, dict]:
-    """Everything a container needs, validated before anything starts; the private variables file goes in `tmp`."""
+    keep: bool = False,
+) -> tuple[Engine, ctr.Spec, owners.Claim]:
+    """Everything a container needs, validated before anything starts; its private files go in this process's
+    claim (core/owners.py), which a later run sweeps only once this process is gone."""
     from .core import container as ctr
-    from .core import envfiles
+    from .core import envfiles, owners
     from .core import gpu as gpus
 
     cfg = c.config.run
+    image_ref = pick_image(c, repo, image, target)
+    gpu_request = gpu or cfg.gpu
+    ports = list(ports or [])
     variables = envfiles.load(envfiles.secrets_files(repo, cfg.secrets))
     configured = [f"{k}={v}" for k, v in dict(cfg.env or {}).items()]
     variables += envfiles.explicit(configured, "config run.env") + envfiles.explicit(list(env or []))
     check_ports(ports)
     engine = config.engine(c, run)
-    ctr.sweep_orphans(engine, run)
+    network = validate.network(cfg.network or engine.network, "run.network" if cfg.network else "engine.network")
+    cache = config.cache_dir(c)
+    owners.sweep(engine, run, cache)
     info = engine.inspect_image(run, image_ref)
     if info is None:
         raise Failure(f"no image '{image_ref}' here; build it with 'invoke dev' or 'invoke nightly', or pull it")
-    full_command = ctr.command_of(info, command)
+    full_command = ctr.command_of(info, list(command or []))
     if not full_command:
         raise Failure(f"image '{image_ref}' has no entrypoint or command; pass one after --")
     found = gpus.host(Path(cfg.gpu_root))
@@ -126,33 +133,37 @@ def prepare(
     if overlay:
         from .overlay import resolve_dest
 
-        where = bases.facts(engine, run, image_ref, Engine.image_id(info), target, config.cache_dir(c)).location
+        where = bases.facts(engine, run, image_ref, Engine.image_id(info), target, cache).location
         source = resolve_dest(c, repo, None)
         source = source if where.root is not None else source / target.package_path
         if not source.is_dir():
             raise Failure(f"no overlay at {source}; run 'invoke overlay' (and 'invoke patches --into overlay') first")
         overlay_spec = (source, where.root or where.package_dir)
-    private = ctr.prepare_private(tmp, envfiles.script(variables))
+    own = owners.claim(cache, engine, run)
+    name, labels = own.container(purpose, keep=keep)
     rootless = engine.kind == "podman" and os.geteuid() != 0
     spec = ctr.Spec(
         image=image_ref,
         command=full_command,
-        name=ctr.container_name(purpose),
-        network=cfg.network or engine.network,
+        name=name,
+        network=network,
         interactive=interactive,
         detach=detach,
+        remove=not detach,  # a detached (live-synced) one is removed by us, after its exit code is read
         gpu=gpu_args,
         ports=ports,
         mounts=mounts,
-        private=private,
+        private=None,
         overlay=overlay_spec,
         loop=loop,
         userns_keep_id=rootless and mount_source,
         selinux=ctr.selinux_enforcing(),
-        labels=ctr.owner_labels(purpose),
+        labels=labels,
     )
-    report = {"image": image_ref, "gpu": picked, "variables": sorted({v.key for v in variables}), "name": spec.name}
-    return engine, spec, report
+    # A path no mount can hold fails here, before the private files are written.
+    ctr.argv(engine.exe, dataclasses.replace(spec, private=own.folder / name), engine.kind)
+    spec = dataclasses.replace(spec, private=ctr.prepare_private(own.private(name), envfiles.script(variables)))
+    return engine, spec, own
 
 
 @task(
@@ -164,7 +175,7 @@ def prepare(
         "overlay": "copy the overlay ('invoke overlay' / 'invoke patches --into overlay') in before the command",
         "sync": "keep the running container in step with the checkout until Ctrl-C (edits, new files, deletions)",
         "restart": "with --sync: restart the processes whose command line holds this text after each sync",
-        "keep": "with --sync: leave the container running when you leave",
+        "keep": "with --sync: leave the container running when you leave (no later run removes it)",
     },
 )
 def run(
@@ -184,68 +195,129 @@ def run(
     quiet=False,
 ):
     """Run the image (its own command, or the one after --) with secrets, GPU, ports and the checkout."""
-    from .core import container as ctr
-
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
     command = remainder(c)
+    hidden = config.secret_paths(c)  # what --sync never copies in; checked before anything starts
     if restart is not None:
         validate.plain(restart, "--restart")
         if not sync:
             raise Failure("--restart restarts a process after a live sync; use it with --sync")
-    with scratch("run", ctr.private_parent(config.cache_dir(c))) as tmp:
-        engine, spec, _ = prepare(
-            c,
-            proc,
-            checkout,
-            pick_image(c, checkout, image, profile),
-            gpu_request=gpu or c.config.run.gpu,
-            env=env,
-            ports=parse_ports(port),
-            mount_source=mount_source,
-            overlay=overlay,
-            tmp=tmp,
-            target=profile,
-            purpose="sync" if sync else "run",
-            command=command,
-            interactive=not sync and _tty(),
-            detach=sync,
-            loop=bool(restart),
-        )
-        if not sync:
-            res = proc(ctr.argv(engine.exe, spec), interactive=True, check=False)
-            if res.returncode:
-                raise SystemExit(res.returncode)  # the command's own exit code, as it is
-            return
-        _live(c, proc, engine, spec, checkout, profile, restart, keep)
+    if keep and not sync:
+        raise Failure("--keep keeps a live-synced container running after you leave; use it with --sync")
+    engine, spec, own = prepare(
+        c,
+        proc,
+        checkout,
+        profile,
+        image,
+        gpu,
+        env,
+        purpose="sync" if sync else "run",
+        ports=parse_ports(port),
+        mount_source=mount_source,
+        overlay=overlay,
+        command=command,
+        interactive=not sync and _tty(),
+        detach=sync,
+        loop=bool(restart),
+        keep=keep,
+    )
+    if not sync:
+        _attached(proc, engine, spec, own)
+        return
+    code = _live(c, proc, engine, spec, own, checkout, profile, restart, keep, hidden)
+    if code:
+        raise SystemExit(code)  # the server's own exit code, as it is
 
 
-def _live(c, proc: Runner, engine: Engine, spec: ctr.Spec, repo: Repo, target, restart: str | None, keep: bool):
+def _attached(proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim) -> None:
+    """Run the container attached, its exit code ours; whatever ends it (its command, a failure, a signal), it
+    is gone afterwards."""
+    from .core import container as ctr
+
+    previous = _leave_on_signals()
+    try:
+        res = proc(ctr.argv(engine.exe, spec, engine.kind), interactive=True, check=False)
+    except BaseException:
+        _remove(proc, engine, own, spec.name)
+        raise
+    finally:
+        _restore(previous)
+    if res.returncode == 125 or res.returncode < 0:  # the engine's own failure, or its client killed: it may be left
+        _remove(proc, engine, own, spec.name)
+    else:
+        own.gone(spec.name)  # --rm removed it before the client returned
+    if res.returncode:
+        raise SystemExit(res.returncode)  # the command's own exit code, as it is
+
+
+def _live(
+    c, proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim, repo: Repo, target, restart, keep, hidden
+):
+    """Start the container, sync until it ends or the user leaves; returns its exit code when it ended."""
     from .core import container as ctr
     from .core import livesync
 
-    proc(ctr.argv(engine.exe, spec))
-    if proc.dry_run:
-        return
     stop = threading.Event()
-    # A kill (SIGTERM) or a closed terminal (SIGHUP) leaves the sync as Ctrl-C does: the container goes too.
-    previous = {sig: signal.signal(sig, _leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    previous = _leave_on_signals()
+    code, failed = None, True
     try:
+        # The watcher is up before the container starts: an edit made while it starts is synced too.
+        batches = livesync.watching(repo.path, stop) if not proc.dry_run else iter(())
+        pending = next(batches, (set(), set()))
+        proc(ctr.argv(engine.exe, spec, engine.kind))
+        if proc.dry_run:
+            failed = False
+            return None
         info = engine.inspect_image(proc, spec.image) or {}
         where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, config.cache_dir(c)).location
         livesync.follow_logs(engine, proc, spec.name, stop)
+        mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden)
+        livesync.follow(mirror, iter([pending]))
         ui.info(f"syncing {repo.path} into {spec.name}; Ctrl-C to leave" + (" (it keeps running)" if keep else ""))
-        livesync.watch(engine, proc, repo, spec.name, where, target, restart, stop)
+        livesync.follow(mirror, batches)
+        code = _exit_code(proc, engine, spec.name)
+        failed = False
     except KeyboardInterrupt:
-        pass
+        failed = False  # the user left (Ctrl-C, SIGTERM, SIGHUP)
     finally:
         stop.set()
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        if not keep:
-            proc(engine.cmd("rm", "--force", spec.name), check=False)
+        _restore(previous)
+        if failed or not keep:
+            _remove(proc, engine, own, spec.name)
+    if code:
+        ui.warn(f"the container's command exited with {code}")
     ui.result(spec.name)
+    return code
+
+
+def _exit_code(proc: Runner, engine: Engine, name: str) -> int | None:
+    """The exit code of a container that has ended; None while it runs (its output stream broke: we leave)."""
+    res = proc(engine.cmd("inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", name), mutates=False)
+    running, _, code = res.out.partition(" ")
+    if running == "true":
+        ui.warn(f"the output of {name} stopped while it runs; leaving the sync")
+        return None
+    return int(code) if code.strip().lstrip("-").isdigit() else 1
+
+
+def _remove(proc: Runner, engine: Engine, own: owners.Claim, name: str) -> None:
+    res = proc(engine.cmd("rm", "--force", name), check=False)
+    # docker: "No such container"; podman: "no container with name or ID"
+    if res.ok or re.search(r"no such container|no container with name", res.err, re.I):
+        own.gone(name)
+
+
+def _leave_on_signals() -> dict:
+    """A kill (SIGTERM) or a closed terminal (SIGHUP) leaves as Ctrl-C does: the container goes too."""
+    return {sig: signal.signal(sig, _leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _restore(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def _leave(signum, frame) -> None:
@@ -255,33 +327,15 @@ def _leave(signum, frame) -> None:
 @task(iterable=["env"], help={**SHARED, "command": "run this command in the shell instead of an interactive one"})
 def shell(c, image=None, repo=None, gpu=None, env=None, command=None, target=None, dry_run=False, quiet=False):
     """An interactive shell in the image (bash if it has one), with the same secrets and GPU as run."""
-    from .core import container as ctr
-
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
     script = command if command is not None else "if command -v bash >/dev/null; then exec bash; fi; exec sh"
-    with scratch("shell", ctr.private_parent(config.cache_dir(c))) as tmp:
-        engine, spec, _ = prepare(
-            c,
-            proc,
-            checkout,
-            pick_image(c, checkout, image, profile),
-            gpu_request=gpu or c.config.run.gpu,
-            env=env,
-            ports=[],
-            mount_source=True,
-            overlay=False,
-            tmp=tmp,
-            target=profile,
-            purpose="shell",
-            command=[],
-            interactive=command is None and _tty(),
-        )
-        spec = _replace_command(spec, ["/bin/sh", "-c", script])
-        res = proc(ctr.argv(engine.exe, spec), interactive=True, check=False)
-        if res.returncode:
-            raise SystemExit(res.returncode)
+    interactive = command is None and _tty()
+    engine, spec, own = prepare(
+        c, proc, checkout, profile, image, gpu, env, purpose="shell", mount_source=True, interactive=interactive
+    )
+    _attached(proc, engine, _replace_command(spec, ["/bin/sh", "-c", script]), own)
 
 
 def _replace_command(spec: ctr.Spec, command: list[str]) -> ctr.Spec:
@@ -350,47 +404,63 @@ def _gpu_args(kind: str, found: gpus.Host, request: str) -> tuple[list[str], str
 
 @task(iterable=["port"], help={**{k: v for k, v in SHARED.items() if k != "env"}, "port": "a port to forward"})
 def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry_run=False, quiet=False):
-    """Write .devcontainer/devcontainer.json (image, mounts, env files, GPU run args, ports); updates it in place."""
+    """Write .devcontainer/devcontainer.json (image, mounts, secrets, GPU run args, ports), merged into yours."""
     from .core import container as ctr
-    from .core import envfiles
+    from .core import devcontainer as dc
+    from .core import envfiles, secrets
     from .core import gpu as gpus
+    from .core.fsutil import os_errors, replace_files
 
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
     checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
+    ports = parse_ports(port)
+    envfiles.load(envfiles.secrets_files(checkout, c.config.run.secrets))  # refused here as `run` refuses them
+    folder = secrets.relative(c.config.run.secrets, "run.secrets")
+    has_secrets = secrets.located(checkout.path, folder, "run.secrets") is not None
     ref = pick_image(c, checkout, image, profile)
     engine = config.engine(c, proc)
     gpu_args, picked = gpus.args(engine.kind, _host(c), gpus.parse_request(gpu or c.config.run.gpu))
-    secrets = [str(p.relative_to(checkout.path)) for p in envfiles.secrets_files(checkout, c.config.run.secrets)]
-    target_file = checkout.path / ".devcontainer" / "devcontainer.json"
-    if target_file.is_symlink() or target_file.parent.is_symlink():
-        raise Failure(f"{target_file} is a symlink; forkdev does not write through links: replace it with a file")
-    current: dict[str, Any] = {}
-    if target_file.exists():
+    where = checkout.path / ".devcontainer"
+    target_file, script, backup = where / "devcontainer.json", where / dc.SCRIPT, where / "devcontainer.json.bak"
+    for path in (where, target_file, script, backup):
+        if path.is_symlink():
+            raise Failure(f"{path} is a symlink; forkdev does not write through links: replace it with a file")
+    current: Any = {}
+    with os_errors(f"read {where}"):  # a directory where a file belongs, no permission: one line
+        before = target_file.read_bytes() if target_file.exists() else None
+        foreign = script.exists() and not script.read_text(errors="replace").startswith(dc.PROFILE[:40])
+    if before is not None:
         try:
-            current = jsonlib.loads(target_file.read_text())
+            current = jsonlib.loads(before)
         except ValueError:
             raise Failure(f"{target_file} is not plain JSON (comments?); fix or remove it, then re-run") from None
+    if foreign:
+        raise Failure(f"{script} exists and forkdev did not write it; move it away, then re-run")
     hf = Path(os.path.expanduser(c.config.run.hf_cache))
-    run_args = ["--ipc=host", *gpu_args] + [
-        a for s in secrets for a in ("--env-file", f"${{localWorkspaceFolder}}/{s}")
-    ]
-    ours = {
-        "name": f"forkdev {profile.name}",
-        "image": ref,
-        "workspaceMount": "source=${localWorkspaceFolder},target=/workspace,type=bind",
-        "workspaceFolder": "/workspace",
-        "runArgs": run_args,
-        "mounts": [f"source={hf},target={ctr.HF_IN},type=bind"] if hf.is_dir() else [],
-        "containerEnv": {"HF_HOME": ctr.HF_IN} if hf.is_dir() else {},
-        "forwardPorts": parse_ports(port),
-        "overrideCommand": True,
-    }
-    merged = {**current, **ours}
+    mine = dc.ours(
+        name=f"forkdev {profile.name}",
+        image=ref,
+        run_args=gpu_args,
+        hf_cache=str(hf) if hf.is_dir() else None,
+        hf_in=ctr.HF_IN,
+        secrets_dir=folder if has_secrets else None,
+        ports=ports,
+    )
+    merged, notes = dc.merge(current, mine, str(target_file), folder)
     ui.info(f"GPU: {picked}")
+    for note in notes:
+        ui.info(note)
+    text = jsonlib.dumps(merged, indent=2) + "\n"
     if proc.dry_run:
-        ui.info(jsonlib.dumps(merged, indent=2))
+        ui.info(text)
         return
-    target_file.parent.mkdir(exist_ok=True)
-    state.write(target_file, merged)
+    files = {f".devcontainer/{target_file.name}": (text.encode(), 0o644)}
+    if has_secrets:
+        files[f".devcontainer/{dc.SCRIPT}"] = (dc.PROFILE.encode(), 0o644)
+    if before is not None and before != text.encode():
+        files[f".devcontainer/{backup.name}"] = (before, 0o644)
+        ui.info(f"the previous file is kept as {backup}")
+    with os_errors(f"write {target_file}"):
+        replace_files(checkout.path, files)  # each file by a rename; no parent that is a link is followed
     ui.result(str(target_file))

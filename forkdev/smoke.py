@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json as jsonlib
 import os
-import secrets
 import shutil
 import sys
 from pathlib import Path
@@ -56,7 +55,7 @@ def smoke(
     quiet=False,
 ):
     """Install each wheel in a fresh environment and smoke it (on the host, or inside --image)."""
-    from .core import container as ctr
+    from .core import owners
 
     run = runner(c, dry_run, quiet)
     cfg = c.config.smoke
@@ -75,7 +74,7 @@ def smoke(
         validate.image_ref(image, "IMAGE")
         if engine.inspect_image(run, image) is None:
             raise Failure(f"no image '{image}' here; build or pull it first (the wheel image: 'invoke wheel.image')")
-        ctr.sweep_orphans(engine, run)  # what a smoke killed with -9 left running
+        owners.sweep(engine, run, config.cache_dir(c))  # what a smoke killed with -9 left running
     results = []
     for path in wheels:
         expected = _vouched(path, commit)
@@ -85,9 +84,10 @@ def smoke(
             report = tmp / "report"
             report.mkdir()
             if image:
-                name = ctr.container_name(f"wheel-smoke-{secrets.token_hex(3)}")  # ends in our pid: sweep_orphans
+                own = owners.claim(config.cache_dir(c), engine, run)  # a later smoke removes it once we are gone
+                name, labels = own.container("wheel-smoke")
                 report.chmod(0o777)  # the image's own user writes the report
-                argv = _in_image(engine, image, path, report, argv_extra, name)
+                argv = _in_image(engine, image, path, report, argv_extra, name, labels)
             else:
                 argv = _on_host(run, chosen, python or cfg.python or sys.executable, path, report, argv_extra)
             # Shielded: in a session of its own, so a timeout or a Ctrl-C stops the installer with its children.
@@ -198,12 +198,11 @@ def _on_host(run: Runner, installer: str, python: str, wheel: Path, report: Path
     return [python, probe, "run", *how, *extra, "--report", str(report / "results.jsonl"), str(wheel)]
 
 
-def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str], name: str) -> list[str]:
+def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str], name: str, labels) -> list[str]:
     from .core import assets, builder
-    from .core import container as ctr
 
     argv = engine.cmd("run", "--rm", "--name", name)
-    argv += [f"--label={k}={v}" for k, v in ctr.owner_labels("wheel-smoke").items()]
+    argv += [f"--label={k}={v}" for k, v in labels.items()]
     argv += ["--network", "none", "--entrypoint", "python3"]
     argv += builder.mount(wheel, f"/wheels/{wheel.name}", read_only=True)
     argv += builder.mount(assets.probe_path(), "/forkdev/smoke_probe.py", read_only=True)

@@ -87,7 +87,7 @@ def build(
     outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
     ca = _ca_cert(ca_cert or cfg.ca_cert)
     isolated = toggle("isolation", isolation, no_isolation, cfg.isolation)
-    src = source.describe(checkout)
+    src = source.describe(checkout, config.secret_paths(c))
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, checkout, src, profile, isolated, cfg)
     log = config.cache_dir(c) / "wheel" / f"{checkout.path.name}.log"

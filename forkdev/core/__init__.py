@@ -21,6 +21,7 @@ Images
     native      the native state of a commit (what a compile depends on)
     fixes       the registry of build-context fixes
     batching    batch's plan by native state and its per-group builds
+    bakefile    batch's plan as a docker buildx bake file BuildKit accepts
     labels      every label and in-image path, named once
 
 Wheels
@@ -34,19 +35,28 @@ Wheels
 Containers
     container   the run argv and the prologue that reads secrets and applies overlays
     envfiles    secrets files and explicit variables
+    secrets     the secret paths nothing ships, the secret values a layer is scanned for
+    devcontainer  our entries merged into a devcontainer.json; secrets through a profile script, never inspect
     gpu         host GPU detection and engine arguments
     livesync    watching the checkout and syncing it into a running container
+    owners      which live process owns a container (an flock it holds), so a sweep removes only a dead one's
 
 Overlays and patches
     overlaying  overlay definitions parsed, and the overlay built in memory
     patching    the patch registry parsed, staged and applied all or nothing
+
+The demo
+    sandbox     material made from nothing: the vLLM-shaped tree (forkdev/data's manifest), a buildable upstream,
+                a small cmake package, a Debian + Python image by debootstrap (the tests' fixtures use it too)
+    demoing     invoke demo's directory, its sandbox of repositories, and the sweep of what a run left
+    tour        invoke demo's steps: each the real task in a child process, its result checked, the table
 
 Values and files
     config      target profiles and every default; how tasks read them
     tasking     the task decorator, shared flags, --X/--no-X, the words after --
     validate    values before they reach a command line
     dataset     batch datasets and blacklists
-    fsutil      paths that stay inside their directory; results written whole
+    fsutil      paths that stay inside their directory; results written whole; an output is no input
     lock        exclusive runs (flock + pid)
     scratch     temp directories a later run removes when their run was killed
     state       small JSON state written atomically

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import secrets
 from .engine import Engine
 from .errors import Failure
 from .proc import Runner
@@ -136,14 +137,15 @@ DEFAULTS: dict[str, Any] = {
         "gpu": "auto",  # auto | none | all | a number of GPUs
         "gpu_root": "/",  # where the host's GPU facts are read (/proc/driver/nvidia, /etc/cdi, /dev/dxg)
         "network": "",  # "" = engine.network; host networking publishes no ports (the server binds them)
-        "secrets": "extras/secrets",  # *.env files there reach the container (never *.env.example)
+        "secrets": "extras/secrets",  # *.env files there reach the container (never *.env.example); never shipped
+        "secret_paths": [],  # more paths of the checkout (folders or files) that no image, wheel or sync carries
         "env": {},  # more variables for the container; a flag's --env wins
         "hf_cache": "~/.cache/huggingface",  # mounted when it exists
     },
     "cron": {
         "schedule": "0 2 * * *",
         "user": "",  # whose crontab ("" = the current user's)
-        "args": "--push",  # what the entry passes to `invoke nightly`
+        "args": "",  # what the entry passes to `invoke nightly` (--push added where nightly.repository has a registry)
     },
     "wheel": {
         "out": "dist",  # where wheels, SHA256SUMS, SBOMs and provenance land (relative to the current directory)
@@ -178,6 +180,12 @@ DEFAULTS: dict[str, Any] = {
         "repo": ".",
         "definitions": "extras/overlay.txt",
         "dest": "",  # "" = a directory under cache_dir; inside the checkout it must be git-ignored
+    },
+    "demo": {
+        # Every image the demo makes is <prefix>/... (a plain local name; `invoke demo --clean` removes all of them).
+        "prefix": "forkdev-demo",
+        "os_image": "",  # what the sandbox's Dockerfile starts FROM; "" = <prefix>/debian:bookworm, by debootstrap
+        "file_bytes": 0,  # cap on each file of the vLLM-shaped tree (0: the real sizes, 62 MB in all)
     },
     "patches": {
         "repo": ".",
@@ -234,6 +242,20 @@ def nightly_repository(c: Any, profile: Target) -> str:
     return image_repository(c.config.nightly.repository or profile.nightly_image, profile, "nightly.repository")
 
 
+def secret_paths(c: Any) -> secrets.Paths:
+    """The checkout's secret paths (run.secrets and run.secret_paths): what no task ever ships."""
+    return secrets.paths(c.config.run.secrets, c.config.run.get("secret_paths"))
+
+
+def secret_values(c: Any) -> list[secrets.Known]:
+    """The secret values config holds besides the secrets files: run.env's secret-looking entries."""
+    try:
+        configured = dict(c.config.run.get("env") or {})
+    except (TypeError, ValueError):  # not a mapping: `invoke run` names it
+        configured = {}
+    return secrets.explicit(configured, "config run.env")
+
+
 def registry_policy(c: Any) -> Policy:
     cfg = c.config.registry
     try:
@@ -255,12 +277,16 @@ def epoch() -> int | None:
 def nightly_log(c: Any, target_name: str) -> Path:
     """Where an unattended `invoke nightly` writes its timestamped log."""
     configured = c.config.nightly.log
-    return Path(os.path.expanduser(configured)) if configured else cache_dir(c) / "nightly" / f"{target_name}.log"
+    return (
+        Path(os.path.expanduser(configured)) if configured else cache_dir(c, False) / "nightly" / f"{target_name}.log"
+    )
 
 
-def cache_dir(c: Any) -> Path:
+def cache_dir(c: Any, create: bool = True) -> Path:
+    """The tool's cache; `create=False` for a dry run, which writes nothing, the cache included."""
     path = Path(os.path.expanduser(c.config.cache_dir))
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path
 
 
@@ -274,3 +300,43 @@ def cache_path(cache: Path, kind: str, key: str) -> Path:
 def dry_run(c: Any, flag: bool | None) -> bool:
     """--dry-run on the task, or invoke's own --dry."""
     return bool(flag) or bool(c.config.run.dry)
+
+
+def environment_problem(environ: Mapping[str, str], defaults: Mapping[str, Any]) -> str | None:
+    """The first INVOKE_* variable that invoke would fail to cast, or read otherwise than its writer meant, as one
+    sentence with the remedy; None when every one is fine. invoke casts a variable to its default's type while it
+    loads a task's config (int('abc') or a list: its traceback, on every task), and reads any boolean but 0 and
+    the empty string as true (INVOKE_DEV_PUSH=false would push)."""
+    for path, default in _leaves(defaults, ()):
+        name = "INVOKE_" + "_".join(path).upper()  # invoke's own mapping of a key to its variable
+        if name not in environ or isinstance(default, str) or default is None:
+            continue
+        raw, key = environ[name], ".".join(path)
+        if isinstance(default, bool):
+            if raw.strip().lower() in ("", "0", "1", "true", "yes", "on"):
+                continue
+            if raw.strip().lower() in ("false", "no", "off"):
+                return (
+                    f"{name}={raw!r} would switch {key} on (invoke reads every value but 0 and the empty one as "
+                    f"true); set {name}=0 to switch it off, or 1 to switch it on"
+                )
+            return f"{name}={raw!r} is not a boolean ({key}); set {name}=1 (on) or {name}=0 (off)"
+        if isinstance(default, int):
+            try:
+                int(raw)
+            except ValueError:
+                return f"{name}={raw!r} is not a whole number ({key}); set one (the default is {default}) or unset it"
+        elif isinstance(default, (list, tuple)):
+            return (
+                f"{name} is set, but {key} is a list, which invoke cannot read from the environment; unset it and "
+                f"set {key} in invoke.yaml"
+            )
+    return None
+
+
+def _leaves(tree: Mapping[str, Any], path: tuple[str, ...]):
+    for key, value in tree.items():
+        if isinstance(value, Mapping):
+            yield from _leaves(value, (*path, str(key)))  # an empty mapping has no variable, as in invoke
+        else:
+            yield (*path, str(key)), value

@@ -11,6 +11,7 @@
   directory and anything holding the checkout.
 - `write_tree` builds beside the destination and swaps it in; staging named `.NAME.new-PID-*` / `.NAME.old-PID-*`
   never survives a failure, and a later run removes what a killed run (kill -9) left.
+- An output file is never an input (`output_file`, `stdout_apart`): the same file by any name is refused first.
 """
 
 from __future__ import annotations
@@ -387,3 +388,39 @@ def os_errors(doing: str) -> Iterator[None]:
         where = f" ('{shown(exc.filename)}')" if exc.filename else ""
         why = "name too long" if exc.errno == errno.ENAMETOOLONG else (exc.strerror or str(exc)).lower()
         raise Failure(f"cannot {doing}{where}: {why}; check the path, its permissions and free space") from None
+
+
+# ---- an output is never an input ------------------------------------------------------------------------------
+def output_file(value: str, what: str, inputs: Mapping[str, Path]) -> Path:
+    """The file `value` names, to be replaced whole later, checked before anything is done: refused when it is one
+    of `inputs` ({'the dataset': path}) by any name (a symlink, a hard link, `..`), a directory, or a symlink
+    (replacing it would drop the user's link)."""
+    path = Path(os.path.abspath(os.path.expanduser(value)))
+    for name, source in inputs.items():
+        if _same_file(os.stat, path, source):
+            raise Failure(f"{what} '{shown(value)}' is {name} '{shown(source)}'; pass another path for the results")
+    st = _lstat(path)
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise Failure(f"{what} '{shown(value)}' is a symlink; pass the path of the file itself")
+    if st is not None and stat.S_ISDIR(st.st_mode):
+        raise Failure(f"{what} '{shown(value)}' is a directory; pass the path of a file in it")
+    return path
+
+
+def stdout_apart(inputs: Mapping[str, Path]) -> None:
+    """Refuse a stdout redirected into one of `inputs` (`invoke batch ds.jsonl --emit bake >> ds.jsonl`)."""
+    for name, source in inputs.items():
+        if _same_file(os.fstat, 1, source):
+            raise Failure(
+                f"the output goes to {name} '{shown(source)}' itself; redirect it to another file (a `>` there "
+                "has emptied it before the task started)"
+            )
+
+
+def _same_file(stat_of: Callable, a: object, b: str | os.PathLike[str]) -> bool:
+    """Whether two names are one file: its device and inode, whatever the spelling, symlink or hard link."""
+    try:
+        first, second = stat_of(a), os.stat(b)
+    except (OSError, ValueError):
+        return False
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino) and stat.S_ISREG(second.st_mode)

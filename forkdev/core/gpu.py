@@ -7,6 +7,7 @@ checked against a prepared tree: the NVIDIA driver (/proc/driver/nvidia/version)
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,7 +54,7 @@ def parse_request(value: str) -> str | int:
     text = str(value).strip().lower()
     if text in MODES:
         return text
-    if text.isdigit() and int(text) > 0:
+    if re.fullmatch(r"[0-9]{1,4}", text) and int(text) > 0:  # not isdigit(): '²' is a digit to it
         return int(text)
     raise Failure(f"--gpu '{value}' is not auto, none, all or a number of GPUs; pick one")
 

@@ -1,6 +1,8 @@
 """What `invoke overlay` does with its definitions, as values: parse them strictly, then build every entry of the
 overlay in memory (files transformed, symlinks kept when they stay inside), raising on the first problem with
-the definition's file:line. forkdev/overlay.py holds the task and the format's description."""
+the definition's file:line. The secret paths (core/secrets.py) never reach an overlay: a definition naming one
+is refused, and a directory's walk leaves them out. forkdev/overlay.py holds the task and the format's
+description."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import secrets
 from .errors import Failure
 from .fsutil import (
     MARKER,
@@ -111,13 +114,21 @@ def parse(data: bytes, origin: str) -> list[Definition]:
             dest = relative(m["dest"] or m["src"], "dest")
         except Failure as exc:
             raise Failure(f"{where}: {exc}") from None
+        for what, path in (("src", src), ("dest", dest)):
+            if ".git" in path.split("/"):  # git's own files (config, hooks) are no overlay's, nor made by one
+                raise Failure(f"{where}: {what} '{shown(path)}' is under .git; overlay files of the working tree")
+        if m["name"] in ("replace", "regex") and (m["arg"] or "").startswith("=>"):
+            # an empty OLD (or PATTERN) matches between every two characters: NEW everywhere
+            raise Failure(f"{where}: transform '{m['name']}' has nothing to replace before '=>'; write OLD=>NEW")
         if dest.split("/")[0] == MARKER:
             raise Failure(f"{where}: dest '{shown(dest)}' is the overlay's own marker {MARKER}; pick another name")
         defs.append(Definition(where, src, dest, m["name"], m["arg"]))
     return defs
 
 
-def build(repo: Path, defs: list[Definition], dest_dir: Path | None = None) -> dict[str, Entry]:
+def build(
+    repo: Path, defs: list[Definition], dest_dir: Path | None = None, hidden: secrets.Paths = secrets.DEFAULT
+) -> dict[str, Entry]:
     """Every entry of the overlay in memory, by path inside it: a file's (bytes, mode) or a Symlink. A symlink is
     copied as a link when it stays inside the repository, and inside the overlay from where it lands; nothing
     outside the repository is read. Raises on the first problem, naming the definition's file:line."""
@@ -126,7 +137,7 @@ def build(repo: Path, defs: list[Definition], dest_dir: Path | None = None) -> d
     origin: dict[str, str] = {}
     for d in defs:
         try:
-            for rel_dest, entry in _entries(repo, d, dest_dir):
+            for rel_dest, entry in _entries(repo, d, dest_dir, hidden):
                 files[rel_dest] = entry
                 origin[rel_dest] = d.where
         except Failure as exc:
@@ -140,8 +151,8 @@ def build(repo: Path, defs: list[Definition], dest_dir: Path | None = None) -> d
     return files
 
 
-def _entries(repo: Path, d: Definition, dest_dir: Path | None):
-    """(path in the overlay, entry) for one definition."""
+def _entries(repo: Path, d: Definition, dest_dir: Path | None, hidden: secrets.Paths):
+    """(path in the overlay, entry) for one definition; a secret path, by its name or where it really is, never."""
     src = repo / d.src
     st = os.lstat(src) if os.path.lexists(src) else None
     if st is None:
@@ -155,12 +166,22 @@ def _entries(repo: Path, d: Definition, dest_dir: Path | None):
                 "make it point inside or leave it out of the definition"
             )
     real = os.path.realpath(src)
+    if ".git" in os.path.relpath(real, repo).split(os.sep):
+        raise Failure(f"src '{shown(d.src)}' leads into .git by a symlink; overlay files of the working tree")
     if dest_dir is not None and (within(real, dest_dir) or within(dest_dir, real)):
         raise Failure(f"src '{shown(d.src)}' and the overlay directory {dest_dir} overlap; keep them apart")
     found = [("", src, st)] if not stat.S_ISDIR(st.st_mode) else walk(src, skip=frozenset({".git"}))
     for rel, path, pst in found:
         rel_dest = os.path.normpath(os.path.join(d.dest, rel)) if rel else d.dest
         shown_src = shown(os.path.join(d.src, rel) if rel else d.src)
+        real = os.path.relpath(os.path.realpath(path), repo) if not stat.S_ISLNK(pst.st_mode) else ""
+        if hidden.hidden(os.path.normpath(os.path.join(d.src, rel))) or (real and hidden.hidden(real)):
+            if not rel:
+                raise Failure(
+                    f"src '{shown(d.src)}' is a secret path (config run.secrets / run.secret_paths); secrets never "
+                    "go into an overlay: leave it out of the definition"
+                )
+            continue
         if rel_dest == ".":
             raise Failure(f"dest '{shown(d.dest)}' is the overlay directory itself; name a file for {shown_src}")
         if rel_dest.split("/")[0] == MARKER:

@@ -4,7 +4,9 @@ It echoes `+ argv` (quoted once, with shlex.join; an argument that is a multi-li
 placeholder) before running, skips commands that change something when dry-run is on (read-only probes still
 run, so a dry run can show a real plan), and turns a missing executable, a failed command or one that ran past
 its timeout into a `Failure` sentence. Values that must never be shown (secrets) travel in `secret_env`: the
-child gets them in its environment, the echo never contains them. The rest of the code hands argv lists to this
+child gets them in its environment, the echo never contains them, and ui masks them in every later line (the
+command's own output too). Whatever else looks secret in an argument (`X_TOKEN=...`, `https://user:pw@`,
+`--password X`) is masked in the echo as well (ui.mask_argv). The rest of the code hands argv lists to this
 runner. It is the standard library's subprocess on purpose: it runs on every `invoke dev`, whose whole budget is
 a few tenths of a second, and importing plumbum cost 40-50 ms of it (measured with `python -X importtime`).
 """
@@ -23,7 +25,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, BinaryIO
 
 from . import ui
 from .errors import Failure
@@ -61,9 +63,10 @@ class Result:
 
 
 def shown(argv: Sequence[str]) -> str:
-    """argv as echoed: shell-quoted, a multi-line script argument shortened to one placeholder."""
+    """argv as echoed: shell-quoted, secrets masked (ui.mask_argv), a multi-line script argument shortened to one
+    placeholder."""
     parts = []
-    for arg in argv:
+    for arg in ui.mask_argv([str(a) for a in argv]):
         if "\n" in arg:
             lines = [line for line in arg.splitlines() if line.strip()]
             arg = f"<{len(lines)}-line script>"
@@ -98,24 +101,32 @@ class Runner:
         mutates: bool = True,
         check: bool = True,
         capture: bool = True,
-        input: bytes | None = None,
+        input: bytes | BinaryIO | None = None,
         cwd: str | os.PathLike[str] | None = None,
         env: Mapping[str, str] | None = None,
         secret_env: Mapping[str, str] | None = None,
         timeout: float | None = None,
         interactive: bool = False,
         stream: bool = False,
+        lines: Callable[[str], None] | None = None,
     ) -> Result:
         """Run argv. `mutates=False` marks a read-only probe, which runs even under dry-run.
 
         capture=False: the command's output goes to our stderr (stdout stays clean for --json).
         stream=True: its output (stdout and stderr) is passed on line by line through ui, so it also reaches the
-        log file of an unattended run; the last lines are kept for the failure's reason.
+        log file of an unattended run; the last lines are kept for the failure's reason. `lines` sees each of
+        them too, as it comes (a full build notes what its builder made, for a later run to remove).
         interactive=True: the command gets our terminal (stdin, stdout, stderr and their TTY) and its exit code
         is returned as is; nothing is captured.
+        input: bytes, or an open file (a pipe) the command reads as its stdin, in pieces (a big tar stream).
         """
         argv = tuple(str(a) for a in argv)
+        source = None if input is None or isinstance(input, bytes) else input
+        if source is not None:
+            input = None
         skipped = self.dry_run and mutates
+        if secret_env:
+            ui.conceal(secret_env.values())
         if self.echo:
             text = shown(argv)
             ui.command(text if cwd is None else f"(cd {shlex.quote(str(cwd))}) {text}", skipped=skipped)
@@ -137,7 +148,7 @@ class Runner:
         try:
             proc = subprocess.Popen(
                 [str(exe), *argv[1:]],
-                stdin=stdin,
+                stdin=source if source is not None else stdin,
                 stdout=stdout,
                 stderr=stderr,
                 cwd=str(cwd) if cwd is not None else None,
@@ -154,7 +165,7 @@ class Runner:
         _track(proc, True)
         try:
             if stream:
-                out, err = b"", _pass_through(proc, input, timeout)
+                out, err = b"", _pass_through(proc, input, timeout, lines)
             else:
                 out, err = proc.communicate(input, timeout=timeout)
         except subprocess.TimeoutExpired:
@@ -233,7 +244,9 @@ def _terminate(threads: set[int | None]) -> None:
         _stop(proc)
 
 
-def _pass_through(proc: subprocess.Popen, input: bytes | None, timeout: float | None) -> bytes:
+def _pass_through(
+    proc: subprocess.Popen, input: bytes | None, timeout: float | None, seen: Callable[[str], None] | None = None
+) -> bytes:
     """Hand each output line to ui as it comes; return the last 64 KiB (a failure's reason is near the end).
     Past `timeout` seconds, whether the child is writing, silent, or has closed its output but not exited, this
     raises subprocess.TimeoutExpired, as communicate() does, for the caller to stop the child."""
@@ -267,7 +280,7 @@ def _pass_through(proc: subprocess.Popen, input: bytes | None, timeout: float | 
                         if len(line) > 65536:  # a line without end (a progress bar): shown in pieces, kept short
                             lines, line = [*lines, line], b""
                         for whole in lines:
-                            ui.output(whole.decode("utf-8", "replace"))
+                            _show(whole, seen)
                         continue
                     try:
                         pending = pending[os.write(key.fd, pending[: select.PIPE_BUF]) :]
@@ -281,10 +294,17 @@ def _pass_through(proc: subprocess.Popen, input: bytes | None, timeout: float | 
             with contextlib.suppress(BrokenPipeError):
                 proc.stdin.close()
     if line:
-        ui.output(line.decode("utf-8", "replace"))
+        _show(line, seen)
     if proc.poll() is None:  # it may have closed its output and still run
         proc.wait(left())
     return tail
+
+
+def _show(raw: bytes, seen: Callable[[str], None] | None) -> None:
+    text = raw.decode("utf-8", "replace")
+    ui.output(text)
+    if seen is not None:
+        seen(text)
 
 
 def _stop(proc: subprocess.Popen) -> None:

@@ -3,6 +3,12 @@
 On a TTY rich colours the lines; elsewhere (cron logs, CI) they are plain, and rich is not even imported. On
 GitHub Actions a step is folded with ::group::. A task that runs unattended (`invoke nightly` from cron) also
 writes every line, timestamped, to a log file (`log_to`), and timestamps its stderr lines when not on a TTY.
+
+No line shows a secret (`mask`): every value the task knows is secret (`conceal`: secrets files, stored logins,
+our environment's variables whose name looks secret), credentials in URLs (`https://user:***@host`) and the
+value of every `NAME=VALUE` whose name holds TOKEN, KEY, SECRET, PASSWORD, PASSWD, AUTH or CREDENTIAL are
+shown as `***`. The echo of a command (proc.shown) masks each argument the same way. A result on stdout is
+data and is left as it is.
 """
 
 from __future__ import annotations
@@ -10,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sys
 import threading
 import time
@@ -36,8 +43,13 @@ def log_to(path: Path | None, *, console: bool = True) -> Iterator[None]:
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     before = context()  # what the block ends with: a log around this one, or none
-    with open(path, "a", encoding="utf-8", errors="replace") as fh:
-        _log.file, _log.path, _log.stamp, _log.console = fh, path, not sys.stderr.isatty(), console
+    # cron's `>> LOG 2>&1`: stderr already goes to the log, so each line goes there once, timestamped
+    same = _is_stderr(path)
+    with contextlib.nullcontext() if same else open(path, "a", encoding="utf-8", errors="replace") as fh:
+        if same:
+            _log.path, _log.stamp = path, True
+        else:
+            _log.file, _log.path, _log.stamp, _log.console = fh, path, not sys.stderr.isatty(), console
         try:
             yield
         finally:
@@ -46,6 +58,14 @@ def log_to(path: Path | None, *, console: bool = True) -> Iterator[None]:
                     setattr(_log, name, before[name])
                 elif hasattr(_log, name):
                     delattr(_log, name)
+
+
+def _is_stderr(path: Path) -> bool:
+    try:
+        ours, theirs = os.fstat(sys.stderr.fileno()), os.stat(path)
+    except (OSError, ValueError, AttributeError):
+        return False
+    return (ours.st_dev, ours.st_ino) == (theirs.st_dev, theirs.st_ino)
 
 
 def current_log() -> Path | None:
@@ -76,8 +96,100 @@ def _console():
 
 
 def _line(text: str, style: str | None = None) -> None:
+    text = mask(text)
     with _writing:
         _write(text, style)
+
+
+# ---- masking -----------------------------------------------------------------------------------------------
+MASK = "***"
+SECRET_WORDS = ("TOKEN", "KEY", "SECRET", "PASSWORD", "PASSWD", "AUTH", "CREDENTIAL")
+MASK_MIN = 4  # a known value shorter than this is no secret, and masking it would garble ordinary words
+_SECRET_NAME = re.compile("|".join(SECRET_WORDS), re.I)
+_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_URL = re.compile(r"\b([A-Za-z][A-Za-z0-9+.-]*://)([^\s/@:'\"]*)(?::([^\s/@'\"]*))?@")
+# NAME=VALUE in free text (a value quoted, or up to a blank, quote or shell separator); not `a.b.key=` (a label).
+_PAIR = re.compile(rf"(?<![\w.$/-])({_NAME})=('[^']*'|\"[^\"]*\"|[^\s'\";&|]+)")
+# One whole argument: --secret-option=VALUE, or [--option=]NAME=VALUE (-e X_TOKEN=v, --build-arg=X_TOKEN=v).
+_OPTION_ARG = re.compile(r"^(--?[A-Za-z][\w-]*)=(.*)$", re.S)
+_PAIR_ARG = re.compile(rf"^(--?[\w-]*=)?({_NAME})=(.*)$", re.S)
+# An option whose next argument is its secret value (--password X, --token X); not --password-stdin, --no-auth.
+_VALUE_OPTION = re.compile(r"^--?(?!no-)[\w-]*(token|key|secret|password|passwd|auth|credentials?)$", re.I)
+_known: frozenset[str] = frozenset()
+_known_re: re.Pattern[str] | None = None
+_environment_read = False
+
+
+def secret_name(name: str) -> bool:
+    """Whether a variable or option name says its value is secret (HF_TOKEN, api_key, --password)."""
+    return _SECRET_NAME.search(name) is not None
+
+
+def secret_variable(name: str, value: str) -> bool:
+    """Whether an environment variable holds a secret: its name looks secret, and it is not forkdev's own config
+    (INVOKE_RUN_SECRETS names a folder) nor a path (SSH_AUTH_SOCK, a socket's)."""
+    return secret_name(name) and not name.startswith("INVOKE_") and not value.startswith(("/", "~", "."))
+
+
+def conceal(values) -> None:
+    """Mask these values (secrets the task has read) in every line from now on."""
+    global _known, _known_re
+    new = _known | {v for v in values if isinstance(v, str) and len(v) >= MASK_MIN}
+    if new != _known:
+        _known = frozenset(new)
+        _known_re = re.compile("|".join(re.escape(v) for v in sorted(_known, key=len, reverse=True)))
+
+
+def _environment() -> None:
+    """Our own environment's secret-looking variables (HF_TOKEN, GITHUB_TOKEN, ...), read once."""
+    global _environment_read
+    if not _environment_read:
+        _environment_read = True
+        conceal(v for k, v in os.environ.items() if secret_variable(k, v))
+
+
+def _url(m: re.Match[str]) -> str:
+    scheme, user, password = m.groups()
+    if password is not None:
+        return f"{scheme}{user}:{MASK}@"
+    return f"{scheme}{MASK}@" if scheme.lower() in ("http://", "https://") and user else m.group(0)
+
+
+def _pair(m: re.Match[str]) -> str:
+    return f"{m.group(1)}={MASK}" if secret_name(m.group(1)) else m.group(0)
+
+
+def mask(text: str) -> str:
+    """`text` with every secret (see the module's doc) shown as ***."""
+    _environment()
+    if _known_re is not None:
+        text = _known_re.sub(MASK, text)
+    if "://" in text:
+        text = _URL.sub(_url, text)
+    if "=" in text:
+        text = _PAIR.sub(_pair, text)
+    return text
+
+
+def mask_argv(argv) -> list[str]:
+    """Each argument of a command masked as `mask` does, a secret option's value (`--password X`, `--token=X`)
+    and a `NAME=VALUE` argument's whole value (spaces and all) included."""
+    out: list[str] = []
+    hide_next = False
+    for arg in argv:
+        if hide_next:
+            out.append(MASK)
+            hide_next = False
+            continue
+        option, pair = _OPTION_ARG.match(arg), _PAIR_ARG.match(arg)
+        if option and secret_name(option.group(1)):
+            arg = f"{option.group(1)}={MASK}"
+        elif pair and secret_name(pair.group(2)):
+            arg = f"{pair.group(1) or ''}{pair.group(2)}={MASK}"
+        else:
+            hide_next = _VALUE_OPTION.match(arg) is not None
+        out.append(mask(arg))
+    return out
 
 
 def _write(text: str, style: str | None) -> None:
@@ -166,7 +278,7 @@ def progress(total: int, title: str) -> Iterator:
 
         def fancy(line: str, failed: bool = False) -> None:
             with lock:
-                bar.console.print(line, style="yellow" if failed else None, markup=False)
+                bar.console.print(mask(line), style="yellow" if failed else None, markup=False)
                 bar.advance(task_id)
 
         yield fancy

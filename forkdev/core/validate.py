@@ -62,6 +62,18 @@ def repository(value: object, what: str = "repository") -> str:
     return repo
 
 
+_NETWORK = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+
+
+def network(value: object, what: str = "network") -> str:
+    """A container network: host, none, bridge, or the name of one made with `network create` (never an
+    option, never a mode with arguments such as container:NAME)."""
+    name = plain(value, what, "set host, none, bridge or the name of a network")
+    if not _NETWORK.match(name):
+        raise Failure(f"{what} '{name[:200]}' is not host, none, bridge or a network's name; set one of them")
+    return name
+
+
 def registry_host(ref: str) -> str | None:
     """The registry named in an image reference, or None when it has none (Docker Hub implied)."""
     first, sep, _ = ref.partition("/")

@@ -539,3 +539,79 @@ def test_a_docker_host_that_does_not_answer_is_named_and_never_swapped_for_podma
     res = invoke("dev", str(fork), "--base", "forkdev-test/vllm-base:editable", env=env)
     assert_one_line_error(res, "unix:///nonexistent.sock")
     assert "podman" not in res.err
+
+
+@pytest.fixture
+def both_engines(sessions):
+    """docker and podman at once (a test of what they share: the base cache, one id for one state)."""
+    import conftest
+
+    if not {"docker", "podman"} <= set(conftest.ENGINES):
+        pytest.skip("FORKDEV_TEST_ENGINES names one engine; this test needs both")
+    return conftest._engine("docker"), conftest._engine("podman")
+
+
+def test_one_state_is_one_image_id_on_both_engines_whichever_filled_the_base_cache_first(
+    both_engines, upstream, invoke, tmp_path
+):
+    """A base with entries docker's `history` cannot tell apart (ENV and a RUN that only made a directory both
+    show 0 bytes; times to the second; no author) saved from docker and loaded into podman: the same id on both,
+    and the same thin image id from either engine, in either order, through one shared cache."""
+    docker, podman = both_engines
+    up, first, _ = upstream
+    tag = "forkdev-test/vllm-base:both-engines"
+    made: list[tuple[object, str]] = []
+    try:
+        bare = support.build_base(docker, up, first, "forkdev-test/vllm-base:both-engines-bare")
+        made.append((docker, bare))
+        support.derive_image(
+            docker, bare, tag, "ENV FORKDEV_X=1", "RUN mkdir -p /opt/empty", "WORKDIR /opt", 'CMD ["python3"]'
+        )
+        made += [(docker, tag), (podman, tag)]
+        subprocess.run(f"{docker.exe} save {tag} | {podman.exe} load -q", shell=True, check=True, capture_output=True)
+        assert support.inspect(docker, tag)["Id"].split(":")[-1] == support.inspect(podman, tag)["Id"].split(":")[-1]
+        fork = tmp_path / "vllm"
+        support.sh("git", "clone", "-q", up, fork)
+        support.git(fork, "checkout", "-q", "-B", "dev", first)
+        (fork / EDIT).write_text("ENVS = 'one id'\n")
+        support.commit_all(fork, "fork: one state")
+
+        def image_id(engine, cache: str) -> str:
+            env = {"INVOKE_ENGINE_NAME": engine.kind, "INVOKE_CACHE_DIR": str(tmp_path / cache)}
+            res = invoke("dev", str(fork), "--base", tag, "--json", env=env)
+            assert res.code == 0, res.err[-3000:]
+            made.append((engine, res.json["image"]))
+            subprocess.run([engine.exe, "image", "rm", res.json["image"]], capture_output=True, check=True)
+            return res.json["image_id"].split(":")[-1]
+
+        docker_first = [image_id(docker, "a"), image_id(podman, "a")]
+        podman_first = [image_id(podman, "b"), image_id(docker, "b")]
+        alone = [image_id(docker, "c"), image_id(podman, "d")]
+        assert len(set(docker_first + podman_first + alone)) == 1, (docker_first, podman_first, alone)
+    finally:
+        for engine, ref in made:
+            subprocess.run([engine.exe, "image", "rm", "-f", ref], capture_output=True)
+
+
+def test_where_the_stored_config_cannot_be_read_the_inspect_serves_and_is_not_asked_again(
+    engine, world, fork, tool, tmp_path
+):
+    """A docker with the containerd image store, a podman whose storage is elsewhere: the engine's `info` says
+    nothing usable (here: it fails), the image is made from the inspect as before, and the next run does not try
+    again."""
+    shim = tmp_path / "bin"
+    shim.mkdir()
+    (shim / engine.kind).write_text(
+        f'#!/bin/sh\nif [ "$1" = info ]; then echo "Error: no store here" >&2; exit 1; fi\nexec {engine.exe} "$@"\n'
+    )
+    (shim / engine.kind).chmod(0o755)
+    env = {"PATH": f"{shim}:{os.environ['PATH']}", "INVOKE_CACHE_DIR": str(tmp_path / "cache")}
+    (fork / EDIT).write_text("ENVS = 'no stored config'\n")
+    first = tool("dev", str(fork), "--base", world.editable, "--json", env=env)
+    assert first.code == 0, first.err
+    assert re.search(rf"^\+ \S*{engine.kind} info ", first.err, re.M)
+    subprocess.run([engine.exe, "image", "rm", first.json["image"]], capture_output=True, check=True)
+    again = tool("dev", str(fork), "--base", world.editable, "--json", env=env)
+    assert again.code == 0 and again.json["image_id"] == first.json["image_id"], again.err
+    assert not re.search(rf"^\+ \S*{engine.kind} info ", again.err, re.M), "asked once per base"
+    assert tool("verify", again.json["image"]).code == 0

@@ -130,6 +130,14 @@ vllm -> pkg
         ("vllm/config.py :: transform=replace:MAX = 1=>MAX = (", ["overlay.txt:1", "does not compile"]),
         ("docs/logo.bin :: transform=header:x", ["overlay.txt:1", "binary"]),
         ("vllm/config.py :: transform=replace:no-arrow", ["overlay.txt:1", "OLD=>NEW"]),
+        # An empty OLD matches between every two characters: X everywhere (a .py then fails to compile, a script
+        # does not).
+        ("\ntools/run.sh :: transform=replace:=>X", ["overlay.txt:2", "nothing to replace before '=>'"]),
+        ("tools/run.sh :: transform=regex:=>X", ["overlay.txt:1", "transform 'regex' has nothing to replace"]),
+        (".git/config -> git-config", ["overlay.txt:1", "src '.git/config' is under .git"]),
+        (".git -> repo-git", ["overlay.txt:1", "src '.git' is under .git"]),
+        ("vllm/config.py -> .git/hooks/post-checkout", ["overlay.txt:1", "dest '.git/hooks/post-checkout'"]),
+        ("vllm/config.py -> pkg/./.git/config", ["overlay.txt:1", "under .git"]),
     ],
 )
 def test_bad_definitions_are_one_line_naming_file_and_line_and_write_nothing(invoke, repo, tmp_path, defs, words):
@@ -373,6 +381,13 @@ def test_any_definition_is_a_result_or_one_line_naming_file_and_line(invoke, rep
         "overlay", "--repo", str(repo), "--definitions", str(tmp_path / "overlay.txt"), "--dest", str(tmp_path / "ov")
     )
     refused(res, *words)
+    assert not (tmp_path / "ov").exists()
+
+
+def test_a_source_that_leads_into_git_by_a_symlink_is_refused_and_git_is_not_read(invoke, repo, tmp_path):
+    (repo / "gitdir").symlink_to(".git")
+    res = overlay(invoke, repo, "gitdir/config -> c\n", "--dest", str(tmp_path / "ov"))
+    refused(res, "overlay.txt:1", "src 'gitdir/config' leads into .git")
     assert not (tmp_path / "ov").exists()
 
 

@@ -17,6 +17,8 @@ from pathlib import Path
 import pytest
 import support
 
+from forkdev.core import owners, sandbox
+
 MLC = {"INVOKE_TARGET": "mlc-llm"}
 WHEEL = "mlc_llm-0.1.0-cp311-cp311-linux_x86_64.whl"
 
@@ -114,16 +116,16 @@ class TestInTheImage:
         subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
 
     def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
-        self, wheel, tool, engine, wheel_image, pkg, out, tmp_path
+        self, wheel, tool, engine, wheel_image, pkg, out, tmp_path, cache_dir
     ):
         res = wheel(str(pkg), "--out", str(out))
         assert res.code == 0, res.err
-        # What a smoke killed with -9 left: its container, named after its pid, which is gone.
-        dead = subprocess.Popen(["true"])
-        dead.wait()
-        orphan = f"forkdev-wheel-smoke-abc123-{dead.pid}"
-        host = subprocess.run(["hostname"], capture_output=True, text=True, check=True).stdout.strip()
-        labels = ["--label", f"dev.forkdev.host={host}", "--label", "dev.forkdev.run=wheel-smoke"]
+        # What a smoke killed with -9 left: its container, whose owner's lock (core/owners.py) nobody holds.
+        claim = owners.folder(cache_dir) / "123-abcdefgh"
+        claim.mkdir()
+        (claim / "lock").write_text("")
+        orphan = "forkdev-wheel-smoke-123-abc12345"
+        labels = ["--label", f"dev.forkdev.owner={claim / 'lock'}", "--label", "dev.forkdev.run=wheel-smoke"]
         support.sh(engine.exe, "create", "--name", orphan, *labels, wheel_image)
         smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), "--json")
         assert smoked.code == 0, smoked.err
@@ -266,7 +268,7 @@ def test_native_build_records_dirty_work_and_the_exact_tree(invoke, pkg, out):
     clean = native(invoke, str(pkg), "--out", str(out), "--json")
     assert clean.code == 0, clean.err
     clean_tree = json.loads(Path(clean.json["provenance"]).read_text())
-    (pkg / "cpp" / "greet.c").write_text(support.PACKAGE_C + "int mlc_extra(void) { return 7; }\n")
+    (pkg / "cpp" / "greet.c").write_text(sandbox.PACKAGE_C + "int mlc_extra(void) { return 7; }\n")
     (pkg / "cpp" / "untracked.h").write_text("/* new */\n")
     dirty = native(invoke, str(pkg), "--out", str(out), "--json")
     assert dirty.code == 0, dirty.err

@@ -10,6 +10,7 @@ import sys
 
 MACHINERY = [
     "forkdev.core.batching",  # batch
+    "forkdev.core.bakefile",
     "forkdev.core.fullbuild",  # nightly, batch
     "forkdev.core.fixes",
     "forkdev.core.overlaying",  # overlay
@@ -22,12 +23,15 @@ MACHINERY = [
     "forkdev.core.gpu",
     "forkdev.core.envfiles",
     "forkdev.core.livesync",
+    "forkdev.core.owners",  # run, shell, smoke
     "forkdev.core.builder",  # wheel, smoke
     "forkdev.core.wheelfile",
     "forkdev.core.attest",
     "forkdev.core.source",
     "forkdev.core.outdir",
-    "crontab",  # cron
+    "forkdev.core.demoing",  # demo
+    "forkdev.core.tour",
+    "forkdev.core.sandbox",
     "filelock",
     "uuid",  # imports platform
 ]
