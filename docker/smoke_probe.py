@@ -37,6 +37,10 @@ def read_wheel(path: Path) -> dict:
     """Name, version, tag, import names, native files and the build record of a wheel file."""
     with zipfile.ZipFile(path) as zf:
         names = zf.namelist()
+        # zipfile would stop at the first read with a RuntimeError; no installer takes an encrypted member either.
+        locked = [i.filename for i in zf.infolist() if i.flag_bits & 0x1]
+        if locked:
+            raise ValueError(f"{path.name} holds {len(locked)} encrypted member(s), {locked[0]} first: not a wheel")
         infos = sorted({n.split("/", 1)[0] for n in names if re.match(r"^[^/]+\.dist-info/METADATA$", n)})
         if len(infos) != 1:
             raise ValueError(f"{path.name} has {len(infos)} .dist-info/METADATA files, not one: not a wheel")

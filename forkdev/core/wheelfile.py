@@ -40,7 +40,9 @@ class Wheel:
 def read(path: Path) -> Wheel:
     try:
         info = assets.probe().read_wheel(path)
-    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as exc:
+    # NotImplementedError: a compression method zipfile lacks (zstd, lzma variants); RuntimeError: what else
+    # zipfile refuses to read.
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile, NotImplementedError, RuntimeError) as exc:
         raise Failure(f"'{path}' is not a readable wheel ({exc}); rebuild it with 'invoke wheel'") from None
     return Wheel(
         path=path,

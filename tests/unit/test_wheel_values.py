@@ -56,6 +56,27 @@ def test_a_file_that_is_not_a_wheel_is_one_sentence(tmp_path):
         wheelfile.read(bad)
 
 
+def encrypt(path):
+    """Set the 'encrypted' flag of every member, in the local headers and the central directory, as `zip -e`
+    would (the bytes stay readable; a reader that honours the flag refuses them)."""
+    data = bytearray(path.read_bytes())
+    for signature, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        at = data.find(signature)
+        while at >= 0:
+            data[at + offset] |= 0x1
+            at = data.find(signature, at + 4)
+    path.write_bytes(bytes(data))
+    return path
+
+
+def test_an_encrypted_wheel_is_one_sentence_not_a_traceback(tmp_path):
+    path = encrypt(make_wheel(tmp_path / "pkg-1.0-py3-none-any.whl", tag="py3-none-any"))
+    with zipfile.ZipFile(path) as zf, pytest.raises(RuntimeError, match="encrypted"):
+        zf.read(zf.namelist()[-1])  # the fault is real: zipfile alone raises
+    with pytest.raises(Failure, match=r"holds \d+ encrypted member\(s\), .* first: not a wheel\); rebuild it"):
+        wheelfile.read(path)
+
+
 # ---- SHA256SUMS -----------------------------------------------------------------------------------------------
 def test_sums_replace_entries_of_the_same_name_keep_others_present_and_drop_vanished_ones():
     old = f"{'1' * 64}  a.whl\n{'2' * 64}  b.whl\n{'3' * 64} *gone.whl\n"
