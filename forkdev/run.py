@@ -37,8 +37,8 @@ if TYPE_CHECKING:
 
 SHARED = {
     "image": "the image (default: the last 'invoke dev' image of --repo, else the target's nightly)",
-    "repo": "the checkout (default: config run.repo, '.'): its secrets, its source for --mount-source and --sync",
-    "gpu": "auto (what the host has), none, all, or a number of GPUs (default: config run.gpu)",
+    "repo": "the checkout (default: config container.repo, '.'): its secrets, its source for --mount-source and --sync",
+    "gpu": "auto (what the host has), none, all, or a number of GPUs (default: config container.gpu)",
     "env": "KEY=VALUE (or KEY, from here) for the container; repeatable; wins over the secrets files",
     "target": "target profile (default: config target)",
 }
@@ -101,16 +101,16 @@ def prepare(
     from .core import envfiles, owners
     from .core import gpu as gpus
 
-    cfg = c.config.run
+    cfg = c.config.container
     image_ref = pick_image(c, repo, image, target)
     gpu_request = gpu or cfg.gpu
     ports = list(ports or [])
     variables = envfiles.load(envfiles.secrets_files(repo, cfg.secrets))
     configured = [f"{k}={v}" for k, v in dict(cfg.env or {}).items()]
-    variables += envfiles.explicit(configured, "config run.env") + envfiles.explicit(list(env or []))
+    variables += envfiles.explicit(configured, "config container.env") + envfiles.explicit(list(env or []))
     check_ports(ports)
     engine = config.engine(c, run)
-    network = validate.network(cfg.network or engine.network, "run.network" if cfg.network else "engine.network")
+    network = validate.network(cfg.network or engine.network, "container.network" if cfg.network else "engine.network")
     cache = config.cache_dir(c)
     owners.sweep(engine, run, cache)
     info = engine.inspect_image(run, image_ref)
@@ -197,7 +197,7 @@ def run(
     """Run the image (its own command, or the one after --) with secrets, GPU, ports and the checkout."""
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
+    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
     command = remainder(c)
     hidden = config.secret_paths(c)  # what --sync never copies in; checked before anything starts
     if restart is not None:
@@ -329,7 +329,7 @@ def shell(c, image=None, repo=None, gpu=None, env=None, command=None, target=Non
     """An interactive shell in the image (bash if it has one), with the same secrets and GPU as run."""
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
+    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
     script = command if command is not None else "if command -v bash >/dev/null; then exec bash; fi; exec sh"
     interactive = command is None and _tty()
     engine, spec, own = prepare(
@@ -387,7 +387,7 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
 def _host(c) -> gpus.Host:
     from .core import gpu as gpus
 
-    return gpus.host(Path(c.config.run.gpu_root))
+    return gpus.host(Path(c.config.container.gpu_root))
 
 
 def _gpu_args(kind: str, found: gpus.Host, request: str) -> tuple[list[str], str]:
@@ -413,14 +413,14 @@ def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry
 
     proc = runner(c, dry_run, quiet)
     profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.run.repo, "--repo"), proc)
+    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
     ports = parse_ports(port)
-    envfiles.load(envfiles.secrets_files(checkout, c.config.run.secrets))  # refused here as `run` refuses them
-    folder = secrets.relative(c.config.run.secrets, "run.secrets")
-    has_secrets = secrets.located(checkout.path, folder, "run.secrets") is not None
+    envfiles.load(envfiles.secrets_files(checkout, c.config.container.secrets))  # refused here as `run` refuses them
+    folder = secrets.relative(c.config.container.secrets, "container.secrets")
+    has_secrets = secrets.located(checkout.path, folder, "container.secrets") is not None
     ref = pick_image(c, checkout, image, profile)
     engine = config.engine(c, proc)
-    gpu_args, picked = gpus.args(engine.kind, _host(c), gpus.parse_request(gpu or c.config.run.gpu))
+    gpu_args, picked = gpus.args(engine.kind, _host(c), gpus.parse_request(gpu or c.config.container.gpu))
     where = checkout.path / ".devcontainer"
     target_file, script, backup = where / "devcontainer.json", where / dc.SCRIPT, where / "devcontainer.json.bak"
     for path in (where, target_file, script, backup):
@@ -437,7 +437,7 @@ def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry
             raise Failure(f"{target_file} is not plain JSON (comments?); fix or remove it, then re-run") from None
     if foreign:
         raise Failure(f"{script} exists and forkdev did not write it; move it away, then re-run")
-    hf = Path(os.path.expanduser(c.config.run.hf_cache))
+    hf = Path(os.path.expanduser(c.config.container.hf_cache))
     mine = dc.ours(
         name=f"forkdev {profile.name}",
         image=ref,

@@ -148,6 +148,9 @@ def from_results(path: str) -> list[tuple[str, str]]:
 )
 def verify(c, image, commit=None, repo=None, all=False, json=False, quiet=False):
     """Check that an image's labels, proof, files and run config agree with its commit and its base."""
+    moved = config.moved_setting(c.config.run)  # as tasking.runner refuses it for every other task
+    if moved:
+        raise Failure(moved)
     run = Runner(dry_run=False, echo=not quiet)  # verify only reads
     if commit is not None:
         validate.git_ref(commit, "--commit")

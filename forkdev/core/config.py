@@ -132,7 +132,10 @@ DEFAULTS: dict[str, Any] = {
         "jobs": 2,  # native states built at once
         "push": False,
     },
-    "run": {
+    # The container `run`, `shell`, `devcontainer` and `gpu-check` start. It was `run:` until that collided with
+    # invoke's own `run:` section (run.env was both invoke's subprocess environment and the container's
+    # variables); the old keys are refused by name (moved_setting), never silently ignored.
+    "container": {
         "repo": ".",
         "gpu": "auto",  # auto | none | all | a number of GPUs
         "gpu_root": "/",  # where the host's GPU facts are read (/proc/driver/nvidia, /etc/cdi, /dev/dxg)
@@ -243,17 +246,17 @@ def nightly_repository(c: Any, profile: Target) -> str:
 
 
 def secret_paths(c: Any) -> secrets.Paths:
-    """The checkout's secret paths (run.secrets and run.secret_paths): what no task ever ships."""
-    return secrets.paths(c.config.run.secrets, c.config.run.get("secret_paths"))
+    """The checkout's secret paths (container.secrets and container.secret_paths): what no task ever ships."""
+    return secrets.paths(c.config.container.secrets, c.config.container.get("secret_paths"))
 
 
 def secret_values(c: Any) -> list[secrets.Known]:
-    """The secret values config holds besides the secrets files: run.env's secret-looking entries."""
+    """The secret values config holds besides the secrets files: container.env's secret-looking entries."""
     try:
-        configured = dict(c.config.run.get("env") or {})
+        configured = dict(c.config.container.get("env") or {})
     except (TypeError, ValueError):  # not a mapping: `invoke run` names it
         configured = {}
-    return secrets.explicit(configured, "config run.env")
+    return secrets.explicit(configured, "config container.env")
 
 
 def registry_policy(c: Any) -> Policy:
@@ -306,7 +309,12 @@ def environment_problem(environ: Mapping[str, str], defaults: Mapping[str, Any])
     """The first INVOKE_* variable that invoke would fail to cast, or read otherwise than its writer meant, as one
     sentence with the remedy; None when every one is fine. invoke casts a variable to its default's type while it
     loads a task's config (int('abc') or a list: its traceback, on every task), and reads any boolean but 0 and
-    the empty string as true (INVOKE_DEV_PUSH=false would push)."""
+    the empty string as true (INVOKE_DEV_PUSH=false would push). A variable of a moved key (INVOKE_RUN_SECRETS)
+    would be ignored by invoke, as no default has that key any more: it is refused with its new name."""
+    for key in MOVED:
+        if f"INVOKE_RUN_{key.upper()}" in environ:
+            old, new = f"INVOKE_RUN_{key.upper()}", f"INVOKE_CONTAINER_{key.upper()}"
+            return f"{old} is set, but run.{key} is now container.{key}; set {new} instead and unset {old}"
     for path, default in _leaves(defaults, ()):
         name = "INVOKE_" + "_".join(path).upper()  # invoke's own mapping of a key to its variable
         if name not in environ or isinstance(default, str) or default is None:
@@ -330,6 +338,21 @@ def environment_problem(environ: Mapping[str, str], defaults: Mapping[str, Any])
             return (
                 f"{name} is set, but {key} is a list, which invoke cannot read from the environment; unset it and "
                 f"set {key} in invoke.yaml"
+            )
+    return None
+
+
+MOVED = ("repo", "gpu", "gpu_root", "network", "secrets", "secret_paths", "env", "hf_cache")  # run.X -> container.X
+
+
+def moved_setting(run_settings: Mapping[str, Any]) -> str | None:
+    """An old `run.X` setting of ours in the loaded config, as one sentence naming its new key; None when there is
+    none. `run.env` is invoke's own too (empty by default, and nothing of forkdev's reads it): set, it is ours."""
+    for key in MOVED:
+        if key in run_settings and (key != "env" or run_settings[key]):
+            return (
+                f"config run.{key} is now container.{key} (run: is invoke's own section); rename the key in your "
+                f"invoke.yaml (or INVOKE_RUN_{key.upper()} to INVOKE_CONTAINER_{key.upper()})"
             )
     return None
 

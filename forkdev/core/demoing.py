@@ -156,7 +156,7 @@ def step_config(layout: Layout, engine: Engine, prefix: str, client: str) -> dic
         },
         "batch": {"repository": f"{prefix}/{{target}}-batch", "push": False},
         # No GPU asked for (the sandbox's image has no CUDA), and never the user's Hugging Face cache.
-        "run": {"gpu": "none", "hf_cache": str(layout.home / "no-hf-cache"), "env": {}, "network": ""},
+        "container": {"gpu": "none", "hf_cache": str(layout.home / "no-hf-cache"), "env": {}, "network": ""},
         "wheel": {"native": False, "python": "", "ccache": "", "isolation": False},
         "smoke": {"installer": "auto", "python": ""},
         "fork_sync": {"into": "", "push": False, "autostash": False},

@@ -57,16 +57,16 @@ def explicit(items: list[str], origin: str = "--env") -> list[Var]:
 
 
 def secrets_files(repo: Repo, folder: object) -> list[Path]:
-    """The checkout's secrets files: `*.env` in the secrets directory (config run.secrets), never `*.env.example`.
+    """The checkout's secrets files: `*.env` in the secrets directory (config container.secrets), never `*.env.example`.
     Refused: a directory given as an absolute path, by '..' or through a symlink out of the checkout, one that is
     a file, a secrets file that is a symlink leading out of the checkout or not a regular file, one git tracks
     (its secrets are in the history) and one git does not ignore (a `git add -A` away from it)."""
-    rel = secrets.relative(folder, "run.secrets")
-    base = secrets.located(repo.path, rel, "run.secrets")
+    rel = secrets.relative(folder, "container.secrets")
+    base = secrets.located(repo.path, rel, "container.secrets")
     if base is None:
         return []
     if not base.is_dir():
-        raise Failure(f"run.secrets '{rel}' is a file; it names the directory that holds the *.env files")
+        raise Failure(f"container.secrets '{rel}' is a file; it names the directory that holds the *.env files")
     files, checked = [], []  # checked: the files and, for a link, what it leads to (inside the checkout)
     for entry in sorted(os.scandir(base), key=lambda e: e.name):
         if not entry.name.endswith(".env") or entry.name.endswith(secrets.EXAMPLE):

@@ -55,7 +55,7 @@ class Spec:
     build_args: Mapping[str, str]
     version: str  # the commit's version, for the fixes that pass it in (see fixes.py)
     dockerfile_text: str | None = None  # a Dockerfile of its own (a batch row's); None: the commit's
-    hidden: secrets.Paths = secrets.DEFAULT  # secret paths: left out of the context (config run.secrets, ...)
+    hidden: secrets.Paths = secrets.DEFAULT  # secret paths: left out of the context (config container.secrets, ...)
     network: str | None = None  # of its RUN steps; None: the engine's (a batch row's Dockerfile: none by default)
 
 

@@ -178,8 +178,8 @@ def _entries(repo: Path, d: Definition, dest_dir: Path | None, hidden: secrets.P
         if hidden.hidden(os.path.normpath(os.path.join(d.src, rel))) or (real and hidden.hidden(real)):
             if not rel:
                 raise Failure(
-                    f"src '{shown(d.src)}' is a secret path (config run.secrets / run.secret_paths); secrets never "
-                    "go into an overlay: leave it out of the definition"
+                    f"src '{shown(d.src)}' is a secret path (config container.secrets / container.secret_paths); "
+                    "secrets never go into an overlay: leave it out of the definition"
                 )
             continue
         if rel_dest == ".":

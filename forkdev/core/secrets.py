@@ -1,7 +1,7 @@
 """What never leaves the checkout: its secret paths, and the values they hold.
 
-Secret paths are every file under the secrets directory (config `run.secrets`, default `extras/secrets`) and
-under the paths config `run.secret_paths` adds, whatever git says of them (tracked, untracked, ignored or not),
+Secret paths are every file under the secrets directory (config `container.secrets`, default `extras/secrets`) and
+under the paths config `container.secret_paths` adds, whatever git says of them (tracked, untracked, ignored or not),
 except `*.env.example` templates. No task ships one: not an image layer (dev, build, the thin layers of nightly
 and batch), a full build's context, a wheel's source tree, a live sync or an overlay. `Paths.hidden` is the one
 predicate they all ask. The paths are relative to the checkout and stay in it (`paths` refuses the rest).
@@ -72,13 +72,13 @@ def relative(value: object, what: str) -> str:
 
 
 def paths(folder: object, extra: object = ()) -> Paths:
-    """The secret paths from config: run.secrets (the secrets directory) and the list run.secret_paths."""
+    """The secret paths from config: container.secrets (the secrets directory) and the list container.secret_paths."""
     if extra is None:
         extra = ()
     if isinstance(extra, str) or not isinstance(extra, Iterable):
-        raise Failure(f"config run.secret_paths must be a list of paths inside the checkout, not {extra!r}")
-    roots = [relative(folder, "run.secrets")]
-    roots += [relative(p, "run.secret_paths") for p in extra]
+        raise Failure(f"config container.secret_paths must be a list of paths inside the checkout, not {extra!r}")
+    roots = [relative(folder, "container.secrets")]
+    roots += [relative(p, "container.secret_paths") for p in extra]
     return Paths(tuple(dict.fromkeys(roots)))
 
 
@@ -187,7 +187,7 @@ def environment(env: Mapping[str, str]) -> list[Known]:
 
 
 def explicit(values: Mapping[str, object], origin: str) -> list[Known]:
-    """The secret-looking entries of a mapping of variables from config (`run.env`, `wheel.env`)."""
+    """The secret-looking entries of a mapping of variables from config (`container.env`, `wheel.env`)."""
     return [Known(str(v), f"{k} from {origin}") for k, v in values.items() if ui.secret_name(str(k)) and v]
 
 

@@ -48,7 +48,7 @@ class Request:
     # without first asking the engine whether that tag already holds it (each edit saves that call; a tag that
     # did hold it, made elsewhere, is loaded again, to the same image id). None: always ask.
     made: tuple[str, ...] | None = None
-    secret_paths: secrets.Paths = secrets.DEFAULT  # never shipped (config run.secrets, run.secret_paths)
+    secret_paths: secrets.Paths = secrets.DEFAULT  # never shipped (config container.secrets, container.secret_paths)
     secret_values: tuple[secrets.Known, ...] = ()  # besides the secrets files' and the environment's
 
 

@@ -44,7 +44,11 @@ def toggle(name: str, on: bool, off: bool, configured: Any) -> bool:
 
 
 def runner(c: Any, dry_run: bool = False, quiet: bool = False) -> Runner:
-    """The process seam for a task: dry-run from the flag or invoke's --dry; echo unless --quiet."""
+    """The process seam for a task: dry-run from the flag or invoke's --dry; echo unless --quiet. Every task
+    starts here, so a setting of the old `run:` section is refused here, before the task does anything."""
+    moved = config.moved_setting(c.config.run)
+    if moved:
+        raise Failure(moved)
     return Runner(dry_run=config.dry_run(c, dry_run), echo=not quiet)
 
 

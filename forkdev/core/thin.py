@@ -244,7 +244,7 @@ def describe(plan: Plan, base: Base) -> None:
     )
     if plan.withheld:
         listed = ", ".join(plan.withheld[:10]) + (" ..." if len(plan.withheld) > 10 else "")
-        ui.info(f"not shipped: {listed} (secret paths: run.secrets, run.secret_paths)")
+        ui.info(f"not shipped: {listed} (secret paths: container.secrets, container.secret_paths)")
     if plan.nested:
         listed = ", ".join(plan.nested[:10]) + (" ..." if len(plan.nested) > 10 else "")
         ui.warn(f"not shipped, nor deleted: {listed} (a submodule or a repository of its own; the base's stays)")

@@ -127,7 +127,7 @@ def secret_name(name: str) -> bool:
 
 def secret_variable(name: str, value: str) -> bool:
     """Whether an environment variable holds a secret: its name looks secret, and it is not forkdev's own config
-    (INVOKE_RUN_SECRETS names a folder) nor a path (SSH_AUTH_SOCK, a socket's)."""
+    (INVOKE_CONTAINER_SECRETS names a folder) nor a path (SSH_AUTH_SOCK, a socket's)."""
     return secret_name(name) and not name.startswith("INVOKE_") and not value.startswith(("/", "~", "."))
 
 

@@ -263,8 +263,8 @@ def test_the_image_defaults_to_the_last_dev_image_of_the_checkout(engine, world,
         (None, ["--gpu", "²"], "--gpu '²'"),
         (None, ["--restart", "server"], "use it with --sync"),
         (None, ["--keep"], "use it with --sync"),
-        ("network", [], "run.network '--privileged' starts with '-'"),
-        ("network", ["--sync"], "run.network '--privileged' starts with '-'"),
+        ("network", [], "container.network '--privileged' starts with '-'"),
+        ("network", ["--sync"], "container.network '--privileged' starts with '-'"),
         ("no-such-network", ["--sync"], "forkdev-test-no-such-network"),  # the engine made the container, then failed
     ],
 )
@@ -275,9 +275,9 @@ def test_bad_input_is_one_line_and_leaves_no_container(engine, world, checkout, 
     if setup == "malformed":
         (checkout / "extras" / "secrets" / "hf.env").write_text("HF_TOKEN=x\nthis is not a variable\n")
     if setup == "network":
-        env["INVOKE_RUN_NETWORK"] = "--privileged"
+        env["INVOKE_CONTAINER_NETWORK"] = "--privileged"
     if setup == "no-such-network":
-        env["INVOKE_RUN_NETWORK"] = "forkdev-test-no-such-network"
+        env["INVOKE_CONTAINER_NETWORK"] = "forkdev-test-no-such-network"
     image = [] if "--image" in args else ["--image", world.editable]
     res = tool("run", "--repo", str(checkout), *image, *args, "--", "true", env=env)
     assert res.code != 0 and "Traceback" not in res.err
@@ -313,7 +313,8 @@ def test_gpu_check_fails_here_naming_the_missing_driver(invoke, engine, tmp_path
     (fake / "proc/driver/nvidia/version").write_text("NVRM version: 550.54\n")
     (fake / "etc/cdi").mkdir(parents=True)
     (fake / "etc/cdi/nvidia.yaml").write_text("kind: nvidia.com/gpu\n")
-    seen = invoke("gpu-check", "--json", env={"INVOKE_ENGINE_NAME": engine.kind, "INVOKE_RUN_GPU_ROOT": str(fake)})
+    env = {"INVOKE_ENGINE_NAME": engine.kind, "INVOKE_CONTAINER_GPU_ROOT": str(fake)}
+    seen = invoke("gpu-check", "--json", env=env)
     assert seen.code == 0, seen.err
     assert json.loads(seen.out)["driver"] == "NVRM version: 550.54"
 

@@ -226,11 +226,11 @@ def test_an_overlay_never_carries_a_secret(invoke, tmp_path):
 # ---- run's secrets path, refused as one line ---------------------------------------------------------------
 PATH_CASES = [
     ("not ignored", None, "extras/secrets/hf.env is not ignored by git, so 'git add -A' would put"),
-    (None, "/etc", "run.secrets '/etc' is absolute"),
-    (None, "../outside", "run.secrets '../outside' leads out of the checkout by '..'"),
-    ("dir link out", None, "run.secrets 'extras/secrets' leads out of the checkout through a symlink"),
+    (None, "/etc", "container.secrets '/etc' is absolute"),
+    (None, "../outside", "container.secrets '../outside' leads out of the checkout by '..'"),
+    ("dir link out", None, "container.secrets 'extras/secrets' leads out of the checkout through a symlink"),
     ("file link out", None, "the secrets file 'extras/secrets/hf.env' leads out of the checkout through a"),
-    ("a file", "extras/other.txt", "run.secrets 'extras/other.txt' is a file"),
+    ("a file", "extras/other.txt", "container.secrets 'extras/other.txt' is a file"),
 ]
 
 
@@ -256,7 +256,7 @@ def test_a_secrets_path_run_cannot_use_is_one_line_naming_it(invoke, tmp_path, t
         (folder / "hf.env").symlink_to(outside / "hf.env")
     env = {"INVOKE_CACHE_DIR": str(tmp_path / "cache")}
     if secrets_dir:
-        env["INVOKE_RUN_SECRETS"] = secrets_dir
+        env["INVOKE_CONTAINER_SECRETS"] = secrets_dir
     args = {
         "run": ["run", "--repo", str(checkout), "--image", "forkdev-test/none:x", "--", "true"],
         "shell": ["shell", "--repo", str(checkout), "--image", "forkdev-test/none:x", "--command", "true"],
@@ -333,7 +333,7 @@ def hf_cache(tmp_path) -> Path:
 def test_a_devcontainer_gets_the_secrets_in_its_login_shell_and_never_in_inspect(engine, world, fork, tool, hf_cache):
     user_secrets(fork)
     res = tool(
-        "devcontainer", "--repo", str(fork), "--image", world.editable, env={"INVOKE_RUN_HF_CACHE": str(hf_cache)}
+        "devcontainer", "--repo", str(fork), "--image", world.editable, env={"INVOKE_CONTAINER_HF_CACHE": str(hf_cache)}
     )
     assert res.code == 0, res.err
     text = (fork / ".devcontainer" / "devcontainer.json").read_text()
@@ -391,7 +391,7 @@ def test_devcontainer_merges_into_the_users_file_keeps_a_backup_and_updates_its_
     users["runArgs"] += ["--env-file", "${localWorkspaceFolder}/extras/secrets/hf.env"]
     original = json.dumps(users, indent=4)
     target.write_text(original)
-    env = {"INVOKE_RUN_HF_CACHE": str(hf_cache)}
+    env = {"INVOKE_CONTAINER_HF_CACHE": str(hf_cache)}
     for port in ("8000", "8001"):
         res = tool("devcontainer", "--repo", str(fork), "--image", world.editable, "--port", port, env=env)
         assert res.code == 0, res.err

@@ -120,4 +120,4 @@ def test_the_steps_config_names_only_keys_the_tasks_read_and_keeps_everything_in
     for key in ("dev", "nightly", "batch"):
         assert cfg[key]["repository"].startswith("forkdev-demo/") and cfg[key]["push"] is False
     assert Path(cfg["cache_dir"]).is_relative_to(layout.home) and cfg["engine"]["name"] == "podman"
-    assert Path(cfg["run"]["hf_cache"]).is_relative_to(layout.home) and cfg["run"]["gpu"] == "none"
+    assert Path(cfg["container"]["hf_cache"]).is_relative_to(layout.home) and cfg["container"]["gpu"] == "none"

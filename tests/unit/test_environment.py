@@ -82,3 +82,42 @@ def test_values_invoke_reads_as_their_writer_means_pass(name, value):
 def test_list_and_help_name_the_variable_too_rather_than_list_tasks_that_cannot_run(invoke):
     res = invoke("--list", env={"INVOKE_BATCH_JOBS": "abc"})
     assert res.code == 1 and res.last_error.startswith("error: INVOKE_BATCH_JOBS='abc'")
+
+
+# ---- the container's settings moved from run: (invoke's own section) to container: -----------------------------
+@pytest.mark.parametrize("key", config.MOVED)
+def test_a_variable_of_the_old_run_section_is_refused_with_its_new_name(monkeypatch, key):
+    monkeypatch.setenv(f"INVOKE_RUN_{key.upper()}", "x")  # invoke would ignore it: no default has that key now
+    with pytest.raises(Failure) as exc:
+        cli.check_environment()
+    assert str(exc.value) == (
+        f"INVOKE_RUN_{key.upper()} is set, but run.{key} is now container.{key}; set INVOKE_CONTAINER_{key.upper()} "
+        f"instead and unset INVOKE_RUN_{key.upper()}"
+    )
+
+
+def test_invokes_own_run_settings_are_not_taken_for_moved_ones():
+    from invoke import Config
+
+    assert config.moved_setting(Config.global_defaults()["run"]) is None  # run.env is invoke's, empty
+    assert config.moved_setting({"env": {"HF_TOKEN": "x"}, "echo": True}).startswith("config run.env is now")
+    assert "run" not in config.DEFAULTS and set(config.MOVED) <= set(config.DEFAULTS["container"])
+
+
+@pytest.mark.parametrize(
+    ("yaml", "key"),
+    [("run:\n  secrets: my/secrets\n", "secrets"), ("run:\n  env:\n    HF_TOKEN: x\n", "env")],
+)
+@pytest.mark.parametrize("args", [("run", "--dry-run", "--", "true"), ("verify", "forkdev-test/none:absent")])
+def test_an_invoke_yaml_with_the_old_run_section_stops_every_task_with_one_line(invoke, tmp_path, yaml, key, args):
+    project = tmp_path / "project"
+    project.mkdir()
+    conf = project / "my.yaml"
+    conf.write_text(yaml)
+    res = invoke("-f", str(conf), *args)
+    assert res.code == 1 and "Traceback" not in res.err, res.err
+    assert res.err.strip().splitlines() == [res.last_error], "nothing ran before the error"
+    assert res.last_error == (
+        f"error: config run.{key} is now container.{key} (run: is invoke's own section); rename the key in your "
+        f"invoke.yaml (or INVOKE_RUN_{key.upper()} to INVOKE_CONTAINER_{key.upper()})"
+    )

@@ -21,7 +21,7 @@ TOKEN = "hf_unitTOKENa1b2c3d4e5"  # a value no other test uses: masking is proce
         ("extras/secretsX/hf.env", False),
         ("extras/secret", False),
         ("vllm/envs.py", False),
-        ("config/.env", True),  # run.secret_paths below
+        ("config/.env", True),  # container.secret_paths below
     ],
 )
 def test_a_path_is_secret_under_the_secrets_directory_or_an_added_path_whatever_else(path, hidden):
@@ -31,7 +31,7 @@ def test_a_path_is_secret_under_the_secrets_directory_or_an_added_path_whatever_
 @pytest.mark.parametrize(
     ("folder", "extra", "words"),
     [
-        ("/etc/secrets", [], "run.secrets '/etc/secrets' is absolute"),
+        ("/etc/secrets", [], "container.secrets '/etc/secrets' is absolute"),
         ("~/secrets", [], "is absolute"),
         ("../elsewhere", [], "leads out of the checkout by '..'"),
         ("a/../../b", [], "leads out of the checkout by '..'"),
@@ -39,8 +39,8 @@ def test_a_path_is_secret_under_the_secrets_directory_or_an_added_path_whatever_
         ("", [], "must be a path inside the checkout"),
         (3, [], "must be a path inside the checkout"),
         ("ok\ndir", [], "holds a control character"),
-        ("extras/secrets", "config/.env", "run.secret_paths must be a list"),
-        ("extras/secrets", ["/root/.env"], "run.secret_paths '/root/.env' is absolute"),
+        ("extras/secrets", "config/.env", "container.secret_paths must be a list"),
+        ("extras/secrets", ["/root/.env"], "container.secret_paths '/root/.env' is absolute"),
     ],
 )
 def test_configured_secret_paths_outside_the_checkout_are_one_line_errors(folder, extra, words):
@@ -82,7 +82,7 @@ def test_a_secrets_directory_that_is_a_symlink_out_of_the_checkout_is_never_read
     (checkout / "extras" / "secrets").symlink_to(outside)
     assert "outside-the-checkout-1234" not in {k.value for k in secrets.known(checkout, secrets.DEFAULT)}
     with pytest.raises(Failure, match="leads out of the checkout through a symlink"):
-        secrets.located(checkout, "extras/secrets", "run.secrets")
+        secrets.located(checkout, "extras/secrets", "container.secrets")
 
 
 def test_credentials_leave_a_url_before_it_becomes_a_label():
