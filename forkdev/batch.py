@@ -15,6 +15,7 @@ import concurrent.futures
 from dataclasses import asdict
 from pathlib import Path
 
+from .core import cache as store
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.tasking import runner, task, toggle
@@ -67,7 +68,6 @@ def batch(
     """Per-commit images from a dataset of commits, one compile per native state; a re-run resumes."""
     from .core import bakefile
     from .core import dataset as datasets
-    from .core import state as statefile
     from .core.batching import Emit, Item, Job, ask_registry, build_group, describe, emit_plan, plan, resolve, table
     from .core.fsutil import output_file, stdout_apart
     from .core.gitrepo import mirror
@@ -89,7 +89,7 @@ def batch(
     inputs = {"the dataset": path, **({"the blacklist": listed} if blacklist else {})}
     stdout_apart(inputs)  # `--emit bake >> DATASET`
     cache = config.cache_dir(c)
-    out = output_file(results or str(cache / "batch" / "results.json"), "--results", inputs)
+    out = output_file(results or str(store.batch(cache, "results.json")), "--results", inputs)
     skipped = [r.commit for r in rows if datasets.blacklisted(r.commit, denied)]
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]
     if not rows:
@@ -117,7 +117,7 @@ def batch(
     if emit == "bake":
         bakefile.context(url, "")  # before the mirror is fetched: can BuildKit fetch this upstream at all?
     with ui.step(f"mirror {url}"):
-        repo = mirror(config.cache_path(cache, "mirrors", url), url, run)
+        repo = mirror(store.mirror(cache, url), url, run)
     shaping, parallel = build_args(profile, c.config.nightly, prebuilt)
     policy = config.registry_policy(c)
     host = validate.registry_host(repo_name)
@@ -167,7 +167,7 @@ def batch(
         shaping=shaping,
         parallel=parallel,
         cache=cache,
-        logs=cache / "batch" / "logs",
+        logs=store.batch(cache, "logs"),
         registry=registry,
         push=pushing,
         network=build_network,
@@ -200,7 +200,7 @@ def batch(
         "thin": len(items) - len(settled) - len(groups),
         "failed": sum(i.status == "failed" for i in items),
     }
-    statefile.write(out, summary)
+    store.write_json(out, summary)
     table(items)
     if json:
         ui.emit_json(summary | {"results": str(out)})

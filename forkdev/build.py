@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from .core import cache as store
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import mirror_unless_dry
@@ -36,7 +37,7 @@ def build(
     run = runner(c, dry_run, quiet)
     validate.git_ref(sha, "SHA")
     url = validate.source(upstream or c.config.upstream.url or config.of(c, target).upstream, "--upstream")
-    path = config.cache_path(config.cache_dir(c, create=not run.dry_run), "mirrors", url)
+    path = store.mirror(config.cache_dir(c, create=not run.dry_run), url)
     repo = mirror_unless_dry(path, url, run)
     commit = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
     if commit is None and run.dry_run:  # the plan needs the commit's files, which only a fetch would bring

@@ -33,7 +33,8 @@ from typing import Any
 
 from invoke import Collection
 
-from .core import config, state, ui, validate
+from .core import cache as store
+from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
 from .core.tasking import runner, task
@@ -248,7 +249,7 @@ def job(c: Any, target: config.Target, args: list[str]) -> Job:
         "change it\n"
         f"cd -- {quote(os.getcwd(), 'the working directory')} || exit 1\n" + " ".join(command) + "\n"
     )
-    return Job(script, cache / "nightly" / f"{target.name}.cron.sh", config.nightly_log(c, target.name).resolve())
+    return Job(script, store.nightly(cache, target.name, ".cron.sh"), config.nightly_log(c, target.name).resolve())
 
 
 def quote(value: str, what: str) -> str:
@@ -401,8 +402,7 @@ def status(c, user=None, lines="20", target=None, json=False, quiet=False):
         raise Failure(f"--lines '{lines}' is not a number of lines; pass 0 or more")
     who = user if user is not None else c.config.cron.user
     jobs = [line for line in read(run, who).split("\n") if _ours(line, profile.name)]
-    home = config.cache_dir(c) / "nightly"
-    last = state.read(home / f"{profile.name}.last-run.json")
+    last = store.read_json(store.nightly(config.cache_dir(c), profile.name, ".last-run.json"))
     log = config.nightly_log(c, profile.name)
     try:
         tail = log.read_text(errors="replace").splitlines()[-int(count) :] if int(count) else []

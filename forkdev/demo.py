@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from .core import cache as store
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.tasking import runner, task
@@ -65,7 +66,7 @@ def demo(c, keep=False, clean=False, dry_run=False, json=False, quiet=False):
         raise Failure("--keep and --clean contradict each other; pass one of them")
     cfg = c.config.demo
     prefix = prefix_of(cfg.prefix)
-    layout = demoing.Layout(config.cache_dir(c) / "demo")
+    layout = demoing.Layout(store.demo(config.cache_dir(c)))
     home = layout.home
     if home.is_symlink() or (home.exists() and not home.is_dir()):  # nothing is written through it, or into it
         if not clean:
@@ -106,7 +107,7 @@ def _clean(c, run, layout, prefix: str, json: bool) -> None:
 
 
 def _demo(c, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> None:
-    from .core import demoing, state, tour
+    from .core import demoing, tour
     from .core.proc import Runner
 
     started = time.monotonic()
@@ -141,7 +142,7 @@ def _demo(c, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> N
     what += f"upstream ({len(sb.upstream)} commits, 1 native), a fork with extras/, a native package"
     what += f"; {os_image}" + (" (debootstrap)" if made_image else "")
     settings = demoing.step_config(layout, engine, prefix, c.config.engine.get("client") or "")
-    state.write(layout.config, settings)
+    store.write_json(layout.config, settings)
     env = {"INVOKE_RUNTIME_CONFIG": str(layout.config)}  # it wins over the user's INVOKE_* variables and files
     steps = tour.Tour(logged, layout, env, word(), echo=not quiet)
     steps.record("sandbox", None, time.monotonic() - start, what, log, {"made": sb.made})
@@ -210,9 +211,9 @@ def _can_build_wheels(run) -> bool:
 
 
 def _plan(run, engine, layout, os_image: str, file_bytes: int, isolation: bool, json: bool) -> None:
-    from .core import demoing, state, tour
+    from .core import demoing, tour
 
-    found = state.read(layout.stamp).get("recipe") == demoing.recipe(os_image, file_bytes)
+    found = store.read_json(layout.stamp).get("recipe") == demoing.recipe(os_image, file_bytes)
     has_image = engine.inspect_image(run, os_image) is not None
     ui.info(f"sandbox: {'as an earlier run left it' if found else 'to make'} in {layout.sandbox}")
     ui.info(f"{os_image}: {'present' if has_image else 'to make (debootstrap)'}")

@@ -7,7 +7,8 @@ import re
 from typing import Any
 
 from .core import base as bases
-from .core import config, ship, state, ui, validate
+from .core import cache as store
+from .core import config, ship, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.proc import Runner, concurrently
@@ -66,7 +67,7 @@ def thin_image(
         secret_values=tuple(config.secret_values(c)),
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
-    last = config.cache_path(request.cache, "dev", str(repo.path)).with_suffix(".json")
+    last = store.dev_record(request.cache, repo.path)
     if explicit:
         engine, found = config.engine(c, run), [explicit]
     else:  # the default bases need git only: asked while the engine answers
@@ -75,13 +76,13 @@ def thin_image(
             lambda: config.engine(c, run),
             lambda: bases.candidates(profile, nightly, repo, ref, upstream, branch),
         )
-    made = _made(state.read(last)) if ref is None else None
+    made = _made(store.read_json(last)) if ref is None else None
     request = dataclasses.replace(request, bases=tuple(found), made=made)
     result = ship.ship(engine, run, request)
     if not run.dry_run and ref is None:  # `invoke run` starts the last image of this checkout by default
         image = result["image"]
         try:  # a record for later runs: the image is made whether or not it can be kept
-            state.write(last, {"image": image, "made": [*(t for t in made or () if t != image), image][-MADE:]})
+            store.write_json(last, {"image": image, "made": [*(t for t in made or () if t != image), image][-MADE:]})
         except Failure as exc:
             ui.warn(f"{exc}; the next run will not know this image was made here")
     if json:

@@ -19,7 +19,8 @@ from typing import Any
 
 from invoke import Collection
 
-from .core import config, state, ui, validate
+from .core import cache as store
+from .core import config, ui, validate
 from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
@@ -114,33 +115,34 @@ def build(
             "(docker.io/you/name for Docker Hub)"
         )
     cache = config.cache_dir(c, create=not run.dry_run)
-    home = cache / "nightly"
     log = config.nightly_log(c, profile.name)
     started = time.time()
     outcome: dict[str, Any] = {"ok": False, "started": _iso(started)}
     # A dry run writes nothing (no log, no lock file, no state) and may run beside a real one.
-    locked = contextlib.nullcontext() if run.dry_run else exclusive(home / f"{profile.name}.lock", "invoke nightly")
+    locked = (
+        contextlib.nullcontext()
+        if run.dry_run
+        else exclusive(store.nightly(cache, profile.name, ".lock"), "invoke nightly")
+    )
     with ui.log_to(None if run.dry_run else log), locked:
         try:
-            result = _nightly(
-                c, run, profile, url, repository, commit, ref, full, force, pushing, prebuilt, cache, home
-            )
+            result = _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, prebuilt, cache)
             outcome.update(ok=True, message=result["summary"], commit=result["commit"])
         except Failure as exc:
             outcome["message"] = str(exc)
             raise
         finally:
             if not run.dry_run:
-                state.write(home / f"{profile.name}.last-run.json", {**outcome, "finished": _iso(time.time())})
+                store.write_json(
+                    store.nightly(cache, profile.name, ".last-run.json"), {**outcome, "finished": _iso(time.time())}
+                )
     if json:
         ui.emit_json(result)
     else:
         ui.result(result["image"] or "")
 
 
-def _nightly(
-    c, run, profile, url, repository, commit, ref, full, force, pushing, precompiled, cache, home
-) -> dict[str, Any]:
+def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, precompiled, cache) -> dict[str, Any]:
     from .core import fullbuild, native  # loaded when a nightly runs (cli.py)
 
     engine = config.engine(c, run)
@@ -155,7 +157,7 @@ def _nightly(
     if found is not None and at <= {sha}:  # built, and `nightly` is there or nowhere yet: no mirror needed
         return _existing(engine, run, repository, sha, registry, found, True, where)
 
-    mirror_path = config.cache_path(cache, "mirrors", url)
+    mirror_path = store.mirror(cache, url)
     with ui.step(f"mirror {url}"):
         repo = mirror_unless_dry(mirror_path, url, run)
     resolved = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
@@ -177,7 +179,7 @@ def _nightly(
     tag = f"{repository}:nightly-{sha}"
 
     native_state = native.native_hash(repo, sha, profile, shaping)
-    recorded = _recorded(home / f"{profile.name}.json")
+    recorded = _recorded(store.nightly(cache, profile.name))
     last_full = recorded.get("last_full") or {}
     full_image = f"{repository}:nightly-{last_full.get('commit', '')}"
     why = _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha)
@@ -239,7 +241,7 @@ def _nightly(
     new_state = {**recorded, "last": {**entry, "build": kind}}
     if why:
         new_state["last_full"] = entry
-    state.write(home / f"{profile.name}.json", new_state)
+    store.write_json(store.nightly(cache, profile.name), new_state)
     summary = f"{'full build' if why else 'thin layer'}: {tag}" + ("" if moves else " (nightly stays)")
     ui.ok(summary)
     return {
@@ -331,7 +333,7 @@ def _recorded(path: Path, strict: bool = False) -> dict[str, Any]:
     """The nightly's state (its last build and last full build). An entry that is not what nightly writes is
     dropped with a warning (the next build is then full, which writes it again), never a traceback; `strict`
     (prune, which must know the last full build) refuses it instead."""
-    data = state.read(path)
+    data = store.read_json(path)
     bad = [] if data or not path.is_file() or not path.stat().st_size else ["it is not a JSON object"]
     for key in ("last", "last_full"):
         entry = data.get(key)
@@ -421,8 +423,8 @@ def prune(c, keep=None, push=False, target=None, dry_run=False, json=False, quie
     if count < 1:
         raise Failure(f"--keep {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
     engine = config.engine(c, run)
-    home = config.cache_dir(c, create=False) / "nightly"
-    last_full = _recorded(home / f"{profile.name}.json", strict=True).get("last_full") or {}
+    recorded = _recorded(store.nightly(config.cache_dir(c, create=False), profile.name), strict=True)
+    last_full = recorded.get("last_full") or {}
     keep_too = {f"nightly-{last_full['commit']}"} if last_full.get("commit") else set()
     removed, stayed = _prune_local(engine, run, repository, count, keep_too)
     remote: list[str] = []

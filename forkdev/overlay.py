@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .core import cache as store
 from .core import config
 from .core.errors import Failure
 from .core.gitrepo import Repo
@@ -28,7 +29,7 @@ def resolve_dest(c, repo: Repo, flag: str | None) -> Path:
 
     value = setting(flag, c.config.overlay.dest, "--dest", "overlay.dest", optional=True)
     return overlay_dir(
-        value or str(config.cache_path(config.cache_dir(c), "overlay", str(repo.path))),
+        value or str(store.overlay(config.cache_dir(c), repo.path)),
         "--dest" if flag else "overlay.dest" if value else "the overlay directory",
         checkout=repo.path,
         home=Path(os.path.expanduser("~")),
@@ -67,8 +68,6 @@ def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=Fals
         if run.dry_run:
             ui.ok(f"would write {len(files)} files from {len(defs)} definitions to {dest_dir}")
             return
-        with lock.exclusive(
-            config.cache_path(config.cache_dir(c), "locks", f"overlay {dest_dir}"), f"overlay into {dest_dir}"
-        ):
+        with lock.exclusive(store.lock(config.cache_dir(c), f"overlay {dest_dir}"), f"overlay into {dest_dir}"):
             write_tree(dest_dir, files)
     ui.ok(f"{len(files)} files from {len(defs)} definitions in {dest_dir}")

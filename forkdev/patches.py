@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .core import cache as store
 from .core import config
 from .core.errors import Failure
 from .core.gitrepo import Repo
@@ -33,7 +34,7 @@ def resolve_into(c, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path
     if into == "overlay":  # the overlay directory's own rules: one that invoke overlay made
         value = setting(None, c.config.overlay.dest, "", "overlay.dest", optional=True)
         path = overlay_dir(
-            value or str(config.cache_path(config.cache_dir(c), "overlay", str(repo.path))),
+            value or str(store.overlay(config.cache_dir(c), repo.path)),
             "overlay.dest" if value else "the overlay directory",
             checkout=repo.path,
             home=Path(os.path.expanduser("~")),
@@ -47,7 +48,7 @@ def resolve_into(c, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path
     if into == "worktree":
         # Ours, in the cache: removed and made again. --force re-adds it where a run left it registered but gone;
         # no `worktree prune`, which would forget the user's own worktrees on a disk not mounted now.
-        path = config.cache_path(config.cache_dir(c), "worktrees", str(repo.path)).absolute()
+        path = store.worktree(config.cache_dir(c), repo.path).absolute()
         if path.exists():
             repo.git("worktree", "remove", "--force", "--", str(path), mutates=True, check=False)
         repo.git("worktree", "add", "--quiet", "--force", "--detach", "--", str(path), "HEAD", mutates=True)

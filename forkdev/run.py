@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core import base as bases
-from .core import config, state, ui, validate
+from .core import cache as store
+from .core import config, ui, validate
 from .core.engine import Engine
 from .core.errors import Failure
 from .core.gitrepo import Repo
@@ -45,7 +46,7 @@ SHARED = {
 
 
 def last_dev_image(cache: Path, repo: Repo) -> str | None:
-    return state.read(config.cache_path(cache, "dev", str(repo.path)).with_suffix(".json")).get("image")
+    return store.read_json(store.dev_record(cache, repo.path)).get("image")
 
 
 def pick_image(c: Any, repo: Repo, image: str | None, target: config.Target) -> str:

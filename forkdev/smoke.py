@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from .core import cache as store
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.proc import Runner
@@ -79,7 +80,7 @@ def smoke(
     for path in wheels:
         expected = _vouched(path, commit)
         argv_extra = _probe_args(profile, expected, not online or bool(image))
-        log = config.cache_dir(c) / "smoke" / f"{path.name}.log"
+        log = store.log(config.cache_dir(c), "smoke", path.name)
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"
             report.mkdir()

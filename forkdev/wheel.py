@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from invoke import Collection
 
+from .core import cache as store
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import Repo
@@ -90,7 +91,7 @@ def build(
     src = source.describe(checkout, config.secret_paths(c))
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, checkout, src, profile, isolated, cfg)
-    log = config.cache_dir(c) / "wheel" / f"{checkout.path.name}.log"
+    log = store.log(config.cache_dir(c), "wheel", checkout.path.name)
     plan = {
         "path": str(checkout.path),
         "target": profile.name,
@@ -167,7 +168,7 @@ def _build_env(c, repo: Repo, src: source.Source, profile, isolated: bool, cfg) 
 
 def _ccache(c, kind: str) -> Path:
     configured = c.config.wheel.ccache
-    base = Path(os.path.expanduser(configured)) if configured else config.cache_dir(c) / "ccache"
+    base = Path(os.path.expanduser(configured)) if configured else store.ccache(config.cache_dir(c))
     return base / kind  # the image's compiler and the host's never share entries: one cache each
 
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import posixpath
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from . import cache as store
 from . import labels as L
 from . import ui
 from .config import Target
@@ -194,18 +194,18 @@ def stored_config(engine: Engine, run: Runner, image: dict[str, Any], cache: Pat
     author, and cannot tell an entry that made no layer (ENV) from a layer of no file bytes (RUN mkdir); so one
     base gave another thin image id on each engine. None where the engine cannot give it (then: inspect)."""
     digest = Engine.image_id(image).split(":")[-1]
-    cached = cache / "bases" / f"{digest}-config.json"
+    cached = store.base_file(cache, f"{digest}-config.json")
     try:
         data = cached.read_bytes()
     except OSError:
         data = b""
     if hashlib.sha256(data).hexdigest() != digest:
-        unreadable = cache / "bases" / f"{digest}-config-{engine.kind}.unreadable"  # not asked again each run
+        unreadable = store.base_file(cache, f"{digest}-config-{engine.kind}.unreadable")  # not asked again each run
         if unreadable.exists():
             return None
         data = engine.stored_config(run, image) or b""
         if not run.dry_run:
-            _write_bytes(cached if data else unreadable, data)
+            store.write_bytes(cached if data else unreadable, data)
         if not data:
             return None
     try:
@@ -220,26 +220,15 @@ def history(engine: Engine, run: Runner, base: Base, cache: Path) -> list[dict[s
     engine shows of it, cached per image id and engine (docker's rendering is not podman's; see stored_config)."""
     if base.history is not None:
         return list(base.history)
-    cached = cache / "bases" / f"{base.id.split(':')[-1]}-history-{engine.kind}.json"
+    cached = store.base_file(cache, f"{base.id.split(':')[-1]}-history-{engine.kind}.json")
     try:
         return list(json.loads(cached.read_text()))
     except (OSError, ValueError, TypeError):
         pass
     entries = engine.history(run, base.image)
     if not run.dry_run:
-        _write(cached, entries)
+        store.write_json(cached, entries)
     return entries
-
-
-def _write(path: Path, data: Any) -> None:
-    _write_bytes(path, json.dumps(data).encode())
-
-
-def _write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f"{path.name}.{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 # Where the package is, its bytecode tag, and which .pyc files exist under what a thin layer can change (the
@@ -265,7 +254,7 @@ FACTS_VERSION = 2  # what the cached facts hold; older caches are asked again
 def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, cache: Path) -> Facts:
     """Ask the image's own Python where the package is, without importing it (its imports want a GPU), and
     which bytecode tag it uses. Cached per image id."""
-    cached = cache / "bases" / f"{image_id.split(':')[-1]}-{target.package}.json"
+    cached = store.base_file(cache, f"{image_id.split(':')[-1]}-{target.package}.json")
     try:
         data = json.loads(cached.read_text())
         if data.get("version") == FACTS_VERSION:
@@ -284,5 +273,7 @@ def facts(engine: Engine, run: Runner, ref: str, image_id: str, target: Target, 
     )
     location = Location.of(found["package_dir"], target.package_path)
     if not run.dry_run:
-        _write(cached, {"version": FACTS_VERSION, "package_dir": location.package_dir, "root": location.root, **found})
+        store.write_json(
+            cached, {"version": FACTS_VERSION, "package_dir": location.package_dir, "root": location.root, **found}
+        )
     return Facts(location, found.get("cache_tag"), frozenset(found.get("bytecode") or ()))

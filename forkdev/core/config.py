@@ -9,13 +9,13 @@ built-in profile of that name, and a new name defines a new target.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import cache as store
 from . import secrets
 from .engine import Engine
 from .errors import Failure
@@ -281,7 +281,7 @@ def nightly_log(c: Any, target_name: str) -> Path:
     """Where an unattended `invoke nightly` writes its timestamped log."""
     configured = c.config.nightly.log
     return (
-        Path(os.path.expanduser(configured)) if configured else cache_dir(c, False) / "nightly" / f"{target_name}.log"
+        Path(os.path.expanduser(configured)) if configured else store.nightly(cache_dir(c, False), target_name, ".log")
     )
 
 
@@ -291,13 +291,6 @@ def cache_dir(c: Any, create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
-
-
-def cache_path(cache: Path, kind: str, key: str) -> Path:
-    """A per-repository place in the cache: <cache>/<kind>/<name>-<hash of key>."""
-    name = os.path.basename(key.rstrip("/")).removesuffix(".git") or "root"
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:60]
-    return cache / kind / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def dry_run(c: Any, flag: bool | None) -> bool:

@@ -18,7 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import sandbox, state, ui
+from . import cache as store
+from . import sandbox, ui
 from .engine import Engine
 from .errors import Failure
 from .proc import Runner
@@ -118,7 +119,7 @@ def ensure(run: Runner, layout: Layout, os_image: str, file_bytes: int) -> Sandb
     """The sandbox's repositories as an earlier run made them, or made now (in a scratch directory that replaces
     the old sandbox whole, so a killed run leaves none half made)."""
     wanted = recipe(os_image, file_bytes)
-    found = state.read(layout.stamp)
+    found = store.read_json(layout.stamp)
     if found.get("recipe") == wanted and all(p.is_dir() for p in (layout.upstream, layout.fork_origin, layout.package)):
         return Sandbox(found["upstream"], found["fork"], found["package"], made=False)
     if run.dry_run:
@@ -129,7 +130,9 @@ def ensure(run: Runner, layout: Layout, os_image: str, file_bytes: int) -> Sandb
         upstream = _upstream(run, tmp / "upstream", os_image, file_bytes or None)
         fork = _fork(run, tmp, upstream[0])
         package = _package(run, tmp / "mlc-llm")
-        state.write(tmp / "sandbox.json", {"recipe": wanted, "upstream": upstream, "fork": fork, "package": package})
+        store.write_json(
+            tmp / "sandbox.json", {"recipe": wanted, "upstream": upstream, "fork": fork, "package": package}
+        )
         for old in (layout.sandbox, layout.cache("docker"), layout.cache("podman")):  # and what steps kept of it
             remove_path(old)
         os.replace(tmp, layout.sandbox)

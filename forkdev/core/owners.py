@@ -28,6 +28,7 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from . import cache as store
 from . import labels as L
 from . import ui
 from .engine import Engine
@@ -39,10 +40,9 @@ LOCK = "lock"
 
 def folder(cache: Path) -> Path:
     """`<cache>/run/owners`, inside `<cache>/run` that only we can enter (0700): what is in it is ours alone."""
-    parent = cache.resolve() / "run"
-    parent.mkdir(parents=True, exist_ok=True)
-    parent.chmod(0o700)
-    owners = parent / "owners"
+    owners = store.owners(cache.resolve())
+    owners.parent.mkdir(parents=True, exist_ok=True)
+    owners.parent.chmod(0o700)
     owners.mkdir(exist_ok=True)
     return owners
 

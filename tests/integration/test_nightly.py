@@ -317,9 +317,9 @@ def test_a_dry_run_writes_nothing_the_cache_included(nightly):
 
 @pytest.mark.parametrize("damage", ['{"last_full": "garbage", "last": {"commit": 5}}', '{"last_full": {"comm'])
 def test_a_damaged_state_file_is_a_warning_for_nightly_and_a_refusal_for_prune(nightly, damage):
-    from forkdev.core.config import cache_path
+    from forkdev.core import cache as store
 
-    mirror = cache_path(nightly.cache, "mirrors", str(nightly.up))  # the plan reads the state after the mirror
+    mirror = store.mirror(nightly.cache, str(nightly.up))  # the plan reads the state after the mirror
     support.sh("git", "clone", "-q", "--mirror", nightly.up, mirror)
     state = nightly.cache / "nightly" / "vllm.json"
     state.parent.mkdir(parents=True)
