@@ -111,7 +111,7 @@ def batch(
     if not 1 <= workers <= 64:
         raise Failure(f"--jobs {workers}: pass a number from 1 to 64")
 
-    url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")
+    url = config.upstream(c, profile, upstream)
     if emit not in (None, "github-matrix", "bake"):
         raise Failure(f"--emit '{emit}' is not known; use github-matrix or bake")
     if emit == "bake":

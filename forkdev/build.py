@@ -36,7 +36,7 @@ def build(
     """Thin image of an upstream commit (fetched into a cached mirror)."""
     run = runner(c, dry_run, quiet)
     validate.git_ref(sha, "SHA")
-    url = validate.source(upstream or c.config.upstream.url or config.of(c, target).upstream, "--upstream")
+    url = config.upstream(c, config.of(c, target), upstream)
     path = store.mirror(config.cache_dir(c, create=not run.dry_run), url)
     repo = mirror_unless_dry(path, url, run)
     commit = repo.rev(f"{sha}^{{commit}}") if repo is not None else None

@@ -47,7 +47,7 @@ def thin_image(
     explicit = base or c.config.dev.base
     if explicit:
         validate.image_ref(explicit, "--base")
-    upstream = c.config.upstream.url or profile.upstream
+    upstream = config.upstream(c, profile)
     request = ship.Request(
         repo=repo,
         ref=ref,

@@ -116,8 +116,7 @@ def default_upstream(c, checkout: str, run: Runner) -> str:
     has = run(["git", "-C", checkout, "config", "--get", f"remote.{remote}.url"], mutates=False, check=False)
     if has.ok:
         return remote
-    url = c.config.upstream.url
-    return validate.source(url, "config upstream.url") if url else config.of(c, None).upstream
+    return config.upstream(c, config.of(c, None))
 
 
 def _named(flag: str, given: object, key: str = "") -> str:

@@ -105,7 +105,7 @@ def build(
         sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
     cfg = c.config.nightly
     profile = config.of(c, target)
-    url = validate.source(upstream or c.config.upstream.url or profile.upstream, "--upstream")
+    url = config.upstream(c, profile, upstream)
     repository = config.nightly_repository(c, profile)
     pushing = toggle("push", push, no_push, cfg.push)
     prebuilt = toggle("precompiled", precompiled, no_precompiled, cfg.precompiled)

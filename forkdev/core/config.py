@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from . import cache as store
-from . import secrets
+from . import secrets, validate
 from .engine import Engine
 from .errors import Failure
 from .proc import Runner
@@ -226,6 +226,15 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
 def of(c: Any, name: str | None) -> Target:
     """The target a task runs for: --target, else config `target`, with config overrides applied."""
     return target(name or c.config.target, c.config.get("targets") or {})
+
+
+def upstream(c: Any, profile: Target, flag: str | None = None) -> str:
+    """The one upstream a task works from: --upstream, else config upstream.url, else the target's own; checked
+    as git will get it (never an option), naming where it came from when it is not."""
+    if flag:
+        return validate.source(flag, "--upstream")
+    configured = c.config.upstream.url
+    return validate.source(configured, "config upstream.url") if configured else profile.upstream
 
 
 def engine(c: Any, run: Runner) -> Engine:

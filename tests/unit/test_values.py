@@ -83,3 +83,29 @@ def test_bad_tags_and_a_push_with_nowhere_to_go_are_refused_before_anything_is_b
     with pytest.raises(Failure, match="dev.repository"):
         ship.check(request("-evil", ()))
     ship.check(request("forkdev/vllm-dev", (), push=False))
+
+
+# ---- the one upstream ------------------------------------------------------------------------------------------
+def _context(**overrides):
+    import copy
+
+    from invoke import Config, Context
+
+    from forkdev.core import config
+
+    cfg = Config(overrides=overrides)
+    cfg.load_collection(copy.deepcopy(config.DEFAULTS))
+    return Context(cfg)
+
+
+def test_the_upstream_is_the_flag_else_config_else_the_targets_and_each_is_checked_naming_its_source():
+    from forkdev.core import config
+
+    vllm = config.TARGETS["vllm"]
+    assert config.upstream(_context(), vllm) == vllm.upstream
+    assert config.upstream(_context(upstream={"url": "/srv/vllm"}), vllm) == "/srv/vllm"
+    assert config.upstream(_context(upstream={"url": "/srv/vllm"}), vllm, "../mine") == "../mine"
+    with pytest.raises(Failure, match=r"^--upstream '--upload-pack=x' starts with '-'"):
+        config.upstream(_context(), vllm, "--upload-pack=x")
+    with pytest.raises(Failure, match=r"^config upstream.url '-c' starts with '-'"):
+        config.upstream(_context(upstream={"url": "-c"}), vllm)
