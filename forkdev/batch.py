@@ -71,9 +71,9 @@ def batch(
     from .core.batching import Emit, Item, Job, ask_registry, build_group, describe, emit_plan, plan, resolve, table
     from .core.fsutil import output_file, stdout_apart
     from .core.gitrepo import mirror
+    from .core.native import build_args
     from .core.registry import Registry
     from .core.scratch import sweep
-    from .nightly import build_args
 
     run = runner(c, dry_run, quiet)
     if not run.dry_run:
@@ -118,7 +118,8 @@ def batch(
         bakefile.context(url, "")  # before the mirror is fetched: can BuildKit fetch this upstream at all?
     with ui.step(f"mirror {url}"):
         repo = mirror(store.mirror(cache, url), url, run)
-    shaping, parallel = build_args(profile, c.config.nightly, prebuilt)
+    settings = c.config.nightly  # full builds as nightly makes them: the same args, so the same native states
+    shaping, parallel = build_args(profile, settings.build_args, settings.cuda_arch, prebuilt)
     policy = config.registry_policy(c)
     host = validate.registry_host(repo_name)
     registry = Registry(host, policy, run) if host and (pushing or skip_pushed) else None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import os
 import re
 import time
 from pathlib import Path
@@ -33,26 +32,6 @@ from .core.scratch import sweep
 from .core.secrets import public_url
 from .core.ship import Request, ship
 from .core.tasking import runner, task, toggle
-
-
-def build_args(target: config.Target, cfg: Any, precompiled: bool) -> tuple[dict[str, str], dict[str, str]]:
-    """(args that shape the compiled result, hashed into the native state; args that only set parallelism).
-
-    vLLM: torch_cuda_arch_list from config, VLLM_USE_PRECOMPILED=1 when `precompiled` (--precompiled or config
-    nightly.precompiled: the upstream's kernels, minutes instead of hours); max_jobs / nvcc_threads from this
-    machine's CPUs and memory (each nvcc job wants about 8 GiB)."""
-    shaping = {**dict(target.build_args), **{str(k): str(v) for k, v in dict(cfg.build_args or {}).items()}}
-    parallel: dict[str, str] = {}
-    if target.name == "vllm":
-        if cfg.cuda_arch:
-            shaping["torch_cuda_arch_list"] = str(cfg.cuda_arch)
-        if precompiled:
-            shaping["VLLM_USE_PRECOMPILED"] = "1"
-        cpus = os.cpu_count() or 1
-        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30
-        jobs = max(1, min(cpus, mem_gib // 8))
-        parallel = {"max_jobs": str(jobs), "nvcc_threads": str(max(1, min(8, cpus // jobs)))}
-    return shaping, parallel
 
 
 def resolve_commit(run: Runner, url: str, ref: str, commit: str | None) -> str:
@@ -161,7 +140,8 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
     with ui.step(f"mirror {url}"):
         repo = mirror_unless_dry(mirror_path, url, run)
     resolved = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
-    shaping, parallel = build_args(profile, c.config.nightly, precompiled)
+    settings = c.config.nightly
+    shaping, parallel = native.build_args(profile, settings.build_args, settings.cuda_arch, precompiled)
     if resolved is None and run.dry_run:  # the plan needs the commit's tree, which only a fetch would bring
         why = "no mirror of the upstream yet" if repo is None else f"the mirror does not have {sha} yet"
         ui.info(f"dry run: {why}; a real run fetches {url} into {mirror_path} first, then plans")

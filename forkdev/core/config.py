@@ -37,6 +37,13 @@ class Target:
     stage: str = ""  # the Dockerfile's target stage ("" = the last)
     build_args: Mapping[str, str] = field(default_factory=dict)
     version_env: str = "SETUPTOOLS_SCM_PRETEND_VERSION"  # how a build without .git learns its version
+    # The build args its Dockerfile takes for what config and this machine decide ("" = it takes none): the GPU
+    # architectures (config nightly.cuda_arch), the upstream's precompiled kernels (--precompiled), and the
+    # parallelism of the compile (from this machine's CPUs and memory: about 8 GiB per job, as nvcc wants).
+    arch_arg: str = ""
+    precompiled_arg: str = ""
+    jobs_arg: str = ""
+    threads_arg: str = ""
     # How `invoke wheel` builds it: `wheel_cmake` names a directory configured with cmake and built into build/
     # first ("" = none: the package's own setup runs cmake); then `pip wheel` packages `wheel_python`.
     wheel_cmake: str = ""
@@ -62,6 +69,10 @@ TARGETS: dict[str, Target] = {
             nightly_image="forkdev/vllm",
             dockerfile="docker/Dockerfile",
             stage="vllm-openai",
+            arch_arg="torch_cuda_arch_list",
+            precompiled_arg="VLLM_USE_PRECOMPILED",
+            jobs_arg="max_jobs",
+            threads_arg="nvcc_threads",
             smoke="vllm --version",  # its console script: the entry points and the import of the CLI
         ),
         Target(

@@ -9,10 +9,32 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Mapping
 
 from .config import Target
 from .gitrepo import Repo, z_paths
+
+
+def build_args(
+    target: Target, configured: Mapping[str, object], cuda_arch: str, precompiled: bool
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(args that shape the compiled result, hashed into the native state; args that only set parallelism), from
+    the profile's fields: its own build_args, config's (nightly.build_args), the GPU architectures, the upstream's
+    precompiled kernels when `precompiled`, and the compile's parallelism from this machine's CPUs and memory."""
+    shaping = {**dict(target.build_args), **{str(k): str(v) for k, v in dict(configured or {}).items()}}
+    if target.arch_arg and cuda_arch:
+        shaping[target.arch_arg] = str(cuda_arch)
+    if target.precompiled_arg and precompiled:
+        shaping[target.precompiled_arg] = "1"
+    parallel: dict[str, str] = {}
+    cpus = os.cpu_count() or 1
+    jobs = max(1, min(cpus, os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**30 // 8))
+    if target.jobs_arg:
+        parallel[target.jobs_arg] = str(jobs)
+    if target.threads_arg:
+        parallel[target.threads_arg] = str(max(1, min(8, cpus // jobs)))
+    return shaping, parallel
 
 
 def native_hash(repo: Repo, commit: str, target: Target, build_args: Mapping[str, str], dockerfile: str = "") -> str:

@@ -89,3 +89,24 @@ def test_revision_comes_from_oci_label_then_vllm_label_then_env():
     assert revision_of({"Config": {"Labels": {"ai.vllm.build.commit": "b"}}}) == "b"
     assert revision_of({"Config": {"Labels": None, "Env": ["VLLM_BUILD_COMMIT=c", "X=1"]}}) == "c"
     assert revision_of({"Config": {}}) is None
+
+
+def test_build_args_come_from_the_profiles_fields_not_its_name():
+    from forkdev.core import native
+
+    vllm = config.TARGETS["vllm"]
+    shaping, parallel = native.build_args(vllm, {"nap": "1"}, "8.0 9.0", True)
+    assert shaping == {"nap": "1", "torch_cuda_arch_list": "8.0 9.0", "VLLM_USE_PRECOMPILED": "1"}
+    assert set(parallel) == {"max_jobs", "nvcc_threads"} and all(int(v) >= 1 for v in parallel.values())
+    assert native.build_args(vllm, {}, "", False)[0] == {}, "no arch, no precompiled: nothing shapes the build"
+    # A fork's own profile of another name, with vLLM's Dockerfile args, gets them too (it keyed on "vllm").
+    mine = config.target("myvllm", {"myvllm": {**_fields(vllm), "nightly_image": "me/myvllm"}})
+    assert native.build_args(mine, {}, "9.0", True) == native.build_args(vllm, {}, "9.0", True)
+    # A profile whose Dockerfile takes none of them gets none, whatever config says.
+    assert native.build_args(config.TARGETS["sglang"], {}, "9.0", True) == ({}, {})
+
+
+def _fields(t):
+    import dataclasses
+
+    return {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name != "name"}
