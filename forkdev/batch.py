@@ -176,6 +176,7 @@ def batch(
         upstream=url,
         policy=policy,
         hidden=config.secret_paths(c),
+        secret_values=tuple(config.secret_values(c)),
     )
     items = [*settled, *(i for g in groups for i in g.items)]
     done = []

@@ -194,21 +194,17 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
             built = fullbuild.build(engine, run, repo, profile, spec, log=ui.current_log())
             image_id = built.image_id
     else:
-        request = Request(
+        request = Request.layer_on(
+            full_image,
             repo=repo,
-            ref=sha,
+            commit=sha,
             target=profile,
-            source=labels.get(L.SOURCE),
-            upstream=url,
-            bases=(full_image,),
-            explicit_base=True,
+            image=tag,
             repository=repository,
-            tags=(),
-            push=False,
-            force=False,
+            upstream=url,
+            source=labels.get(L.SOURCE),
             cache=cache,
             registry=config.registry_policy(c),
-            primary=tag,
             labels=labels,
             secret_paths=config.secret_paths(c),
             secret_values=tuple(config.secret_values(c)),

@@ -174,6 +174,7 @@ class Job:
     upstream: str
     policy: Any
     hidden: secrets.Paths = secrets.DEFAULT  # secret paths: never in a context or a layer
+    secret_values: tuple[secrets.Known, ...] = ()  # config's secret values (container.env): scanned for in layers
 
 
 def build_group(job: Job, group: Group, report) -> None:
@@ -232,23 +233,20 @@ def build_item(job: Job, item: Item, native_tag: str) -> None:
             result = ship(
                 job.engine,
                 job.run,
-                Request(
+                Request.layer_on(
+                    native_tag,
                     repo=job.repo,
-                    ref=item.commit,
+                    commit=item.commit,
                     target=job.target,
-                    source=job.source or None,
-                    upstream=job.upstream,
-                    bases=(native_tag,),
-                    explicit_base=True,
+                    image=item.image,
                     repository=job.repository,
-                    tags=(),
-                    push=False,
-                    force=False,
+                    upstream=job.upstream,
+                    source=job.source or None,
                     cache=job.cache,
                     registry=job.policy,
-                    primary=item.image,
                     labels={L.NATIVE_HASH: item.state, L.BUILD: item.role},
                     secret_paths=job.hidden,
+                    secret_values=job.secret_values,
                 ),
             )
             item.status = "reused" if result["reused"] else "built"

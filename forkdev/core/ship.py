@@ -51,6 +51,47 @@ class Request:
     secret_paths: secrets.Paths = secrets.DEFAULT  # never shipped (config container.secrets, container.secret_paths)
     secret_values: tuple[secrets.Known, ...] = ()  # besides the secrets files' and the environment's
 
+    @classmethod
+    def layer_on(
+        cls,
+        base: str,
+        *,
+        repo: Repo,
+        commit: str,
+        target: Target,
+        image: str,
+        repository: str,
+        upstream: str,
+        source: str | None,
+        cache: Path,
+        registry: Policy,
+        labels: Mapping[str, str],
+        secret_paths: secrets.Paths,
+        secret_values: tuple[secrets.Known, ...],
+    ) -> Request:
+        """A thin layer of an upstream `commit` on `base`, a known image of its native state, tagged `image`: what
+        nightly and batch make. No other base is tried, nothing is forced, and nothing is pushed here (the caller
+        publishes, once, where it decides to)."""
+        return cls(
+            repo=repo,
+            ref=commit,
+            target=target,
+            source=source,
+            upstream=upstream,
+            bases=(base,),
+            explicit_base=True,
+            repository=repository,
+            tags=(),
+            push=False,
+            force=False,
+            cache=cache,
+            registry=registry,
+            primary=image,
+            labels=labels,
+            secret_paths=secret_paths,
+            secret_values=secret_values,
+        )
+
 
 def pushed_refs(req: Request, primary: str) -> list[str]:
     """Exactly what --push pushes: the extra tags, and the primary tag only when its repository names a

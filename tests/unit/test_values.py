@@ -109,3 +109,27 @@ def test_the_upstream_is_the_flag_else_config_else_the_targets_and_each_is_check
         config.upstream(_context(), vllm, "--upload-pack=x")
     with pytest.raises(Failure, match=r"^config upstream.url '-c' starts with '-'"):
         config.upstream(_context(upstream={"url": "-c"}), vllm)
+
+
+def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_forces(tmp_path):
+    from forkdev.core import config, secrets
+    from forkdev.core.gitrepo import Repo
+    from forkdev.core.proc import Runner
+
+    req = ship.Request.layer_on(
+        "me/vllm:native-abc",
+        repo=Repo(tmp_path, Runner(echo=False)),
+        commit="a" * 40,
+        target=config.TARGETS["vllm"],
+        image="me/vllm:" + "a" * 40,
+        repository="me/vllm",
+        upstream="/srv/vllm",
+        source=None,
+        cache=tmp_path,
+        registry=Policy(),
+        labels={"x": "1"},
+        secret_paths=secrets.DEFAULT,
+        secret_values=(),
+    )
+    assert req.bases == ("me/vllm:native-abc",) and req.explicit_base and req.ref == "a" * 40
+    assert not req.push and not req.force and req.tags == () and req.primary == "me/vllm:" + "a" * 40
