@@ -13,13 +13,14 @@ import contextlib
 import datetime as dt
 import re
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from invoke import Collection
 
 from .core import cache as store
-from .core import config, ui, validate
+from .core import config, native, secrets, ui, validate
 from .core import labels as L
 from .core.engine import Engine
 from .core.errors import Failure
@@ -27,7 +28,7 @@ from .core.gitrepo import Repo, mirror_unless_dry
 from .core.image import instant
 from .core.lock import exclusive
 from .core.proc import Runner
-from .core.registry import Ref, Registry
+from .core.registry import Policy, Ref, Registry
 from .core.scratch import sweep
 from .core.secrets import public_url
 from .core.ship import Request, ship
@@ -94,6 +95,23 @@ def build(
             "(docker.io/you/name for Docker Hub)"
         )
     cache = config.cache_dir(c, create=not run.dry_run)
+    shaping, parallel = native.build_args(profile, cfg.build_args, cfg.cuda_arch, prebuilt)
+    order = Order(
+        profile=profile,
+        url=url,
+        ref=ref or c.config.upstream.branch,
+        commit=commit,
+        repository=repository,
+        full=full,
+        force=force,
+        push=pushing,
+        cache=cache,
+        shaping=shaping,
+        parallel=parallel,
+        policy=config.registry_policy(c),
+        secret_paths=config.secret_paths(c),
+        secret_values=tuple(config.secret_values(c)),
+    )
     log = config.nightly_log(c, profile.name)
     started = time.time()
     outcome: dict[str, Any] = {"ok": False, "started": _iso(started)}
@@ -105,7 +123,7 @@ def build(
     )
     with ui.log_to(None if run.dry_run else log), locked:
         try:
-            result = _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, prebuilt, cache)
+            result = _nightly(config.engine(c, run), run, order)
             outcome.update(ok=True, message=result["summary"], commit=result["commit"])
         except Failure as exc:
             outcome["message"] = str(exc)
@@ -121,18 +139,38 @@ def build(
         ui.result(result["image"] or "")
 
 
-def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing, precompiled, cache) -> dict[str, Any]:
-    from .core import fullbuild, native  # loaded when a nightly runs (cli.py)
+@dataclass(frozen=True)
+class Order:
+    """What one nightly run is asked for: flags over config, resolved and checked once, before the lock is taken."""
 
-    engine = config.engine(c, run)
+    profile: config.Target
+    url: str  # the upstream
+    ref: str  # its branch or tag whose tip is built (unless commit)
+    commit: str | None
+    repository: str  # <repository>:nightly and :nightly-<sha>
+    full: bool
+    force: bool
+    push: bool
+    cache: Path
+    shaping: dict[str, str]  # build args hashed into the native state
+    parallel: dict[str, str]  # build args that only set parallelism
+    policy: Policy
+    secret_paths: secrets.Paths
+    secret_values: tuple[secrets.Known, ...]
+
+
+def _nightly(engine: Engine, run: Runner, order: Order) -> dict[str, Any]:
+    from .core import fullbuild  # loaded when a nightly runs (cli.py)
+
+    profile, url, repository, cache, shaping = order.profile, order.url, order.repository, order.cache, order.shaping
     if not run.dry_run:
         fullbuild.sweep(engine, run)  # what a killed full build left, even if this run builds nothing
-    registry = Registry(validate.registry_host(repository) or "docker.io", config.registry_policy(c), run)
-    registry = registry if pushing else None
-    sha = resolve_commit(run, url, ref or c.config.upstream.branch, commit)
+    registry = Registry(validate.registry_host(repository) or "docker.io", order.policy, run)
+    registry = registry if order.push else None
+    sha = resolve_commit(run, url, order.ref, order.commit)
     where = _points_at(engine, run, repository, registry)
     at = set(where.values())
-    found = None if force or not _full_sha(sha) else _found(engine, run, repository, sha, registry)
+    found = None if order.force or not _full_sha(sha) else _found(engine, run, repository, sha, registry)
     if found is not None and at <= {sha}:  # built, and `nightly` is there or nowhere yet: no mirror needed
         return _existing(engine, run, repository, sha, registry, found, True, where)
 
@@ -140,8 +178,6 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
     with ui.step(f"mirror {url}"):
         repo = mirror_unless_dry(mirror_path, url, run)
     resolved = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
-    settings = c.config.nightly
-    shaping, parallel = native.build_args(profile, settings.build_args, settings.cuda_arch, precompiled)
     if resolved is None and run.dry_run:  # the plan needs the commit's tree, which only a fetch would bring
         why = "no mirror of the upstream yet" if repo is None else f"the mirror does not have {sha} yet"
         ui.info(f"dry run: {why}; a real run fetches {url} into {mirror_path} first, then plans")
@@ -152,7 +188,7 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
         raise Failure(f"unknown commit '{sha}' in upstream {url}; check --commit / --ref")
     if resolved != sha:  # an abbreviated --commit: now that it is known, it may already be built
         sha = resolved
-        found = None if force else _found(engine, run, repository, sha, registry)
+        found = None if order.force else _found(engine, run, repository, sha, registry)
     moves = _forward(repo, at, sha)
     if found is not None:
         return _existing(engine, run, repository, sha, registry, found, moves, where)
@@ -162,7 +198,7 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
     recorded = _recorded(store.nightly(cache, profile.name))
     last_full = recorded.get("last_full") or {}
     full_image = f"{repository}:nightly-{last_full.get('commit', '')}"
-    why = _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha)
+    why = _why_full(engine, run, repo, profile, order.full, native_state, last_full, full_image, sha)
     kind = "full" if why else "thin"
     version = fullbuild.version_of(repo, sha)
     labels = {L.REVISION: sha, L.VERSION: version, L.NATIVE_HASH: native_state, L.BUILD: kind}
@@ -187,9 +223,9 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
                 commit=sha,
                 tag=tag,
                 labels={**labels, L.CREATED: _iso(time.time())},
-                build_args={**shaping, **parallel},
+                build_args={**shaping, **order.parallel},
                 version=version,
-                hidden=config.secret_paths(c),
+                hidden=order.secret_paths,
             )
             built = fullbuild.build(engine, run, repo, profile, spec, log=ui.current_log())
             image_id = built.image_id
@@ -204,10 +240,10 @@ def _nightly(c, run, profile, url, repository, commit, ref, full, force, pushing
             upstream=url,
             source=labels.get(L.SOURCE),
             cache=cache,
-            registry=config.registry_policy(c),
+            registry=order.policy,
             labels=labels,
-            secret_paths=config.secret_paths(c),
-            secret_values=tuple(config.secret_values(c)),
+            secret_paths=order.secret_paths,
+            secret_values=order.secret_values,
         )
         with ui.step(f"thin layer on {full_image}"):
             image_id = ship(engine, run, request)["image_id"]
