@@ -52,14 +52,14 @@ The demo
     tour        invoke demo's steps: each the real task in a child process, its result checked, the table
 
 Values and files
-    config      target profiles and every default; how tasks read them
+    config      target profiles and every default; how tasks read them (the upstream, the engine, the cache)
     tasking     the task decorator, shared flags, --X/--no-X, the words after --
     validate    values before they reach a command line
     dataset     batch datasets and blacklists
     fsutil      paths that stay inside their directory; results written whole; an output is no input
     lock        exclusive runs (flock + pid)
     scratch     temp directories a later run removes when their run was killed
-    state       small JSON state written atomically
+    cache       every place under the cache directory, and the one atomic, fsynced writer of its files
     ui          stderr lines (rich on a TTY), the result on stdout, progress, tables
     errors      Failure: one sentence with the remedy
 """
