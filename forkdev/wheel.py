@@ -288,15 +288,20 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
         raise Failure(f"the build left {len(wheels)} wheels instead of one; the build log is {log}")
     staged = wheels[0]
     wheel = wheelfile.read(staged)
-    package = profile.package or (wheel.top_level[0] if wheel.top_level else wheel.name.replace("-", "_"))
+    # What the wheel holds, never what the profile guesses: a package built under the default profile (vllm) is
+    # not vllm, and its import name is the wheel's own (top_level.txt, else its RECORD).
+    packages = list(wheel.top_level) or [wheel.name.replace("-", "_").replace(".", "_")]
+    ours = config.owns(profile, wheel.name)
     tree = plan["tree_sha256"]
     record = {
         "commit": src.commit,
         "dirty": src.dirty,
         "tree_sha256": tree,
         "target": profile.name,
-        "package": package,
-        "smoke": profile.smoke,
+        "distribution": wheel.name,
+        "package": packages[0],
+        "packages": packages,
+        "smoke": profile.smoke if ours else "",  # the profile's command is for its own distribution only
         "native": report["native"],
         "builder": built_by.get("image") or "native",
     }

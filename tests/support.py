@@ -401,6 +401,8 @@ def make_cmake_package(
     pure: bool = False,
     ship_lib: bool = True,
     import_error: bool = False,
+    name: str = "mlc_llm",
+    module: str = "mlc_llm",
 ) -> str:
     """A git checkout laid out as MLC-LLM is: a root CMakeLists.txt builds libmlc_llm.so (a C library) into
     build/, python/setup.py copies it into the package, whose __init__ loads it with ctypes.
@@ -409,7 +411,9 @@ def make_cmake_package(
     import_error=True: the package's __init__ imports a module that does not exist. Returns the commit."""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
-    sandbox.write_cmake_package(root, version=version, pure=pure, ship_lib=ship_lib, import_error=import_error)
+    sandbox.write_cmake_package(
+        root, version=version, pure=pure, ship_lib=ship_lib, import_error=import_error, name=name, module=module
+    )
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
 
 

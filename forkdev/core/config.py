@@ -43,6 +43,8 @@ class Target:
     wheel_python: str = "."
     cmake_args: tuple[str, ...] = ()  # -DNAME=VALUE options for that configure step
     smoke: str = ""  # command run in the fresh environment after the import checks ("" = import checks only)
+    # The distribution the profile builds ("" = `package`): its smoke command runs for that wheel only.
+    distribution: str = ""
 
     def is_native(self, path: str) -> bool:
         return any(path.startswith(p) if p.endswith("/") else path == p for p in self.native)
@@ -218,6 +220,13 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         return Target(**values)
     except TypeError as exc:
         raise Failure(f"config targets.{name} is malformed ({exc})") from None
+
+
+def owns(profile: Target, distribution: str) -> bool:
+    """Whether `distribution` (a wheel's Name) is the one the profile builds, compared as PEP 503 names."""
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(profile.distribution or profile.package) == canonicalize_name(distribution)
 
 
 def of(c: Any, name: str | None) -> Target:

@@ -350,3 +350,25 @@ def test_a_second_wheel_in_the_same_out_keeps_the_first_and_its_checksum(invoke,
     sums = (out / "SHA256SUMS").read_text()
     assert WHEEL in sums and "mlc_llm-0.2.0" in sums and "NOTES.md" not in sums
     subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
+
+
+def test_a_package_whose_names_are_not_the_profiles_is_smoked_as_what_it_holds(invoke, tmp_path, out):
+    """Issue 19, item 1: an MLC-shaped package under --target mlc-llm whose distribution and import name are its
+    own. The record names the wheel's distribution and import name, the profile's command is not recorded, and
+    smoke imports mlc_chat (never mlc_llm), with or without --target."""
+    src = tmp_path / "chat"
+    support.make_cmake_package(src, name="mlc-chat", module="mlc_chat")
+    built = native(invoke, str(src), "--out", str(out), "--json")
+    assert built.code == 0, built.err
+    wheel = Path(built.json["wheel"])
+    assert wheel.name == "mlc_chat-0.1.0-cp311-cp311-linux_x86_64.whl"
+    with zipfile.ZipFile(wheel) as zf:
+        stamp = json.loads(zf.read("mlc_chat-0.1.0.dist-info/forkdev-build.json"))
+    assert stamp["target"] == "mlc-llm" and stamp["distribution"] == "mlc-chat"
+    assert stamp["package"] == "mlc_chat" and stamp["packages"] == ["mlc_chat"] and stamp["smoke"] == ""
+    for extra in ((), ("--target", "mlc-llm")):
+        smoked = invoke("smoke", "--wheel", str(wheel), "--installer", "pip", *extra, "--json")
+        assert smoked.code == 0, smoked.err
+        (result,) = smoked.json["wheels"]
+        assert result["packages"] == ["mlc_chat"] and result["natives_loaded"] == ["mlc_chat/libmlc_llm.so"]
+        assert "import mlc_llm" not in smoked.err and "mlc_llm --help" not in smoked.err
