@@ -12,6 +12,7 @@ import datetime as dt
 import json as jsonlib
 import os
 import secrets
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -39,7 +40,8 @@ HELP = {
     "native": "build on this host instead of in the wheel image",
     "no_native": "build in the image, whatever config wheel.native says",
     "target": "target profile: how the checkout builds (default: config target)",
-    "cmake_arg": "a -DNAME=VALUE for the cmake configure step; repeatable",
+    "cmake_arg": "a -DNAME=VALUE for cmake: the profile's configure step and a pyproject backend's (CMAKE_ARGS); "
+    "repeatable",
     "ca_cert": "a CA bundle for a build that reaches a package index through a TLS-intercepting proxy",
     "isolation": "let pip fetch build dependencies in an isolated environment (needs the network)",
     "no_isolation": "build with the image's own build dependencies, whatever config wheel.isolation says",
@@ -90,6 +92,11 @@ def build(
     src = source.describe(checkout, config.secret_paths(c))
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, checkout, src, profile, isolated, cfg)
+    if cmake_args:
+        # A pyproject backend runs cmake itself (scikit-build-core, setuptools with a cmake build_ext): CMAKE_ARGS is
+        # what they read. Appended to what the build's environment already holds (wheel.env, or the host's own).
+        before = env.get("CMAKE_ARGS", os.environ.get("CMAKE_ARGS", "") if on_host else "")
+        env["CMAKE_ARGS"] = cmake_env(before, cmake_args)
     log = config.cache_dir(c) / "wheel" / f"{checkout.path.name}.log"
     plan = {
         "path": str(checkout.path),
@@ -135,6 +142,11 @@ def recipe_check(root: Path, profile: config.Target) -> None:
             f"'{root}' has no build recipe for target {profile.name}: no CMakeLists.txt in "
             f"{profile.wheel_cmake or '.'}/; pass a checkout laid out as {profile.name} is, or another --target"
         )
+
+
+def cmake_env(before: str, cmake_args: list[str]) -> str:
+    """CMAKE_ARGS: what it held, then the -D options, each quoted once (scikit-build-core splits it with shlex)."""
+    return " ".join(part for part in (before.strip(), shlex.join(cmake_args)) if part)
 
 
 def _ca_cert(value: str | None) -> Path | None:

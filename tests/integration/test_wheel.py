@@ -372,3 +372,45 @@ def test_a_package_whose_names_are_not_the_profiles_is_smoked_as_what_it_holds(i
         (result,) = smoked.json["wheels"]
         assert result["packages"] == ["mlc_chat"] and result["natives_loaded"] == ["mlc_chat/libmlc_llm.so"]
         assert "import mlc_llm" not in smoked.err and "mlc_llm --help" not in smoked.err
+
+
+@pytest.fixture(params=["scikit-build-core", "setuptools"])
+def pybind_pkg(request, tmp_path) -> Path:
+    """A third-party pybind11 package whose pyproject backend runs cmake (sandbox.write_pybind_package)."""
+    root = tmp_path / f"greeter-{request.param}"
+    root.mkdir()
+    support.git(root, "init", "-q")
+    sandbox.write_pybind_package(root, backend=request.param)
+    support.commit_all(root, f"a pybind11 package built by {request.param}")
+    return root
+
+
+def test_a_third_party_cmake_backend_package_builds_with_no_config_takes_cmake_args_and_smokes(invoke, pybind_pkg, out):
+    """Issue 19, items 1-2, on the host: no target given (so the default profile, vllm), the build's backend
+    (scikit-build-core, or setuptools running cmake) gets --cmake-arg through CMAKE_ARGS, the record names the
+    wheel's distribution and import name, and smoke imports greeter and its extension module, nothing of vLLM's."""
+    built = invoke(
+        "wheel",
+        str(pybind_pkg),
+        "--native",
+        "--isolation",
+        "--out",
+        str(out),
+        "--cmake-arg",
+        "-DGREETING=salut-from-cmake-args",
+        "--json",
+    )
+    assert built.code == 0, built.err
+    wheel = Path(built.json["wheel"])
+    assert wheel.name.startswith("greeter-0.1.0-cp311-cp311-")
+    with zipfile.ZipFile(wheel) as zf:
+        stamp = json.loads(zf.read("greeter-0.1.0.dist-info/forkdev-build.json"))
+        (ext,) = [n for n in zf.namelist() if n.startswith("greeter/_core.") and n.endswith(".so")]
+        assert b"salut-from-cmake-args" in zf.read(ext), "the -D option reached the backend's cmake"
+    assert stamp["target"] == "vllm" and stamp["distribution"] == "greeter"
+    assert stamp["packages"] == ["greeter"] and stamp["smoke"] == ""
+    smoked = invoke("smoke", "--wheel", str(wheel), "--installer", "pip", "--json")
+    assert smoked.code == 0, smoked.err
+    (result,) = smoked.json["wheels"]
+    assert result["packages"] == ["greeter"] and result["extensions_imported"] == ["greeter._core"]
+    assert "vllm" not in smoked.err

@@ -291,3 +291,13 @@ def test_cmake_defines_pass(arg):
 def test_anything_but_a_cmake_define_is_refused(arg):
     with pytest.raises(Failure, match="is not a -DNAME=VALUE option on one line"):
         validate.cmake_define(arg)
+
+
+def test_cmake_args_reach_a_pyproject_backend_quoted_once_after_what_cmake_args_held():
+    from forkdev.wheel import cmake_env
+
+    assert cmake_env("", ["-DUSE_CUDA=OFF"]) == "-DUSE_CUDA=OFF"
+    assert cmake_env(" -GNinja ", ["-DNAME=two words", "-DX="]) == "-GNinja '-DNAME=two words' -DX="
+    import shlex
+
+    assert shlex.split(cmake_env("-GNinja", ["-DNAME=two words"])) == ["-GNinja", "-DNAME=two words"]
