@@ -42,7 +42,9 @@ HELP = {
     "target": "target profile: how the checkout builds (default: config target)",
     "cmake_arg": "a -DNAME=VALUE for cmake: the profile's configure step and a pyproject backend's (CMAKE_ARGS); "
     "repeatable",
-    "ca_cert": "a CA bundle for a build that reaches a package index through a TLS-intercepting proxy",
+    "ca_cert": "a CA bundle for the in-image pip (default: the one the host's pip uses: PIP_CERT, pip config, "
+    "SSL_CERT_FILE, REQUESTS_CA_BUNDLE)",
+    "no_ca_cert": "give the in-image build no CA bundle, whatever the host's pip or config wheel.ca_cert says",
     "isolation": "let pip fetch build dependencies in an isolated environment (needs the network)",
     "no_isolation": "build with the image's own build dependencies, whatever config wheel.isolation says",
 }
@@ -69,6 +71,7 @@ def build(
     target=None,
     cmake_arg=None,
     ca_cert=None,
+    no_ca_cert=False,
     isolation=False,
     no_isolation=False,
     dry_run=False,
@@ -87,8 +90,8 @@ def build(
     on_host = toggle("native", native, no_native, cfg.native)
     cmake_args = [validate.cmake_define(a) for a in (*profile.cmake_args, *cfg.cmake_args, *(cmake_arg or []))]
     outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
-    ca = _ca_cert(ca_cert or cfg.ca_cert)
     isolated = toggle("isolation", isolation, no_isolation, cfg.isolation)
+    ca = None if on_host else _image_ca(run, ca_cert, no_ca_cert, cfg.ca_cert, isolated)
     src = source.describe(checkout, config.secret_paths(c))
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, checkout, src, profile, isolated, cfg)
@@ -107,6 +110,7 @@ def build(
         "native": on_host,
         "isolation": isolated,
         "cmake_args": cmake_args,
+        "ca_cert": str(ca) if ca else None,
         "log": str(log),
     }
     with scratch("wheel") as tmp:
@@ -147,6 +151,27 @@ def recipe_check(root: Path, profile: config.Target) -> None:
 def cmake_env(before: str, cmake_args: list[str]) -> str:
     """CMAKE_ARGS: what it held, then the -D options, each quoted once (scikit-build-core splits it with shlex)."""
     return " ".join(part for part in (before.strip(), shlex.join(cmake_args)) if part)
+
+
+def _image_ca(run: Runner, given: str | None, refused: bool, configured: str, isolated: bool) -> Path | None:
+    """The CA bundle mounted (read-only, never copied: it lands in no layer and no wheel) for the in-image pip:
+    --ca-cert or config wheel.ca_cert, else, when the build reaches the package index (--isolation), the one the
+    host's pip uses, said once; --no-ca-cert keeps any out."""
+    from .core import builder
+
+    if given and refused:
+        raise Failure("--ca-cert and --no-ca-cert contradict each other; pass one of them")
+    if refused:
+        return None
+    if given or configured:
+        return _ca_cert(given or configured)
+    if not isolated:
+        return None  # no network, no index: nothing to trust
+    found = builder.host_ca(run, sys.executable, os.environ)
+    if found is None:
+        return None
+    ui.info(f"CA bundle for the in-image pip: {found[0]} (from {found[1]}); --no-ca-cert keeps it out")
+    return found[0]
 
 
 def _ca_cert(value: str | None) -> Path | None:

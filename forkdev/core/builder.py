@@ -70,6 +70,36 @@ def ensure(engine: Engine, run: Runner, ref: str, build_args: Mapping[str, str],
     return Image(ref, Engine.image_id(info), (info.get("Config") or {}).get("User") or "", True)
 
 
+def host_ca(run: Runner, python: str, environ: Mapping[str, str]) -> tuple[Path, str] | None:
+    """The CA bundle the host's pip trusts, and where that was said: PIP_CERT, else pip's own config (`pip config
+    list`: the merged global, user and site files), else SSL_CERT_FILE, else REQUESTS_CA_BUNDLE. None when none
+    names one. A named bundle that is not a file is one sentence: the host's own pip fails the same way."""
+    found: tuple[str, str] | None = None
+    if environ.get("PIP_CERT"):
+        found = (environ["PIP_CERT"], "PIP_CERT")
+    else:
+        res = run([python, "-m", "pip", "config", "list"], mutates=False, check=False, env=dict(environ))
+        for line in res.out.splitlines() if res.ok else ():
+            key, sep, value = line.partition("=")
+            if sep and key.endswith(".cert") and not key.startswith(":env:"):
+                found = (value.strip().strip("'\""), f"pip config {key}")
+                if key == "global.cert":
+                    break
+    for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        if found is None and environ.get(name):
+            found = (environ[name], name)
+    if found is None:
+        return None
+    value, source = found
+    path = Path(os.path.expanduser(value))
+    if not path.is_file():
+        raise Failure(
+            f"{source} names the CA bundle '{value}', which is not a file; fix it, pass --ca-cert FILE, or "
+            "--no-ca-cert to build without one"
+        )
+    return path.resolve(), source
+
+
 def numeric_user(user: str) -> tuple[int, int] | None:
     """(uid, gid) of an image USER written as numbers ("1000:1000" or "1000"), else None."""
     uid, _, gid = user.partition(":")

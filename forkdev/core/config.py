@@ -161,7 +161,9 @@ DEFAULTS: dict[str, Any] = {
         "ccache_size": "5G",
         "jobs": 0,  # parallel compile jobs; 0 = every CPU
         "isolation": False,  # pip's build isolation: fetches build dependencies, so it needs the network
-        "ca_cert": "",  # a CA bundle for builds that reach an index through a TLS-intercepting proxy
+        # The CA bundle the in-image pip trusts; "" = the host pip's (PIP_CERT, pip config, SSL_CERT_FILE,
+        # REQUESTS_CA_BUNDLE) when the build reaches the index (isolation). Mounted read-only, never in a layer.
+        "ca_cert": "",
         "python": "",  # --native: the interpreter to build for ("" = the one running forkdev)
     },
     "smoke": {

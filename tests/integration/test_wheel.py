@@ -149,6 +149,29 @@ class TestInTheImage:
         assert "libmlc_llm.so: cannot open shared object file" in failed.last_error
         assert "rebuild it with 'invoke wheel'" in failed.last_error
 
+    def test_the_host_pips_ca_bundle_reaches_the_in_image_pip_said_once_and_no_ca_cert_keeps_it_out(
+        self, wheel, pkg, tmp_path
+    ):
+        """Issue 19, item 3: with no --ca-cert, the bundle the host's pip uses (here PIP_CERT) is mounted read-only
+        for a build that reaches the index; said once; --no-ca-cert, or a build without the network, gets none."""
+        ca = tmp_path / "corp bundle.pem"
+        ca.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
+        args = (str(pkg), "--out", str(tmp_path / "never"), "--dry-run", "--json")
+        found = wheel(*args, "--isolation", extra={"PIP_CERT": str(ca)})
+        assert found.code == 0, found.err
+        assert found.json["ca_cert"] == str(ca) and f"{ca}:/etc/ssl/certs/ca-certificates.crt:ro" in found.err
+        assert found.err.count(f"CA bundle for the in-image pip: {ca} (from PIP_CERT)") == 1
+        assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in found.err and "--network host" in found.err
+        for extra in (("--isolation", "--no-ca-cert"), ()):
+            none = wheel(*args, *extra, extra={"PIP_CERT": str(ca)})
+            assert none.code == 0, none.err
+            assert none.json["ca_cert"] is None and str(ca) not in none.err and "CA bundle" not in none.err
+        both = wheel(*args, "--ca-cert", str(ca), "--no-ca-cert")
+        assert (
+            both.code == 1
+            and both.last_error == "error: --ca-cert and --no-ca-cert contradict each other; pass one of them"
+        )
+
     def test_a_cmake_failure_is_one_line_naming_it_and_the_log_and_out_is_untouched(self, wheel, pkg, out):
         (pkg / "CMakeLists.txt").write_text((pkg / "CMakeLists.txt").read_text() + "add_library(broken SHARED\n")
         before = listing(out)
