@@ -390,7 +390,10 @@ def make_buildable_upstream(root: Path, os_image: str | None = None, limit_bytes
 
 def wheel_env(engine: Engine) -> dict[str, str]:
     """Config for `invoke wheel` in tests: the build image FROM the debootstrap image, under the tests' name."""
-    return {"INVOKE_WHEEL_BASE": OS_IMAGE, "INVOKE_WHEEL_IMAGE": f"forkdev-test/wheel-builder:{engine.kind}"}
+    # FORKDEV_TEST_WHEEL_IMAGE (a name with {engine} in it) keeps two checkouts' sessions on one machine, whose
+    # recipes differ, from rebuilding each other's image under one name.
+    name = os.environ.get("FORKDEV_TEST_WHEEL_IMAGE", "forkdev-test/wheel-builder:{engine}")
+    return {"INVOKE_WHEEL_BASE": OS_IMAGE, "INVOKE_WHEEL_IMAGE": name.replace("{engine}", engine.kind)}
 
 
 # ---- a small cmake-backed Python package, laid out as MLC-LLM is ---------------------------------------------

@@ -172,6 +172,26 @@ class TestInTheImage:
             and both.last_error == "error: --ca-cert and --no-ca-cert contradict each other; pass one of them"
         )
 
+    def test_a_third_party_pybind11_package_builds_in_the_image_through_the_hosts_proxy_ca_and_smokes(
+        self, tool, engine, wheel_image, pybind_pkg, out, tmp_path
+    ):
+        """Issue 19, items 1-4, in the image and with no target: pip in the container fetches scikit-build-core and
+        pybind11 3 from the index through the host's proxy (its CA found, never given), the image's pinned CMake
+        configures pybind11 3, --cmake-arg reaches the backend, and smoke imports greeter, not vllm."""
+        env = {**support.wheel_env(engine), "INVOKE_WHEEL_CCACHE": str(tmp_path / "ccache")}
+        args = ("--isolation", "--out", str(out), "--cmake-arg", "-DGREETING=salut-in-the-image", "--json")
+        built = tool("wheel", str(pybind_pkg), *args, env=env)
+        assert built.code == 0, built.err
+        assert built.err.count("CA bundle for the in-image pip: ") == 1 and built.json["ca_cert"]
+        wheel = Path(built.json["wheel"])
+        with zipfile.ZipFile(wheel) as zf:
+            (ext,) = [n for n in zf.namelist() if n.startswith("greeter/_core.") and n.endswith(".so")]
+            assert b"salut-in-the-image" in zf.read(ext)
+            assert not any(n.endswith((".pem", ".crt")) for n in zf.namelist()), "the CA bundle is not in the wheel"
+        smoked = tool("smoke", "--wheel", str(wheel), "--installer", "pip", "--json")
+        assert smoked.code == 0, smoked.err
+        assert smoked.json["wheels"][0]["extensions_imported"] == ["greeter._core"]
+
     def test_a_cmake_failure_is_one_line_naming_it_and_the_log_and_out_is_untouched(self, wheel, pkg, out):
         (pkg / "CMakeLists.txt").write_text((pkg / "CMakeLists.txt").read_text() + "add_library(broken SHARED\n")
         before = listing(out)
