@@ -47,6 +47,8 @@ HELP = {
     "no_ca_cert": "give the in-image build no CA bundle, whatever the host's pip or config wheel.ca_cert says",
     "isolation": "let pip fetch build dependencies in an isolated environment (needs the network)",
     "no_isolation": "build with the image's own build dependencies, whatever config wheel.isolation says",
+    "repair": "repair a Linux platform wheel to its manylinux tag with auditwheel, whatever config wheel.repair says",
+    "no_repair": "keep the raw linux_* wheel pip wrote (no auditwheel)",
 }
 
 
@@ -74,6 +76,8 @@ def build(
     no_ca_cert=False,
     isolation=False,
     no_isolation=False,
+    repair=False,
+    no_repair=False,
     dry_run=False,
     json=False,
     quiet=False,
@@ -91,10 +95,14 @@ def build(
     cmake_args = [validate.cmake_define(a) for a in (*profile.cmake_args, *cfg.cmake_args, *(cmake_arg or []))]
     outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
     isolated = toggle("isolation", isolation, no_isolation, cfg.isolation)
+    # auditwheel repairs Linux wheels only: the image is Linux; a --native build on macOS or Windows is left as is.
+    repaired = toggle("repair", repair, no_repair, cfg.repair) and (not on_host or sys.platform.startswith("linux"))
     ca = None if on_host else _image_ca(run, ca_cert, no_ca_cert, cfg.ca_cert, isolated)
     src = source.describe(checkout, config.secret_paths(c))
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, checkout, src, profile, isolated, cfg)
+    if repaired:
+        env["FORKDEV_REPAIR"] = "1"
     if cmake_args:
         # A pyproject backend runs cmake itself (scikit-build-core, setuptools with a cmake build_ext): CMAKE_ARGS is
         # what they read. Appended to what the build's environment already holds (wheel.env, or the host's own).
@@ -109,6 +117,7 @@ def build(
         "out": str(out_dir),
         "native": on_host,
         "isolation": isolated,
+        "repair": repaired,
         "cmake_args": cmake_args,
         "ca_cert": str(ca) if ca else None,
         "log": str(log),
@@ -365,6 +374,7 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
             "native": plan["native"],
             "cmake_args": plan["cmake_args"],
             "isolation": isolated,
+            "repair": plan["repair"],
         },
         internal={
             "wheel_cmake": profile.wheel_cmake,
@@ -401,6 +411,7 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
         "tags": list(wheel.tags),
         "native_libraries": list(wheel.natives),
         "pure_with_native": wheel.pure_with_native,
+        "repaired_from": report.get("repaired", " ").split(" ")[0] or None,
         "ccache": report["ccache"],
         "builder": built_by,
         "dry_run": False,

@@ -161,6 +161,7 @@ DEFAULTS: dict[str, Any] = {
         "ccache_size": "5G",
         "jobs": 0,  # parallel compile jobs; 0 = every CPU
         "isolation": False,  # pip's build isolation: fetches build dependencies, so it needs the network
+        "repair": True,  # auditwheel repair of a Linux platform wheel to its manylinux tag (False: the raw linux_*)
         # The CA bundle the in-image pip trusts; "" = the host pip's (PIP_CERT, pip config, SSL_CERT_FILE,
         # REQUESTS_CA_BUNDLE) when the build reaches the index (isolation). Mounted read-only, never in a layer.
         "ca_cert": "",

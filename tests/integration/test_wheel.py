@@ -20,7 +20,16 @@ import support
 from forkdev.core import owners, sandbox
 
 MLC = {"INVOKE_TARGET": "mlc-llm"}
-WHEEL = "mlc_llm-0.1.0-cp311-cp311-linux_x86_64.whl"
+# auditwheel repairs every Linux wheel to the manylinux policy its symbols meet (issue 19, item 5).
+MANYLINUX = r"cp311-cp311-manylinux[\w.]*_x86_64"  # manylinux_2_34_x86_64, or manylinux1_x86_64.manylinux_2_5_x86_64
+RAW = "mlc_llm-0.1.0-cp311-cp311-linux_x86_64.whl"
+
+
+def repaired(path: str | Path, dist: str = "mlc_llm", version: str = "0.1.0") -> str:
+    """The name of a repaired wheel, checked: the distribution's, tagged manylinux, never linux_*."""
+    name = Path(path).name
+    assert re.fullmatch(rf"{dist}-{re.escape(version)}-{MANYLINUX}\.whl", name), name
+    return name
 
 
 def listing(folder: Path) -> dict[str, bytes]:
@@ -65,9 +74,10 @@ class TestInTheImage:
         res = wheel(str(pkg), "--out", str(out), "--cmake-arg", "-DGREETING=bonjour", "--json")
         assert res.code == 0, res.err
         built = Path(res.json["wheel"])
-        assert res.out.count("\n") == 1 and built == out / WHEEL
+        name = repaired(built)
+        assert res.out.count("\n") == 1 and built == out / name and res.json["repaired_from"] == RAW
         assert sorted(listing(out)) == sorted(
-            ["NOTES.md", "SHA256SUMS", WHEEL, f"{WHEEL}.cdx.json", f"{WHEEL}.intoto.json"]
+            ["NOTES.md", "SHA256SUMS", name, f"{name}.cdx.json", f"{name}.intoto.json"]
         )
         assert (out / "NOTES.md").read_text() == "the user's own file\n"
         assert built.stat().st_uid == os.getuid() and built.stat().st_gid == os.getgid()
@@ -81,13 +91,13 @@ class TestInTheImage:
         from cyclonedx.schema import SchemaVersion
         from cyclonedx.validation.json import JsonStrictValidator
 
-        sbom_text = (out / f"{WHEEL}.cdx.json").read_text()
+        sbom_text = (out / f"{name}.cdx.json").read_text()
         assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom_text) is None
         sbom = json.loads(sbom_text)
         assert sbom["metadata"]["component"]["hashes"][0]["content"] == hashlib.sha256(built.read_bytes()).hexdigest()
         assert any(c["name"] == "libc.so.6" for c in sbom["components"]), "the .so's linked libraries are listed"
 
-        statement = json.loads((out / f"{WHEEL}.intoto.json").read_text())
+        statement = json.loads((out / f"{name}.intoto.json").read_text())
         assert statement["subject"][0]["digest"]["sha256"] == res.json["sha256"]
         source, image = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
         assert source["digest"]["gitCommit"] == commit and source["annotations"]["dirty"] is False
@@ -111,15 +121,16 @@ class TestInTheImage:
         assert ccache(again)["hits"] >= 1 and ccache(again)["misses"] == 0, again.err
         assert f"ccache: {ccache(again)['hits']} hits, 0 misses" in again.err
         assert sorted(listing(out)) == sorted(
-            ["NOTES.md", "SHA256SUMS", WHEEL, f"{WHEEL}.cdx.json", f"{WHEEL}.intoto.json"]
+            ["NOTES.md", "SHA256SUMS", name, f"{name}.cdx.json", f"{name}.intoto.json"]
         )
         subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
 
     def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
         self, wheel, tool, engine, wheel_image, pkg, out, tmp_path, cache_dir
     ):
-        res = wheel(str(pkg), "--out", str(out))
+        res = wheel(str(pkg), "--out", str(out), "--json")
         assert res.code == 0, res.err
+        name = repaired(res.json["wheel"])
         # What a smoke killed with -9 left: its container, whose owner's lock (core/owners.py) nobody holds.
         claim = owners.folder(cache_dir) / "123-abcdefgh"
         claim.mkdir()
@@ -127,7 +138,7 @@ class TestInTheImage:
         orphan = "forkdev-wheel-smoke-123-abc12345"
         labels = ["--label", f"dev.forkdev.owner={claim / 'lock'}", "--label", "dev.forkdev.run=wheel-smoke"]
         support.sh(engine.exe, "create", "--name", orphan, *labels, wheel_image)
-        smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), "--json")
+        smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / name), "--json")
         assert smoked.code == 0, smoked.err
         assert f"removing {orphan}, left by a run that was killed" in smoked.err
         gone = subprocess.run([engine.exe, "ps", "-aq", "--filter", f"name={orphan}"], capture_output=True, text=True)
@@ -136,7 +147,7 @@ class TestInTheImage:
         assert "--network none --entrypoint python3" in smoked.err
 
         hurry = {"INVOKE_SMOKE_TIMEOUT": "1"}
-        hurried = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), env=hurry)
+        hurried = tool("smoke", "--image", wheel_image, "--wheel", str(out / name), env=hurry)
         assert hurried.code == 1 and "did not finish within 1s and was stopped" in hurried.last_error
         (name,) = set(re.findall(r"--name (forkdev-wheel-smoke-[\w-]+)", hurried.err))
         left = subprocess.run([engine.exe, "ps", "-aq", "--filter", f"name={name}"], capture_output=True, text=True)
@@ -184,6 +195,7 @@ class TestInTheImage:
         assert built.code == 0, built.err
         assert built.err.count("CA bundle for the in-image pip: ") == 1 and built.json["ca_cert"]
         wheel = Path(built.json["wheel"])
+        repaired(wheel, dist="greeter")  # by the image's auditwheel
         with zipfile.ZipFile(wheel) as zf:
             (ext,) = [n for n in zf.namelist() if n.startswith("greeter/_core.") and n.endswith(".so")]
             assert b"salut-in-the-image" in zf.read(ext)
@@ -333,7 +345,8 @@ def test_a_wheel_that_does_not_import_fails_smoke_naming_it_and_its_build_log(in
     res = invoke("smoke", "--wheel", built.json["wheel"])
     assert res.code == 1
     assert res.last_error.startswith(
-        f"error: {WHEEL}: import mlc_llm failed: ModuleNotFoundError: No module named 'mlc_llm_missing_dependency'"
+        f"error: {repaired(built.json['wheel'])}: import mlc_llm failed: ModuleNotFoundError: "
+        "No module named 'mlc_llm_missing_dependency'"
     )
     assert f"build log: {built.json['log']}" in res.last_error and "Traceback" not in res.err.splitlines()[-1]
 
@@ -377,7 +390,8 @@ def test_smoke_takes_every_wheel_in_dist_and_catches_one_changed_after_its_build
     res = invoke("smoke", "--wheel", str(wheel))
     assert res.code == 1
     assert res.last_error == (
-        f"error: {WHEEL} does not match its line in {out / 'SHA256SUMS'}: it changed after the build; rebuild it"
+        f"error: {repaired(wheel)} does not match its line in {out / 'SHA256SUMS'}: it changed after the build; "
+        "rebuild it"
     )
 
 
@@ -389,9 +403,10 @@ def test_a_second_wheel_in_the_same_out_keeps_the_first_and_its_checksum(invoke,
     second = native(invoke, str(other), "--out", str(out), "--json")
     assert second.code == 0, second.err
     names = set(listing(out))
-    assert {WHEEL, "mlc_llm-0.2.0-cp311-cp311-linux_x86_64.whl", "NOTES.md", "SHA256SUMS"} <= names
+    name, other = repaired(first.json["wheel"]), repaired(second.json["wheel"], version="0.2.0")
+    assert {name, other, "NOTES.md", "SHA256SUMS"} <= names
     sums = (out / "SHA256SUMS").read_text()
-    assert WHEEL in sums and "mlc_llm-0.2.0" in sums and "NOTES.md" not in sums
+    assert name in sums and "mlc_llm-0.2.0" in sums and "NOTES.md" not in sums
     subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
 
 
@@ -401,10 +416,11 @@ def test_a_package_whose_names_are_not_the_profiles_is_smoked_as_what_it_holds(i
     smoke imports mlc_chat (never mlc_llm), with or without --target."""
     src = tmp_path / "chat"
     support.make_cmake_package(src, name="mlc-chat", module="mlc_chat")
-    built = native(invoke, str(src), "--out", str(out), "--json")
+    built = native(invoke, str(src), "--out", str(out), "--no-repair", "--json")
     assert built.code == 0, built.err
     wheel = Path(built.json["wheel"])
-    assert wheel.name == "mlc_chat-0.1.0-cp311-cp311-linux_x86_64.whl"
+    assert wheel.name == "mlc_chat-0.1.0-cp311-cp311-linux_x86_64.whl", "--no-repair keeps pip's own wheel"
+    assert built.json["repair"] is False and built.json["repaired_from"] is None and "auditwheel" not in built.err
     with zipfile.ZipFile(wheel) as zf:
         stamp = json.loads(zf.read("mlc_chat-0.1.0.dist-info/forkdev-build.json"))
     assert stamp["target"] == "mlc-llm" and stamp["distribution"] == "mlc-chat"
@@ -445,7 +461,14 @@ def test_a_third_party_cmake_backend_package_builds_with_no_config_takes_cmake_a
     )
     assert built.code == 0, built.err
     wheel = Path(built.json["wheel"])
-    assert wheel.name.startswith("greeter-0.1.0-cp311-cp311-")
+    repaired(wheel, dist="greeter")  # repaired by auditwheel; the repaired wheel is the one checksummed and attested
+    assert built.json["repaired_from"] == "greeter-0.1.0-cp311-cp311-linux_x86_64.whl"
+    assert sorted(p.name for p in out.glob("*.whl")) == [wheel.name]
+    assert f"  {wheel.name}\n" in (out / "SHA256SUMS").read_text()
+    statement = json.loads(Path(built.json["provenance"]).read_text())
+    assert statement["subject"][0] == {"name": wheel.name, "digest": {"sha256": built.json["sha256"]}}
+    sbom = json.loads(Path(built.json["sbom"]).read_text())
+    assert sbom["metadata"]["component"]["hashes"][0]["content"] == built.json["sha256"]
     with zipfile.ZipFile(wheel) as zf:
         stamp = json.loads(zf.read("greeter-0.1.0.dist-info/forkdev-build.json"))
         (ext,) = [n for n in zf.namelist() if n.startswith("greeter/_core.") and n.endswith(".so")]
