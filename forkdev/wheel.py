@@ -12,6 +12,7 @@ import datetime as dt
 import json as jsonlib
 import os
 import secrets
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -40,10 +41,15 @@ HELP = {
     "native": "build on this host instead of in the wheel image",
     "no_native": "build in the image, whatever config wheel.native says",
     "target": "target profile: how the checkout builds (default: config target)",
-    "cmake_arg": "a -DNAME=VALUE for the cmake configure step; repeatable",
-    "ca_cert": "a CA bundle for a build that reaches a package index through a TLS-intercepting proxy",
+    "cmake_arg": "a -DNAME=VALUE for cmake: the profile's configure step and a pyproject backend's (CMAKE_ARGS); "
+    "repeatable",
+    "ca_cert": "a CA bundle for the in-image pip (default: the one the host's pip uses: PIP_CERT, pip config, "
+    "SSL_CERT_FILE, REQUESTS_CA_BUNDLE)",
+    "no_ca_cert": "give the in-image build no CA bundle, whatever the host's pip or config wheel.ca_cert says",
     "isolation": "let pip fetch build dependencies in an isolated environment (needs the network)",
     "no_isolation": "build with the image's own build dependencies, whatever config wheel.isolation says",
+    "repair": "repair a Linux platform wheel to its manylinux tag with auditwheel, whatever config wheel.repair says",
+    "no_repair": "keep the raw linux_* wheel pip wrote (no auditwheel)",
 }
 
 
@@ -68,8 +74,11 @@ def build(
     target=None,
     cmake_arg=None,
     ca_cert=None,
+    no_ca_cert=False,
     isolation=False,
     no_isolation=False,
+    repair=False,
+    no_repair=False,
     dry_run=False,
     json=False,
     quiet=False,
@@ -86,11 +95,20 @@ def build(
     on_host = toggle("native", native, no_native, cfg.native)
     cmake_args = [validate.cmake_define(a) for a in (*profile.cmake_args, *cfg.cmake_args, *(cmake_arg or []))]
     outdir.check_writable(out_dir, [])  # a SHA256SUMS we could not update is refused before the build
-    ca = _ca_cert(ca_cert or cfg.ca_cert)
     isolated = toggle("isolation", isolation, no_isolation, cfg.isolation)
+    # auditwheel repairs Linux wheels only: the image is Linux; a --native build on macOS or Windows is left as is.
+    repaired = toggle("repair", repair, no_repair, cfg.repair) and (not on_host or sys.platform.startswith("linux"))
+    ca = None if on_host else _image_ca(run, ca_cert, no_ca_cert, cfg.ca_cert, isolated)
     src = source.describe(checkout, config.secret_paths(c))
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
     env = _build_env(c, checkout, src, profile, isolated, cfg)
+    if repaired:
+        env["FORKDEV_REPAIR"] = "1"
+    if cmake_args:
+        # A pyproject backend runs cmake itself (scikit-build-core, setuptools with a cmake build_ext): CMAKE_ARGS is
+        # what they read. Appended to what the build's environment already holds (wheel.env, or the host's own).
+        before = env.get("CMAKE_ARGS", os.environ.get("CMAKE_ARGS", "") if on_host else "")
+        env["CMAKE_ARGS"] = cmake_env(before, cmake_args)
     log = store.log(config.cache_dir(c), "wheel", checkout.path.name)
     plan = {
         "path": str(checkout.path),
@@ -100,7 +118,9 @@ def build(
         "out": str(out_dir),
         "native": on_host,
         "isolation": isolated,
+        "repair": repaired,
         "cmake_args": cmake_args,
+        "ca_cert": str(ca) if ca else None,
         "log": str(log),
     }
     with scratch("wheel") as tmp:
@@ -136,6 +156,32 @@ def recipe_check(root: Path, profile: config.Target) -> None:
             f"'{root}' has no build recipe for target {profile.name}: no CMakeLists.txt in "
             f"{profile.wheel_cmake or '.'}/; pass a checkout laid out as {profile.name} is, or another --target"
         )
+
+
+def cmake_env(before: str, cmake_args: list[str]) -> str:
+    """CMAKE_ARGS: what it held, then the -D options, each quoted once (scikit-build-core splits it with shlex)."""
+    return " ".join(part for part in (before.strip(), shlex.join(cmake_args)) if part)
+
+
+def _image_ca(run: Runner, given: str | None, refused: bool, configured: str, isolated: bool) -> Path | None:
+    """The CA bundle mounted (read-only, never copied: it lands in no layer and no wheel) for the in-image pip:
+    --ca-cert or config wheel.ca_cert, else, when the build reaches the package index (--isolation), the one the
+    host's pip uses, said once; --no-ca-cert keeps any out."""
+    from .core import builder
+
+    if given and refused:
+        raise Failure("--ca-cert and --no-ca-cert contradict each other; pass one of them")
+    if refused:
+        return None
+    if given or configured:
+        return _ca_cert(given or configured)
+    if not isolated:
+        return None  # no network, no index: nothing to trust
+    found = builder.host_ca(run, sys.executable, os.environ)
+    if found is None:
+        return None
+    ui.info(f"CA bundle for the in-image pip: {found[0]} (from {found[1]}); --no-ca-cert keeps it out")
+    return found[0]
 
 
 def _ca_cert(value: str | None) -> Path | None:
@@ -289,15 +335,20 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
         raise Failure(f"the build left {len(wheels)} wheels instead of one; the build log is {log}")
     staged = wheels[0]
     wheel = wheelfile.read(staged)
-    package = profile.package or (wheel.top_level[0] if wheel.top_level else wheel.name.replace("-", "_"))
+    # What the wheel holds, never what the profile guesses: a package built under the default profile (vllm) is
+    # not vllm, and its import name is the wheel's own (top_level.txt, else its RECORD).
+    packages = list(wheel.top_level) or [wheel.name.replace("-", "_").replace(".", "_")]
+    ours = config.owns(profile, wheel.name)
     tree = plan["tree_sha256"]
     record = {
         "commit": src.commit,
         "dirty": src.dirty,
         "tree_sha256": tree,
         "target": profile.name,
-        "package": package,
-        "smoke": profile.smoke,
+        "distribution": wheel.name,
+        "package": packages[0],
+        "packages": packages,
+        "smoke": profile.smoke if ours else "",  # the profile's command is for its own distribution only
         "native": report["native"],
         "builder": built_by.get("image") or "native",
     }
@@ -324,6 +375,7 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
             "native": plan["native"],
             "cmake_args": plan["cmake_args"],
             "isolation": isolated,
+            "repair": plan["repair"],
         },
         internal={
             "wheel_cmake": profile.wheel_cmake,
@@ -360,6 +412,7 @@ def _finish(stage_src, stage_out, out_dir, profile, src, built_by, plan, started
         "tags": list(wheel.tags),
         "native_libraries": list(wheel.natives),
         "pure_with_native": wheel.pure_with_native,
+        "repaired_from": report.get("repaired", " ").split(" ")[0] or None,
         "ccache": report["ccache"],
         "builder": built_by,
         "dry_run": False,

@@ -390,7 +390,10 @@ def make_buildable_upstream(root: Path, os_image: str | None = None, limit_bytes
 
 def wheel_env(engine: Engine) -> dict[str, str]:
     """Config for `invoke wheel` in tests: the build image FROM the debootstrap image, under the tests' name."""
-    return {"INVOKE_WHEEL_BASE": OS_IMAGE, "INVOKE_WHEEL_IMAGE": f"forkdev-test/wheel-builder:{engine.kind}"}
+    # FORKDEV_TEST_WHEEL_IMAGE (a name with {engine} in it) keeps two checkouts' sessions on one machine, whose
+    # recipes differ, from rebuilding each other's image under one name.
+    name = os.environ.get("FORKDEV_TEST_WHEEL_IMAGE", "forkdev-test/wheel-builder:{engine}")
+    return {"INVOKE_WHEEL_BASE": OS_IMAGE, "INVOKE_WHEEL_IMAGE": name.replace("{engine}", engine.kind)}
 
 
 # ---- a small cmake-backed Python package, laid out as MLC-LLM is ---------------------------------------------
@@ -401,6 +404,8 @@ def make_cmake_package(
     pure: bool = False,
     ship_lib: bool = True,
     import_error: bool = False,
+    name: str = "mlc_llm",
+    module: str = "mlc_llm",
 ) -> str:
     """A git checkout laid out as MLC-LLM is: a root CMakeLists.txt builds libmlc_llm.so (a C library) into
     build/, python/setup.py copies it into the package, whose __init__ loads it with ctypes.
@@ -409,7 +414,9 @@ def make_cmake_package(
     import_error=True: the package's __init__ imports a module that does not exist. Returns the commit."""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
-    sandbox.write_cmake_package(root, version=version, pure=pure, ship_lib=ship_lib, import_error=import_error)
+    sandbox.write_cmake_package(
+        root, version=version, pure=pure, ship_lib=ship_lib, import_error=import_error, name=name, module=module
+    )
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
 
 

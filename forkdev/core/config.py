@@ -50,6 +50,8 @@ class Target:
     wheel_python: str = "."
     cmake_args: tuple[str, ...] = ()  # -DNAME=VALUE options for that configure step
     smoke: str = ""  # command run in the fresh environment after the import checks ("" = import checks only)
+    # The distribution the profile builds ("" = `package`): its smoke command runs for that wheel only.
+    distribution: str = ""
 
     def is_native(self, path: str) -> bool:
         return any(path.startswith(p) if p.endswith("/") else path == p for p in self.native)
@@ -173,7 +175,10 @@ DEFAULTS: dict[str, Any] = {
         "ccache_size": "5G",
         "jobs": 0,  # parallel compile jobs; 0 = every CPU
         "isolation": False,  # pip's build isolation: fetches build dependencies, so it needs the network
-        "ca_cert": "",  # a CA bundle for builds that reach an index through a TLS-intercepting proxy
+        "repair": True,  # auditwheel repair of a Linux platform wheel to its manylinux tag (False: the raw linux_*)
+        # The CA bundle the in-image pip trusts; "" = the host pip's (PIP_CERT, pip config, SSL_CERT_FILE,
+        # REQUESTS_CA_BUNDLE) when the build reaches the index (isolation). Mounted read-only, never in a layer.
+        "ca_cert": "",
         "python": "",  # --native: the interpreter to build for ("" = the one running forkdev)
     },
     "smoke": {
@@ -232,6 +237,13 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         return Target(**values)
     except TypeError as exc:
         raise Failure(f"config targets.{name} is malformed ({exc})") from None
+
+
+def owns(profile: Target, distribution: str) -> bool:
+    """Whether `distribution` (a wheel's Name) is the one the profile builds, compared as PEP 503 names."""
+    from packaging.utils import canonicalize_name
+
+    return canonicalize_name(profile.distribution or profile.package) == canonicalize_name(distribution)
 
 
 def of(c: Any, name: str | None) -> Target:

