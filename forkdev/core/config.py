@@ -267,7 +267,9 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         if key in ("native", "cmake_args", "shipped"):
             value = tuple(str(v) for v in value)
         elif key in ("build_args", "why"):
-            value = dict(value)
+            if not isinstance(value, Mapping):
+                raise Failure(f"config targets.{name}.{key} must be a mapping; fix invoke.yaml")
+            value = {str(k): str(v) for k, v in value.items()}
         values[key] = value
     missing = sorted(k for k, f in _FIELDS.items() if k not in values and f.default is dataclasses.MISSING)
     missing = [k for k in missing if _FIELDS[k].default_factory is dataclasses.MISSING]  # type: ignore[misc]

@@ -125,3 +125,5 @@ def test_a_fork_may_still_list_native_paths_as_strings_and_shipped_exceptions():
     assert t.classify("kernels/jit/a.cu")[:2] == (False, "kernels/jit/")
     with pytest.raises(Failure, match="targets.vllm.native must be a list of strings"):
         config.target("vllm", {"vllm": {"native": "csrc/"}})
+    with pytest.raises(Failure, match="targets.vllm.why must be a mapping"):
+        config.target("vllm", {"vllm": {"why": "because"}})
