@@ -10,7 +10,7 @@ from .core import base as bases
 from .core import cache as store
 from .core import config, ship, ui, validate
 from .core.errors import Failure
-from .core.gitrepo import Repo
+from .core.gitrepo import Repo, with_untracked
 from .core.proc import Runner, concurrently
 from .core.tasking import runner, task, toggle
 
@@ -102,6 +102,22 @@ def _made(recorded: dict[str, Any]) -> tuple[str, ...]:
     return (*tags, last) if isinstance(last, str) and last not in tags else tuple(tags)
 
 
+def explanation(repo: Repo, profile: config.Target, against: str) -> dict[str, Any]:
+    """Each changed path of the working tree since `against`, native or shipped, and the profile rule that decided;
+    git only: no engine, no build."""
+    changes = with_untracked(repo.diff(against, None), repo.untracked())
+    paths = []
+    for change in changes:
+        native, rule, why = profile.classify(change.path)
+        paths.append({"path": change.path, "native": native, "rule": rule, "why": why})
+    return {
+        "target": profile.name,
+        "checked_against": profile.checked_against,
+        "against": against,
+        "paths": paths,
+    }
+
+
 def source_url(repo: Repo) -> str | None:
     """The checkout's origin as an image source label, when it is a URL (a local path says nothing elsewhere)."""
     url = repo.url("origin")
@@ -114,6 +130,7 @@ def source_url(repo: Repo) -> str | None:
     help={
         "repo": "the checkout, e.g. ~/vllm (positional, or --repo)",
         "ref": "a commit of the checkout to ship instead of its working tree",
+        "explain": "list each changed path (since HEAD, or --ref) as native or shipped and why; builds nothing",
         **HELP,
     },
 )
@@ -131,12 +148,24 @@ def dev(
     dry_run=False,
     json=False,
     quiet=False,
+    explain=False,
 ):
     """Thin image = base + one layer of the checkout's changed files (uncommitted work included)."""
     run = runner(c, dry_run, quiet)
     checkout = Repo.open(validate.plain(repo, "the checkout path"), run)
     if ref is not None:
         validate.git_ref(ref, "--ref")
+    if explain:
+        profile = config.of(c, target)
+        against = checkout.resolve(ref or "HEAD", "--ref")
+        report = explanation(checkout, profile, against)
+        if json:
+            ui.emit_json(report)
+            return
+        ui.info(f"target {profile.name}, layout checked against {profile.checked_against or 'no upstream commit'}")
+        for p in report["paths"]:
+            ui.result(f"{'native ' if p['native'] else 'shipped'} {p['path']}  ({p['rule'] or '-'}: {p['why']})")
+        return
     thin_image(
         c,
         run,

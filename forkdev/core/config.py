@@ -52,9 +52,28 @@ class Target:
     smoke: str = ""  # command run in the fresh environment after the import checks ("" = import checks only)
     # The distribution the profile builds ("" = `package`): its smoke command runs for that wheel only.
     distribution: str = ""
+    # Why each native pattern is native ({pattern: reason}); a pattern without one reads "listed as native".
+    why: Mapping[str, str] = field(default_factory=dict)
+    # Paths under a native area that ship as they are (sources compiled at run time, e.g. JIT kernels).
+    shipped: tuple[str, ...] = ()
+    checked_against: str = ""  # the upstream commit this layout was checked against ("" = never checked)
+
+    def classify(self, path: str) -> tuple[bool, str, str]:
+        """(native, the rule that decided, why): a shipped exception wins over the native area it sits in."""
+        for rule in self.shipped:
+            if _matches(rule, path):
+                return False, rule, "run-time compiled sources: they ship as they are"
+        for rule in self.native:
+            if _matches(rule, path):
+                return True, rule, self.why.get(rule, "listed as native")
+        return False, "", "not under a native path: ships as Python"
 
     def is_native(self, path: str) -> bool:
-        return any(path.startswith(p) if p.endswith("/") else path == p for p in self.native)
+        return self.classify(path)[0]
+
+
+def _matches(rule: str, path: str) -> bool:
+    return path.startswith(rule) if rule.endswith("/") else path == rule
 
 
 TARGETS: dict[str, Target] = {
@@ -66,6 +85,16 @@ TARGETS: dict[str, Target] = {
             package="vllm",
             package_path="vllm",
             native=("csrc/", "CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml", "requirements/", "rust/"),
+            why={
+                "csrc/": "C++/CUDA kernel sources compiled into vllm/_C*.so by CMakeLists.txt",
+                "CMakeLists.txt": "the CMake project that compiles csrc/",
+                "cmake/": "CMake modules (external projects: FlashMLA, vllm-flash-attn, CUTLASS)",
+                "setup.py": "drives the CMake build and decides which extensions are compiled",
+                "pyproject.toml": "the build system's requirements (torch, cmake) the kernels are built against",
+                "requirements/": "build and runtime pins (torch) the compiled kernels are ABI-bound to",
+                "rust/": "Rust sources compiled into a native extension",
+            },
+            checked_against="f0d3ad9f3e080b51322fde6c20ea4889099819aa",
             # vLLM publishes an image per main commit: vllm/vllm-openai:nightly-<full sha>.
             published_base="vllm/vllm-openai:nightly-{sha}",
             nightly_image="forkdev/vllm",
@@ -82,7 +111,14 @@ TARGETS: dict[str, Target] = {
             upstream="https://github.com/sgl-project/sglang.git",
             package="sglang",
             package_path="python/sglang",
-            native=("sgl-kernel/", "python/pyproject.toml", "docker/"),
+            native=("sgl-kernel/", "python/sglang/kernels/aot/", "python/pyproject.toml", "docker/"),
+            why={
+                "sgl-kernel/": "the sgl-kernel wheel: CUDA/C++ kernels compiled by its own CMake build",
+                "python/sglang/kernels/aot/": "ahead-of-time kernels: their own pyproject.toml, compiled at build",
+                "python/pyproject.toml": "the package's build and runtime pins (torch, sgl-kernel)",
+                "docker/": "the Dockerfile that builds and installs the compiled kernels",
+            },
+            shipped=("python/sglang/jit_kernel/",),
             published_base=None,
             nightly_image="forkdev/sglang",
             dockerfile="docker/Dockerfile",
@@ -93,7 +129,24 @@ TARGETS: dict[str, Target] = {
             upstream="https://github.com/mlc-ai/mlc-llm.git",
             package="mlc_llm",
             package_path="python/mlc_llm",
-            native=("cpp/", "3rdparty/", "CMakeLists.txt", "cmake/", "python/setup.py", "python/requirements.txt"),
+            native=(
+                "cpp/",
+                "3rdparty/",
+                "CMakeLists.txt",
+                "cmake/",
+                "python/setup.py",
+                "python/requirements.txt",
+                "rust/",
+            ),
+            why={
+                "cpp/": "the C++ runtime compiled into libmlc_llm*.so",
+                "3rdparty/": "submodules compiled with it (TVM, tokenizers-cpp, stb, ...)",
+                "CMakeLists.txt": "the CMake project that builds libmlc_llm*.so",
+                "cmake/": "CMake configuration (gen_cmake_config.py, the TVM location)",
+                "python/setup.py": "packages the compiled libraries into the wheel",
+                "python/requirements.txt": "runtime pins the compiled libraries are built against",
+                "rust/": "the Rust bindings crate (Cargo.toml, build.rs), compiled by cargo",
+            },
             published_base=None,
             nightly_image="forkdev/mlc-llm",
             dockerfile="docker/Dockerfile",
@@ -228,7 +281,15 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         raise Failure(f"unknown target '{name}'; choose one of {', '.join(sorted(TARGETS))} or define it in config")
     values = dataclasses.asdict(TARGETS[name]) if name in TARGETS else {"name": name}
     for key, value in extra.items():
-        values[key] = tuple(value) if key in ("native", "cmake_args") else dict(value) if key == "build_args" else value
+        if key in ("native", "cmake_args", "shipped") and (isinstance(value, str) or not hasattr(value, "__iter__")):
+            raise Failure(f"config targets.{name}.{key} must be a list of strings; fix invoke.yaml")
+        if key in ("native", "cmake_args", "shipped"):
+            value = tuple(str(v) for v in value)
+        elif key in ("build_args", "why"):
+            if not isinstance(value, Mapping):
+                raise Failure(f"config targets.{name}.{key} must be a mapping; fix invoke.yaml")
+            value = {str(k): str(v) for k, v in value.items()}
+        values[key] = value
     missing = sorted(k for k, f in _FIELDS.items() if k not in values and f.default is dataclasses.MISSING)
     missing = [k for k in missing if _FIELDS[k].default_factory is dataclasses.MISSING]  # type: ignore[misc]
     if missing:

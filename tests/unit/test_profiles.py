@@ -110,3 +110,41 @@ def _fields(t):
     import dataclasses
 
     return {f.name: getattr(t, f.name) for f in dataclasses.fields(t) if f.name != "name"}
+
+
+@pytest.mark.parametrize(
+    ("name", "path", "native", "rule"),
+    [
+        # one path per native area, one run-time compiled kernel, one plain module, per upstream's shape
+        ("vllm", "csrc/attention/attention_kernels.cu", True, "csrc/"),
+        ("vllm", "cmake/external_projects/flashmla.cmake", True, "cmake/"),
+        ("vllm", "requirements/cuda.txt", True, "requirements/"),
+        ("vllm", "vllm/model_executor/layers/linear.py", False, ""),
+        ("sglang", "sgl-kernel/csrc/allreduce/custom_all_reduce.cu", True, "sgl-kernel/"),
+        ("sglang", "python/sglang/kernels/aot/pyproject.toml", True, "python/sglang/kernels/aot/"),
+        ("sglang", "python/sglang/kernels/aot/csrc/gemm.cu", True, "python/sglang/kernels/aot/"),
+        ("sglang", "python/sglang/jit_kernel/csrc/norm.cuh", False, "python/sglang/jit_kernel/"),
+        ("sglang", "python/sglang/srt/managers/scheduler.py", False, ""),
+        ("mlc-llm", "cpp/serve/engine.cc", True, "cpp/"),
+        ("mlc-llm", "3rdparty/tvm/src/runtime/module.cc", True, "3rdparty/"),
+        ("mlc-llm", "python/mlc_llm/serve/engine.py", False, ""),
+    ],
+)
+def test_profiles_classify_each_area_of_their_upstream_and_say_why(name, path, native, rule):
+    decided, by, why = config.TARGETS[name].classify(path)
+    assert (decided, by) == (native, rule) and why
+
+
+def test_every_native_rule_of_a_profile_says_why():
+    for t in config.TARGETS.values():
+        assert set(t.native) <= set(t.why), t.name
+
+
+def test_a_fork_may_still_list_native_paths_as_strings_and_shipped_exceptions():
+    t = config.target("vllm", {"vllm": {"native": ["kernels/"], "shipped": ["kernels/jit/"]}})
+    assert t.classify("kernels/a.cu") == (True, "kernels/", "listed as native")
+    assert t.classify("kernels/jit/a.cu")[:2] == (False, "kernels/jit/")
+    with pytest.raises(Failure, match="targets.vllm.native must be a list of strings"):
+        config.target("vllm", {"vllm": {"native": "csrc/"}})
+    with pytest.raises(Failure, match="targets.vllm.why must be a mapping"):
+        config.target("vllm", {"vllm": {"why": "because"}})
