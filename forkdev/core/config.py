@@ -119,6 +119,10 @@ TARGETS: dict[str, Target] = {
                 "docker/": "the Dockerfile that builds and installs the compiled kernels",
             },
             shipped=("python/sglang/jit_kernel/",),
+            # At this commit python/sglang/kernels/aot/pyproject.toml is the sglang-kernel package (scikit-build-core,
+            # CMake): the kernels that were sgl-kernel/, now inside the Python package. sgl-kernel/ stays native for
+            # forks of older trees.
+            checked_against="c631da2ce36827710058eded3119037bd0eaa966",
             published_base=None,
             nightly_image="forkdev/sglang",
             dockerfile="docker/Dockerfile",
