@@ -397,26 +397,12 @@ def wheel_env(engine: Engine) -> dict[str, str]:
 
 
 # ---- a small cmake-backed Python package, laid out as MLC-LLM is ---------------------------------------------
-def make_cmake_package(
-    root: Path,
-    *,
-    version: str = "0.1.0",
-    pure: bool = False,
-    ship_lib: bool = True,
-    import_error: bool = False,
-    name: str = "mlc_llm",
-    module: str = "mlc_llm",
-) -> str:
-    """A git checkout laid out as MLC-LLM is: a root CMakeLists.txt builds libmlc_llm.so (a C library) into
-    build/, python/setup.py copies it into the package, whose __init__ loads it with ctypes.
-    pure=True: no BinaryDistribution, so the wheel is tagged py3-none-any while carrying the .so.
-    ship_lib=False: the package never gets the library (a broken wheel).
-    import_error=True: the package's __init__ imports a module that does not exist. Returns the commit."""
+def make_cmake_package(root: Path, **package) -> str:
+    """A git checkout of sandbox.write_cmake_package's package (laid out as MLC-LLM is; its keywords say which
+    variant: version, pure, ship_lib, import_error, name, module). Returns the commit."""
     root.mkdir(parents=True, exist_ok=True)
     git(root, "init", "-q")
-    sandbox.write_cmake_package(
-        root, version=version, pure=pure, ship_lib=ship_lib, import_error=import_error, name=name, module=module
-    )
+    sandbox.write_cmake_package(root, **package)
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
 
 
