@@ -58,6 +58,10 @@ def relative(value: object, what: str) -> str:
         raise Failure(f"{what} must be a path inside the checkout ({example}), not {value!r}; fix invoke.yaml")
     if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
         raise Failure(f"{what} {value!r} holds a control character; name a path inside the checkout ({example})")
+    try:
+        value.encode("utf-8")  # an undecodable byte (INVOKE_CONTAINER_SECRETS=$'\xff') names no path git lists
+    except UnicodeEncodeError:
+        raise Failure(f"{what} {value!r} is not valid UTF-8; name a path inside the checkout ({example})") from None
     if os.path.isabs(value) or value.startswith("~"):
         raise Failure(
             f"{what} '{value}' is absolute; it names a path inside the checkout, relative to it ({example}): "

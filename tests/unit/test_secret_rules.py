@@ -39,6 +39,7 @@ def test_a_path_is_secret_under_the_secrets_directory_or_an_added_path_whatever_
         ("", [], "must be a path inside the checkout"),
         (3, [], "must be a path inside the checkout"),
         ("ok\ndir", [], "holds a control character"),
+        ("\udcff", [], "is not valid UTF-8"),  # a non-UTF-8 byte of INVOKE_CONTAINER_SECRETS, as Python decodes it
         ("extras/secrets", "config/.env", "container.secret_paths must be a list"),
         ("extras/secrets", ["/root/.env"], "container.secret_paths '/root/.env' is absolute"),
     ],
