@@ -88,13 +88,18 @@ def host_ca(run: Runner, python: str, environ: Mapping[str, str]) -> tuple[Path,
     if environ.get("PIP_CERT"):
         found = (environ["PIP_CERT"], "PIP_CERT")
     else:
+        # pip before 24 prints the merged values; newer pip prints each file's in the order they override, so the
+        # last line of a key is what pip uses. `pip download` reads [download] over [global].
         res = run([python, "-m", "pip", "config", "list"], mutates=False, check=False, env=dict(environ))
+        said: dict[str, str] = {}
         for line in res.out.splitlines() if res.ok else ():
             key, sep, value = line.partition("=")
             if sep and key.endswith(".cert") and not key.startswith(":env:"):
-                found = (value.strip().strip("'\""), f"pip config {key}")
-                if key == "global.cert":
-                    break
+                said[key] = value.strip().strip("'\"")
+        for key in ("download.cert", "global.cert", *sorted(said)):
+            if key in said:
+                found = (said[key], f"pip config {key}")
+                break
     for name in ("SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
         if found is None and environ.get(name):
             found = (environ[name], name)

@@ -341,6 +341,11 @@ def test_the_host_pips_ca_bundle_is_found_where_pip_finds_it(tmp_path):
         corp,
         "pip config global.cert",
     )
+    # The machine's own /etc/pip.conf may name a bundle too: the file PIP_CONFIG_FILE names overrides it, and
+    # [download], what the host's `pip download` reads, overrides [global]
+    both = tmp_path / "both.conf"
+    both.write_text(f"[global]\ncert = {other}\n[download]\ncert = {corp}\n")
+    assert builder.host_ca(run, python, {"PIP_CONFIG_FILE": str(both)}) == (corp, "pip config download.cert")
     assert builder.host_ca(run, python, {**nothing, "SSL_CERT_FILE": str(other)}) == (other, "SSL_CERT_FILE")
     assert builder.host_ca(run, python, {**nothing, "REQUESTS_CA_BUNDLE": str(other)}) == (other, "REQUESTS_CA_BUNDLE")
     assert builder.host_ca(run, python, nothing) is None
