@@ -21,7 +21,9 @@ from . import (
     cron,
     demo,
     dev,
+    devcontainer,
     fork_sync,
+    gpu_check,
     nightly,
     overlay,
     patches,
@@ -40,7 +42,7 @@ def namespace() -> Collection:
     check_environment()
     ns = Collection()
     images = (dev.dev, build.build, batch.batch, verify.verify)
-    inside = (run.run, run.shell, run.gpu_check, run.devcontainer, smoke.smoke)
+    inside = (run.run, run.shell, gpu_check.gpu_check, devcontainer.devcontainer, smoke.smoke)
     for t in (*images, *inside, fork_sync.fork_sync, overlay.overlay, patches.patches, demo.demo):
         ns.add_task(t)
     ns.add_collection(nightly.nightly)

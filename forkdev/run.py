@@ -1,4 +1,4 @@
-"""invoke run / shell / gpu-check / devcontainer: working inside the image, with secrets, GPU and live sync.
+"""invoke run / shell: working inside the image, with secrets, GPU and live sync.
 
 The image defaults to the last `invoke dev` image of the checkout, else the target's nightly. Secrets
 (`extras/secrets/*.env`) and explicit variables reach the container through one private file it reads at start:
@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import errno
-import json as jsonlib
 import os
 import re
-import signal
 import socket
 import sys
 import threading
@@ -31,10 +29,9 @@ from .core.tasking import remainder, runner, task
 
 if TYPE_CHECKING:
     from .core import container as ctr
-    from .core import gpu as gpus
     from .core import owners
 
-# What only these tasks use (containers, secrets files, GPUs, live sync) is imported where they run: see cli.py.
+# What only these tasks use (containers, secrets files, live sync) is imported where they run: see cli.py.
 
 SHARED = {
     "image": "the image (default: the last 'invoke dev' image of --repo, else the target's nightly)",
@@ -238,18 +235,9 @@ def _attached(proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim) -
     is gone afterwards."""
     from .core import container as ctr
 
-    previous = _leave_on_signals()
-    try:
+    with ctr.running(proc, engine, own, spec.name) as box:
         res = proc(ctr.argv(engine.exe, spec, engine.kind), interactive=True, check=False)
-    except BaseException:
-        _remove(proc, engine, own, spec.name)
-        raise
-    finally:
-        _restore(previous)
-    if res.returncode == 125 or res.returncode < 0:  # the engine's own failure, or its client killed: it may be left
-        _remove(proc, engine, own, spec.name)
-    else:
-        own.gone(spec.name)  # --rm removed it before the client returned
+        box.ended(res.returncode)
     if res.returncode:
         raise SystemExit(res.returncode)  # the command's own exit code, as it is
 
@@ -262,32 +250,27 @@ def _live(
     from .core import livesync
 
     stop = threading.Event()
-    previous = _leave_on_signals()
-    code, failed = None, True
+    code = None
     try:
-        # The watcher is up before the container starts: an edit made while it starts is synced too.
-        batches = livesync.watching(repo.path, stop) if not proc.dry_run else iter(())
-        pending = next(batches, (set(), set()))
-        proc(ctr.argv(engine.exe, spec, engine.kind))
-        if proc.dry_run:
-            failed = False
-            return None
-        info = engine.inspect_image(proc, spec.image) or {}
-        where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, config.cache_dir(c)).location
-        livesync.follow_logs(engine, proc, spec.name, stop)
-        mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden)
-        livesync.follow(mirror, iter([pending]))
-        ui.info(f"syncing {repo.path} into {spec.name}; Ctrl-C to leave" + (" (it keeps running)" if keep else ""))
-        livesync.follow(mirror, batches)
-        code = _exit_code(proc, engine, spec.name)
-        failed = False
+        with ctr.running(proc, engine, own, spec.name, keep=keep):
+            # The watcher is up before the container starts: an edit made while it starts is synced too.
+            batches = livesync.watching(repo.path, stop) if not proc.dry_run else iter(())
+            pending = next(batches, (set(), set()))
+            proc(ctr.argv(engine.exe, spec, engine.kind))
+            if proc.dry_run:
+                return None
+            info = engine.inspect_image(proc, spec.image) or {}
+            where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, config.cache_dir(c)).location
+            livesync.follow_logs(engine, proc, spec.name, stop)
+            mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden)
+            livesync.follow(mirror, iter([pending]))
+            ui.info(f"syncing {repo.path} into {spec.name}; Ctrl-C to leave" + (" (it keeps running)" if keep else ""))
+            livesync.follow(mirror, batches)
+            code = _exit_code(proc, engine, spec.name)
     except KeyboardInterrupt:
-        failed = False  # the user left (Ctrl-C, SIGTERM, SIGHUP)
+        pass  # the user left (Ctrl-C, SIGTERM, SIGHUP); the lifecycle removed the container unless --keep
     finally:
         stop.set()
-        _restore(previous)
-        if failed or not keep:
-            _remove(proc, engine, own, spec.name)
     if code:
         ui.warn(f"the container's command exited with {code}")
     ui.result(spec.name)
@@ -302,27 +285,6 @@ def _exit_code(proc: Runner, engine: Engine, name: str) -> int | None:
         ui.warn(f"the output of {name} stopped while it runs; leaving the sync")
         return None
     return int(code) if code.strip().lstrip("-").isdigit() else 1
-
-
-def _remove(proc: Runner, engine: Engine, own: owners.Claim, name: str) -> None:
-    res = proc(engine.cmd("rm", "--force", name), check=False)
-    # docker: "No such container"; podman: "no container with name or ID"
-    if res.ok or re.search(r"no such container|no container with name", res.err, re.I):
-        own.gone(name)
-
-
-def _leave_on_signals() -> dict:
-    """A kill (SIGTERM) or a closed terminal (SIGHUP) leaves as Ctrl-C does: the container goes too."""
-    return {sig: signal.signal(sig, _leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
-
-
-def _restore(previous: dict) -> None:
-    for sig, handler in previous.items():
-        signal.signal(sig, handler)
-
-
-def _leave(signum, frame) -> None:
-    raise KeyboardInterrupt
 
 
 @task(iterable=["env"], help={**SHARED, "command": "run this command in the shell instead of an interactive one"})
@@ -345,123 +307,3 @@ def _replace_command(spec: ctr.Spec, command: list[str]) -> ctr.Spec:
 
 def _tty() -> bool:
     return sys.stdin.isatty() and sys.stdout.isatty()
-
-
-@task(help={"image": "also check what a container of this image sees", "gpu": "what to ask for (default: all)"})
-def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
-    """What GPUs the host offers and a container sees; fails, naming the missing piece, when there is none."""
-    proc = runner(c, False, quiet)
-    found = _host(c)
-    result: dict[str, Any] = {
-        "host": found.describe(),
-        "driver": found.driver,
-        "cdi": list(found.cdi_specs),
-        "wsl": found.wsl,
-        "container": None,
-    }
-    ui.info(f"host: {found.describe()}")
-    engine = config.engine(c, proc)
-    try:
-        gpu_args, picked = _gpu_args(engine.kind, found, gpu)
-    except Failure as exc:
-        if json:
-            ui.emit_json({**result, "ok": False, "problem": str(exc)})
-        raise
-    ui.info(f"engine: {picked}")
-    if image:
-        ref = validate.image_ref(image, "--image")
-        probe = "nvidia-smi -L" if not found.wsl else "ls /dev/dxg && ls /usr/lib/wsl/lib/libcuda.so*"
-        argv = engine.cmd(
-            "run", "--rm", "--network", "none", *gpu_args, "--entrypoint", "/bin/sh", "--", ref, "-c", probe
-        )
-        res = proc(argv, check=False, mutates=False)
-        result["container"] = res.out
-        if not res.ok:
-            if json:
-                ui.emit_json({**result, "ok": False, "problem": res.reason})
-            raise Failure(f"a container of '{ref}' sees no GPU ({res.reason}); check the image's CUDA and the toolkit")
-    if json:
-        ui.emit_json({**result, "ok": True})
-    (ui.ok if json else ui.result)(f"GPU available: {picked}")
-
-
-def _host(c) -> gpus.Host:
-    from .core import gpu as gpus
-
-    return gpus.host(Path(c.config.container.gpu_root))
-
-
-def _gpu_args(kind: str, found: gpus.Host, request: str) -> tuple[list[str], str]:
-    from .core import gpu as gpus
-
-    parsed = gpus.parse_request(request)
-    if parsed == "none":
-        raise Failure("gpu-check --gpu none checks nothing; ask for all or a number")
-    args, picked = gpus.args(kind, found, parsed)
-    if not args:
-        raise Failure(f"no GPU is visible: {picked}; install the NVIDIA driver and container toolkit")
-    return args, picked
-
-
-@task(iterable=["port"], help={**{k: v for k, v in SHARED.items() if k != "env"}, "port": "a port to forward"})
-def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry_run=False, quiet=False):
-    """Write .devcontainer/devcontainer.json (image, mounts, secrets, GPU run args, ports), merged into yours."""
-    from .core import container as ctr
-    from .core import devcontainer as dc
-    from .core import envfiles, secrets
-    from .core import gpu as gpus
-    from .core.fsutil import os_errors, replace_files
-
-    proc = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
-    ports = parse_ports(port)
-    envfiles.load(envfiles.secrets_files(checkout, c.config.container.secrets))  # refused here as `run` refuses them
-    folder = secrets.relative(c.config.container.secrets, "container.secrets")
-    has_secrets = secrets.located(checkout.path, folder, "container.secrets") is not None
-    ref = pick_image(c, checkout, image, profile)
-    engine = config.engine(c, proc)
-    gpu_args, picked = gpus.args(engine.kind, _host(c), gpus.parse_request(gpu or c.config.container.gpu))
-    where = checkout.path / ".devcontainer"
-    target_file, script, backup = where / "devcontainer.json", where / dc.SCRIPT, where / "devcontainer.json.bak"
-    for path in (where, target_file, script, backup):
-        if path.is_symlink():
-            raise Failure(f"{path} is a symlink; forkdev does not write through links: replace it with a file")
-    current: Any = {}
-    with os_errors(f"read {where}"):  # a directory where a file belongs, no permission: one line
-        before = target_file.read_bytes() if target_file.exists() else None
-        foreign = script.exists() and not script.read_text(errors="replace").startswith(dc.PROFILE[:40])
-    if before is not None:
-        try:
-            current = jsonlib.loads(before)
-        except ValueError:
-            raise Failure(f"{target_file} is not plain JSON (comments?); fix or remove it, then re-run") from None
-    if foreign:
-        raise Failure(f"{script} exists and forkdev did not write it; move it away, then re-run")
-    hf = Path(os.path.expanduser(c.config.container.hf_cache))
-    mine = dc.ours(
-        name=f"forkdev {profile.name}",
-        image=ref,
-        run_args=gpu_args,
-        hf_cache=str(hf) if hf.is_dir() else None,
-        hf_in=ctr.HF_IN,
-        secrets_dir=folder if has_secrets else None,
-        ports=ports,
-    )
-    merged, notes = dc.merge(current, mine, str(target_file), folder)
-    ui.info(f"GPU: {picked}")
-    for note in notes:
-        ui.info(note)
-    text = jsonlib.dumps(merged, indent=2) + "\n"
-    if proc.dry_run:
-        ui.info(text)
-        return
-    files = {f".devcontainer/{target_file.name}": (text.encode(), 0o644)}
-    if has_secrets:
-        files[f".devcontainer/{dc.SCRIPT}"] = (dc.PROFILE.encode(), 0o644)
-    if before is not None and before != text.encode():
-        files[f".devcontainer/{backup.name}"] = (before, 0o644)
-        ui.info(f"the previous file is kept as {backup}")
-    with os_errors(f"write {target_file}"):
-        replace_files(checkout.path, files)  # each file by a rename; no parent that is a link is followed
-    ui.result(str(target_file))

@@ -11,6 +11,7 @@ install, a wheel is checked against the SHA256SUMS and the provenance beside it.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json as jsonlib
 import os
@@ -56,6 +57,7 @@ def smoke(
     quiet=False,
 ):
     """Install each wheel in a fresh environment and smoke it (on the host, or inside --image)."""
+    from .core import container as ctr
     from .core import owners
 
     run = runner(c, dry_run, quiet)
@@ -93,12 +95,12 @@ def smoke(
                 argv = _on_host(run, chosen, python or cfg.python or sys.executable, path, report, argv_extra)
             # Shielded: in a session of its own, so a timeout or a Ctrl-C stops the installer with its children.
             smoke_run = dataclasses.replace(run, shielded=True)
-            try:
+            # Stopping the client leaves its container running (python3 as PID 1 ignores SIGTERM): the lifecycle
+            # removes it on every path.
+            with ctr.running(run, engine, own, name) if image else contextlib.nullcontext() as box:
                 res = smoke_run(argv, stream=True, check=False, timeout=float(cfg.timeout))
-            except BaseException:
-                if image:  # stopping the client leaves its container running (python3 as PID 1 ignores SIGTERM)
-                    run(engine.cmd("rm", "--force", name), check=False)
-                raise
+                if box is not None:
+                    box.ended(res.returncode)
             found = _report(report / "results.jsonl")
         if run.dry_run:
             results.append({"wheel": str(path), "ok": None, "dry_run": True})
@@ -208,9 +210,9 @@ def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str], n
     argv = engine.cmd("run", "--rm", "--name", name)
     argv += [f"--label={k}={v}" for k, v in labels.items()]
     argv += ["--network", "none", "--entrypoint", "python3"]
-    argv += builder.mount(wheel, f"/wheels/{wheel.name}", read_only=True)
-    argv += builder.mount(assets.probe_path(), "/forkdev/smoke_probe.py", read_only=True)
-    argv += builder.mount(report, "/report")
+    argv += builder.mount(engine, wheel, f"/wheels/{wheel.name}", read_only=True)
+    argv += builder.mount(engine, assets.probe_path(), "/forkdev/smoke_probe.py", read_only=True)
+    argv += builder.mount(engine, report, "/report")
     probe = ["/forkdev/smoke_probe.py", "run", "--installer", "pip", "--system-site-packages", *extra]
     return [*argv, "--", image, *probe, "--report", "/report/results.jsonl", f"/wheels/{wheel.name}"]
 

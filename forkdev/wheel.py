@@ -11,7 +11,6 @@ from __future__ import annotations
 import datetime as dt
 import json as jsonlib
 import os
-import secrets
 import shlex
 import sys
 import time
@@ -230,7 +229,8 @@ def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_o
 
 
 def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan) -> dict:
-    from .core import builder, source
+    from .core import builder, owners, source
+    from .core import container as ctr
 
     engine = config.engine(c, run)
     ref, args = image_settings(c)
@@ -250,7 +250,12 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
             if os.stat(cache).st_uid == 0:
                 os.chown(cache, *owner)
     network = engine.network if (isolated or ca is not None) else "none"
-    name = f"forkdev-wheel-{os.getpid()}-{secrets.token_hex(3)}"
+    own = None
+    name, labels = "forkdev-wheel", {}
+    if not run.dry_run:  # a dry run leaves nothing in the cache
+        owners.sweep(engine, run, config.cache_dir(c))  # the build containers of a wheel run that was killed
+        own = owners.claim(config.cache_dir(c), engine, run)
+        name, labels = own.container("wheel")
     argv = builder.run_argv(
         engine,
         image.ref,
@@ -263,15 +268,11 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
         user=user,
         network=network,
         ca_cert=ca,
+        labels=labels,
     )
     plan.update(image=image.ref, image_built=image.built)
-    try:
+    with ctr.running(run, engine, own, name):  # gone on every path: a failure, Ctrl-C, a timeout, SIGTERM
         _run_build(run, argv, log, env=None)
-    except BaseException:
-        # Ctrl-C or a timeout: `run --rm` ends with its client, but a container the engine already started may stay.
-        if not run.dry_run:
-            run(engine.cmd("rm", "--force", "--", name), check=False)
-        raise
     return {
         "id": f"urn:forkdev:builder:{engine.kind}-image",
         "image": image.ref,

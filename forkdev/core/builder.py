@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import assets, ui
+from . import assets, container, ui
 from . import labels as L
 from .engine import Engine
 from .errors import Failure
@@ -169,11 +169,11 @@ def numeric_user(user: str) -> tuple[int, int] | None:
     return None
 
 
-def mount(host: Path, inside: str, read_only: bool = False) -> list[str]:
-    text = str(host)
-    if ":" in text or "," in text:
-        raise Failure(f"the path '{text}' holds ':' or ',', which --volume cannot take; use a path without them")
-    return ["--volume", f"{text}:{inside}" + (":ro" if read_only else "")]
+def mount(engine: Engine, host: Path, inside: str, read_only: bool = False) -> list[str]:
+    """A bind mount for a build or smoke container, relabelled on an SELinux host as `invoke run`'s are."""
+    return container.mount(
+        str(host), inside, read_only=read_only, kind=engine.kind, selinux=container.selinux_enforcing()
+    )
 
 
 def run_argv(
@@ -189,19 +189,21 @@ def run_argv(
     user: str | None,
     network: str,
     ca_cert: Path | None,
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """`<engine> run` of the image's `build` mode over the staged source, output and cache directories."""
     argv = engine.cmd("run", "--rm", "--name", name, "--network", network)
+    argv += [f"--label={key}={value}" for key, value in sorted((labels or {}).items())]
     if user:
         argv += ["--user", user]
         if engine.kind == "podman" and os.geteuid() != 0:
             # rootless podman maps container uids into a sub-uid range: keep-id makes our uid the same inside,
             # so what the build writes into the mounted directories stays ours.
             argv += ["--userns", "keep-id"]
-    argv += mount(src, SRC) + mount(out, OUT) + mount(ccache, CCACHE)
+    argv += mount(engine, src, SRC) + mount(engine, out, OUT) + mount(engine, ccache, CCACHE)
     full_env = dict(env)
     if ca_cert is not None:
-        argv += mount(ca_cert, CA_BUNDLE, read_only=True)
+        argv += mount(engine, ca_cert, CA_BUNDLE, read_only=True)
         full_env.update(PIP_CERT=CA_BUNDLE, SSL_CERT_FILE=CA_BUNDLE, REQUESTS_CA_BUNDLE=CA_BUNDLE)
     for key, value in sorted(full_env.items()):
         argv += ["--env", f"{key}={value}"]

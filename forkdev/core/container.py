@@ -1,4 +1,5 @@
-"""How `invoke run` / `shell` / `gpu-check` start a container: one pure function from a spec to an argv.
+"""How a container starts and stops: a spec to an argv (`invoke run` / `shell`), bind mounts for every
+container (SELinux relabel included), and the one lifecycle every task's container lives in (`running`).
 
 The container starts through a small shell prologue (the image's own /bin/sh) that reads the private variables
 file (secrets and explicit variables, mounted read-only; values never in argv or `inspect`), copies the overlay in
@@ -7,13 +8,24 @@ when asked, then execs the image's own entrypoint and command, so signals and th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import io
 import os
+import re
+import signal
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from .errors import Failure
+
+if TYPE_CHECKING:
+    from .engine import Engine
+    from .owners import Claim
+    from .proc import Runner
 
 RUN_IN = "/run/forkdev"  # the run's private directory, mounted read-only: the prologue and the variables
 ENV_IN = f"{RUN_IN}/env"
@@ -133,3 +145,65 @@ def command_of(image: dict, given: list[str]) -> list[str]:
         return list(given)
     config = image.get("Config") or {}
     return [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
+
+
+class Started:
+    """A container in its lifecycle: `ended(code)` says its attached client returned."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.removed = False
+
+    def ended(self, returncode: int) -> None:
+        """The attached client returned: with the command's own exit code, `--rm` removed the container before it
+        did; 125 (the engine's own failure) or a signal (the client killed) may leave it behind."""
+        self.removed = returncode >= 0 and returncode != 125
+
+
+@contextlib.contextmanager
+def running(run: Runner, engine: Engine, own: Claim | None, name: str, *, keep: bool = False) -> Iterator[Started]:
+    """The one lifecycle of a container we start under the name `own.container()` gave it: inside the block it
+    runs; after it, on every path (its end, a failure, Ctrl-C, a kill by SIGTERM or a closed terminal, which
+    leave as Ctrl-C does), it is gone, unless `keep` and the block ended well or by the user leaving. A container
+    whose removal fails stays in the claim, so a later run's sweep (core/owners.py) removes it. A dry run starts
+    nothing, so it removes nothing and needs no claim."""
+    box = Started(name)
+    previous = _leave_on_signals()
+    try:
+        yield box
+    except KeyboardInterrupt:
+        if not keep:
+            remove(run, engine, own, name)
+        raise
+    except BaseException:
+        remove(run, engine, own, name)
+        raise
+    else:
+        if box.removed and own is not None:
+            own.gone(name)
+        elif not keep:
+            remove(run, engine, own, name)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def remove(run: Runner, engine: Engine, own: Claim | None, name: str) -> None:
+    if run.dry_run or own is None:
+        return
+    res = run(engine.cmd("rm", "--force", "--", name), check=False)
+    # docker: "No such container"; podman: "no container with name or ID"
+    if res.ok or re.search(r"no such container|no container with name", res.err, re.I):
+        own.gone(name)
+
+
+def _leave_on_signals() -> dict:
+    """A kill (SIGTERM) or a closed terminal (SIGHUP) raises KeyboardInterrupt, as Ctrl-C does (main thread only:
+    Python delivers signals there)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {sig: signal.signal(sig, _leave) for sig in (signal.SIGTERM, signal.SIGHUP)}
+
+
+def _leave(signum, frame) -> None:
+    raise KeyboardInterrupt

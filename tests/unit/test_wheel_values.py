@@ -220,7 +220,7 @@ def test_the_build_container_gets_no_network_only_the_d_options_and_values_quote
         ca_cert=None,
     )
     assert argv[:7] == ["/usr/bin/docker", "run", "--rm", "--name", "forkdev-wheel-1-aa", "--network", "none"]
-    assert f"{tmp_path / 'cache dir'}:/ccache" in argv
+    assert f"type=bind,source={tmp_path / 'cache dir'},target=/ccache" in argv
     assert "TORCH_CUDA_ARCH_LIST=9.0 10.0" in argv
     assert argv[-5:] == ["--", "forkdev/wheel-builder:abc", "build", "-DUSE_CUDA=OFF", "-DNAME=two words"]
 
@@ -240,13 +240,25 @@ def test_a_ca_bundle_is_mounted_read_only_and_named_to_pip(tmp_path):
         network="host",
         ca_cert=ca,
     )
-    assert f"{ca}:{builder.CA_BUNDLE}:ro" in argv
+    assert f"type=bind,source={ca},target={builder.CA_BUNDLE},readonly" in argv
     assert f"PIP_CERT={builder.CA_BUNDLE}" in argv and "--user" in argv
 
 
-def test_a_path_that_volume_syntax_cannot_carry_is_refused(tmp_path):
-    with pytest.raises(Failure, match="holds ':' or ','"):
-        builder.mount(tmp_path / "a:b", "/x")
+def test_a_build_mount_carries_any_path_and_is_relabelled_on_selinux_as_runs_are(tmp_path, monkeypatch):
+    import csv
+
+    from forkdev.core import container
+
+    odd = tmp_path / 'a:b,"c"'
+    flag, value = builder.mount(DOCKER, odd, "/x")
+    assert flag == "--mount" and next(csv.reader([value])) == ["type=bind", f"source={odd}", "target=/x"]
+    # No SELinux host here: what the host says is the one thing faked
+    monkeypatch.setattr(container, "selinux_enforcing", lambda: True)
+    assert builder.mount(DOCKER, tmp_path, "/x", read_only=True) == ["--volume", f"{tmp_path}:/x:ro,z"]
+    podman = Engine("podman", "/usr/bin/podman", "4.3", "4.3", "host")
+    assert builder.mount(podman, tmp_path, "/x")[1].endswith(",relabel=shared")
+    with pytest.raises(Failure, match="holds ':'"):  # docker relabels only through --volume, which splits on ':'
+        builder.mount(DOCKER, odd, "/x")
 
 
 def test_the_image_recipe_changes_with_its_files_and_its_build_args(tmp_path, monkeypatch):
