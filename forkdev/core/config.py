@@ -1,7 +1,9 @@
 """Target profiles and every config default.
 
 The collection hands DEFAULTS to invoke, so `invoke.yaml`, `INVOKE_*` variables and flags can override any key.
-Task modules read `c.config`; shared layers take plain values (a `Target`, a path, a number), never the context.
+A task calls `load(c, ...)` once: the settings every task shares (target, upstream, cache, engine, registry,
+image naming, secrets, container), resolved and validated in this one place, as a frozen `Settings` value;
+shared layers take such plain values, never the context.
 A fork changes a profile from config: `targets: {vllm: {native: [...], build_args: {...}}}` is merged over the
 built-in profile of that name, and a new name defines a new target.
 """
@@ -393,6 +395,82 @@ def cache_dir(c: Any, create: bool = True) -> Path:
 def dry_run(c: Any, flag: bool | None) -> bool:
     """--dry-run on the task, or invoke's own --dry."""
     return bool(flag) or bool(c.config.run.dry)
+
+
+@dataclass(frozen=True)
+class Container:
+    """The container `run`, `shell`, `devcontainer` and `gpu-check` start (config `container:`)."""
+
+    repo: str
+    gpu: str
+    gpu_root: Path
+    network: str  # "" = the engine's
+    secrets: str  # the checkout's secrets folder (relative)
+    env: Mapping[str, Any]
+    hf_cache: Path
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a task runs with: config and the shared flags, resolved and validated once (`load`)."""
+
+    target: Target
+    upstream: str  # the one upstream (url or path): --upstream, else upstream.url, else the target's
+    branch: str  # upstream.branch
+    remote: str  # upstream.remote: the fork's remote fork-sync fetches from when it has one
+    cache: Path  # the cache root (created by `cache_dir`, never by a dry run)
+    nightly_repository: str  # where `invoke nightly` tags, so where `dev` and `run` find `:nightly`
+    registry: Policy
+    secret_paths: secrets.Paths  # what no image, wheel or sync ever carries
+    secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
+    container: Container
+    engine_name: str
+    engine_network: str
+    engine_client: str
+    nightly_log: Path  # where an unattended nightly writes its log
+
+    def engine(self, run: Runner) -> Engine:
+        """The container engine the config names (or the one found), probed once for this task."""
+        return Engine.detect(run, self.engine_name, self.engine_network, self.engine_client)
+
+    def cache_dir(self, create: bool = True) -> Path:
+        if create:
+            self.cache.mkdir(parents=True, exist_ok=True)
+        return self.cache
+
+
+def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
+    """The settings of this run: --target over config `target`, --upstream over `upstream.url` over the
+    target's own; each value checked here, and named as the user set it when it is wrong."""
+    profile = of(c, target)
+    cfg = c.config.container
+    cache = Path(os.path.expanduser(c.config.cache_dir))
+    if not isinstance(cfg.env or {}, Mapping):
+        raise Failure("config container.env is not a mapping of NAME: value; fix it in invoke.yaml")
+    return Settings(
+        target=profile,
+        upstream=upstream(c, profile, upstream_flag),
+        branch=c.config.upstream.branch,
+        remote=c.config.upstream.remote,
+        cache=cache,
+        nightly_repository=nightly_repository(c, profile),
+        registry=registry_policy(c),
+        secret_paths=secret_paths(c),
+        secret_values=tuple(secret_values(c)),
+        container=Container(
+            repo=cfg.repo,
+            gpu=cfg.gpu,
+            gpu_root=Path(cfg.gpu_root),
+            network=cfg.network,
+            secrets=cfg.secrets,
+            env=dict(cfg.env or {}),
+            hf_cache=Path(os.path.expanduser(cfg.hf_cache)),
+        ),
+        engine_name=c.config.engine.name,
+        engine_network=c.config.engine.network,
+        engine_client=c.config.engine.get("client") or "",
+        nightly_log=nightly_log(c, profile.name),
+    )
 
 
 def environment_problem(environ: Mapping[str, str], defaults: Mapping[str, Any]) -> str | None:

@@ -189,7 +189,7 @@ def test_a_run_stopped_by_sigterm_or_sighup_removes_its_container(engine, world,
         name = wait_for(lambda run=run: run.name("run") in mine() and run.name("run"), "the container")
         assert run.finish(sig) != 0
         assert name not in mine(), f"a run stopped by {sig.name} leaves no container"
-        assert f"rm --force {name}" in run.err
+        assert f"rm --force -- {name}" in run.err
 
 
 def test_shell_runs_a_command_with_the_checkout_at_workspace(engine, world, checkout, tool):
@@ -450,7 +450,7 @@ def test_a_live_sync_that_is_killed_with_sigterm_removes_its_container(engine, w
     # The moment a user may stop it: as soon as its container is there, before the sync is up.
     assert sync.finish(signal.SIGTERM) == 0
     assert name not in mine(), "a SIGTERM leaves the sync as Ctrl-C does, container removed"
-    assert f"+ {engine.exe} rm --force {name}" in sync.err
+    assert f"+ {engine.exe} rm --force -- {name}" in sync.err
 
 
 def test_a_container_left_by_a_kill_9_is_removed_by_the_next_run(engine, world, checkout, tool, start, mine):
