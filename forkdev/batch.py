@@ -79,7 +79,8 @@ def batch(
     if not run.dry_run:
         sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
     cfg = c.config.batch
-    profile = config.of(c, target)
+    settings = config.load(c, target, upstream)
+    profile = settings.target
     path = Path(validate.plain(dataset, "DATASET")).expanduser()
     rows = datasets.parse(datasets.read_text(path, "dataset"), str(path))
     denied: set[str] = set()
@@ -88,7 +89,7 @@ def batch(
         denied = datasets.blacklist(datasets.read_text(listed, "blacklist"), str(listed))
     inputs = {"the dataset": path, **({"the blacklist": listed} if blacklist else {})}
     stdout_apart(inputs)  # `--emit bake >> DATASET`
-    cache = config.cache_dir(c)
+    cache = settings.cache_dir()
     out = output_file(results or str(store.batch(cache, "results.json")), "--results", inputs)
     skipped = [r.commit for r in rows if datasets.blacklisted(r.commit, denied)]
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]
@@ -96,7 +97,7 @@ def batch(
         raise Failure(f"no commit to build in '{path}'" + (" after the blacklist" if skipped else "") + "; add rows")
     repo_name = config.image_repository(repository or cfg.repository, profile, "--repository")
     pushing = toggle("push", push, no_push, cfg.push)
-    prebuilt = toggle("precompiled", precompiled, no_precompiled, c.config.nightly.precompiled)
+    prebuilt = toggle("precompiled", precompiled, no_precompiled, settings.native.precompiled)
     if (pushing or skip_pushed) and not validate.registry_host(repo_name):
         raise Failure(
             f"--push/--skip-pushed: repository '{repo_name}' names no registry; pass --repository REGISTRY/NAME"
@@ -111,16 +112,16 @@ def batch(
     if not 1 <= workers <= 64:
         raise Failure(f"--jobs {workers}: pass a number from 1 to 64")
 
-    url = config.upstream(c, profile, upstream)
+    url = settings.upstream
     if emit not in (None, "github-matrix", "bake"):
         raise Failure(f"--emit '{emit}' is not known; use github-matrix or bake")
     if emit == "bake":
         bakefile.context(url, "")  # before the mirror is fetched: can BuildKit fetch this upstream at all?
     with ui.step(f"mirror {url}"):
         repo = mirror(store.mirror(cache, url), url, run)
-    settings = c.config.nightly  # full builds as nightly makes them: the same args, so the same native states
-    shaping, parallel = build_args(profile, settings.build_args, settings.cuda_arch, prebuilt)
-    policy = config.registry_policy(c)
+    native = settings.native  # full builds as nightly makes them: the same args, so the same native states
+    shaping, parallel = build_args(profile, native.build_args, native.cuda_arch, prebuilt)
+    policy = settings.registry
     host = validate.registry_host(repo_name)
     registry = Registry(host, policy, run) if host and (pushing or skip_pushed) else None
     commits = resolve(repo, rows, url)
@@ -148,7 +149,7 @@ def batch(
             emit_plan(
                 emit,
                 groups,
-                Emit(repo, url, profile, repo_name, shaping, build_network, c.config.engine.network, again),
+                Emit(repo, url, profile, repo_name, shaping, build_network, settings.engine_network, again),
             )
         )
         return
@@ -158,7 +159,7 @@ def batch(
             ui.emit_json(plan_ | {"dry_run": True})
         return
 
-    engine = config.engine(c, run)
+    engine = settings.engine(run)
     job = Job(
         engine=engine,
         run=run,
@@ -175,8 +176,8 @@ def batch(
         source=url if "://" in url else "",
         upstream=url,
         policy=policy,
-        hidden=config.secret_paths(c),
-        secret_values=tuple(config.secret_values(c)),
+        hidden=settings.secret_paths,
+        secret_values=settings.secret_values,
     )
     items = [*settled, *(i for g in groups for i in g.items)]
     done = []

@@ -36,8 +36,9 @@ def build(
     """Thin image of an upstream commit (fetched into a cached mirror)."""
     run = runner(c, dry_run, quiet)
     validate.git_ref(sha, "SHA")
-    url = config.upstream(c, config.of(c, target), upstream)
-    path = store.mirror(config.cache_dir(c, create=not run.dry_run), url)
+    settings = config.load(c, target, upstream)
+    url = settings.upstream
+    path = store.mirror(settings.cache_dir(create=not run.dry_run), url)
     repo = mirror_unless_dry(path, url, run)
     commit = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
     if commit is None and run.dry_run:  # the plan needs the commit's files, which only a fetch would bring

@@ -219,13 +219,14 @@ class Job:
         return f"{when} {run} >> {word(str(self.log), 'the nightly log (nightly.log)')} 2>&1 # {marker(target)}"
 
 
-def job(c: Any, target: config.Target, args: list[str]) -> Job:
+def job(c: Any, settings: config.Settings, args: list[str]) -> Job:
     """The job: `python -m forkdev [-f CONFIG] nightly ARGS` in this directory, with its environment."""
     env = {"PATH": os.environ.get("PATH", CRON_PATH)}
     carried = (k for k in os.environ if k.startswith("INVOKE_") and not k.startswith("INVOKE_CRON_"))
     env.update((k, os.environ[k]) for k in carried if k not in NOT_CARRIED)
     env.update((k, os.environ[k]) for k in CARRIED if os.environ.get(k))
-    cache = config.cache_dir(c, create=False).resolve()
+    target = settings.target
+    cache = settings.cache.resolve()
     env["INVOKE_CACHE_DIR"] = str(cache)
     env["INVOKE_TARGET"] = target.name
     # The config file this run loaded (-f, else the project's invoke.yaml), so the job reads the same settings.
@@ -249,7 +250,7 @@ def job(c: Any, target: config.Target, args: list[str]) -> Job:
         "change it\n"
         f"cd -- {quote(os.getcwd(), 'the working directory')} || exit 1\n" + " ".join(command) + "\n"
     )
-    return Job(script, store.nightly(cache, target.name, ".cron.sh"), config.nightly_log(c, target.name).resolve())
+    return Job(script, store.nightly(cache, target.name, ".cron.sh"), settings.nightly_log.resolve())
 
 
 def quote(value: str, what: str) -> str:
@@ -257,7 +258,7 @@ def quote(value: str, what: str) -> str:
     return shlex.quote(one_line(value, what))
 
 
-def nightly_args(c: Any, target: config.Target) -> list[str]:
+def nightly_args(c: Any, settings: config.Settings) -> list[str]:
     """cron.args, plus --push when nightly.repository names a registry and cron.args says neither --push nor
     --no-push: the job pushes where there is a registry to push to. --push without one is refused."""
     raw = c.config.cron.args
@@ -267,10 +268,10 @@ def nightly_args(c: Any, target: config.Target) -> list[str]:
         args = shlex.split(raw)
     except ValueError as exc:
         raise Failure(f"cron.args '{raw}' cannot be split into words ({exc}); close its quotes") from None
-    registry = validate.registry_host(config.nightly_repository(c, target))
+    registry = validate.registry_host(settings.nightly_repository)
     if "--push" in args and not registry:
         raise Failure(
-            f"cron.args passes --push, but nightly.repository '{config.nightly_repository(c, target)}' names no "
+            f"cron.args passes --push, but nightly.repository '{settings.nightly_repository}' names no "
             "registry, so the job would fail every night; set nightly.repository to REGISTRY/NAME or drop --push"
         )
     if registry and not {"--push", "--no-push"} & set(args):
@@ -355,10 +356,11 @@ def _shown(line: str) -> str:
 def install(c, schedule=None, user=None, target=None, dry_run=False, quiet=False):
     """Install (or update) the one crontab line that runs `invoke nightly`, proven by a dry run first."""
     run = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
+    settings = config.load(c, target)
+    profile = settings.target
     when = valid_schedule(schedule or c.config.cron.schedule)
     who = user if user is not None else c.config.cron.user
-    built = job(c, profile, nightly_args(c, profile))
+    built = job(c, settings, nightly_args(c, settings))
     line = built.line(when, profile.name)
     before = read(run, who)
     text, _ = edit(before, profile.name, line)
@@ -396,14 +398,15 @@ def remove(c, user=None, target=None, dry_run=False, quiet=False):
 def status(c, user=None, lines="20", target=None, json=False, quiet=False):
     """Show the crontab line, the last nightly run's result and the end of its log."""
     run = runner(c, False, quiet)
-    profile = config.of(c, target)
+    settings = config.load(c, target)
+    profile = settings.target
     count = str(lines).strip()
     if not count.isdigit():
         raise Failure(f"--lines '{lines}' is not a number of lines; pass 0 or more")
     who = user if user is not None else c.config.cron.user
     jobs = [line for line in read(run, who).split("\n") if _ours(line, profile.name)]
-    last = store.read_json(store.nightly(config.cache_dir(c), profile.name, ".last-run.json"))
-    log = config.nightly_log(c, profile.name)
+    last = store.read_json(store.nightly(settings.cache, profile.name, ".last-run.json"))
+    log = settings.nightly_log
     try:
         tail = log.read_text(errors="replace").splitlines()[-int(count) :] if int(count) else []
     except OSError:

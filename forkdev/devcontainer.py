@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import json as jsonlib
-import os
-from pathlib import Path
 from typing import Any
 
 from .core import config, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.tasking import runner, task
-from .gpu_check import host as gpu_host
 from .run import SHARED, parse_ports, pick_image
 
 
@@ -25,15 +22,16 @@ def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry
     from .core.fsutil import os_errors, replace_files
 
     proc = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
+    settings = config.load(c, target)
+    cfg, profile = settings.container, settings.target
+    checkout = Repo.open(validate.plain(repo or cfg.repo, "--repo"), proc)
     ports = parse_ports(port)
-    envfiles.load(envfiles.secrets_files(checkout, c.config.container.secrets))  # refused here as `run` refuses them
-    folder = secrets.relative(c.config.container.secrets, "container.secrets")
+    envfiles.load(envfiles.secrets_files(checkout, cfg.secrets))  # refused here as `run` refuses them
+    folder = secrets.relative(cfg.secrets, "container.secrets")
     has_secrets = secrets.located(checkout.path, folder, "container.secrets") is not None
-    ref = pick_image(c, checkout, image, profile)
-    engine = config.engine(c, proc)
-    gpu_args, picked = gpus.args(engine.kind, gpu_host(c), gpus.parse_request(gpu or c.config.container.gpu))
+    ref = pick_image(settings, checkout, image)
+    engine = settings.engine(proc)
+    gpu_args, picked = gpus.args(engine.kind, gpus.host(cfg.gpu_root), gpus.parse_request(gpu or cfg.gpu))
     where = checkout.path / ".devcontainer"
     target_file, script, backup = where / "devcontainer.json", where / dc.SCRIPT, where / "devcontainer.json.bak"
     for path in (where, target_file, script, backup):
@@ -50,7 +48,7 @@ def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry
             raise Failure(f"{target_file} is not plain JSON (comments?); fix or remove it, then re-run") from None
     if foreign:
         raise Failure(f"{script} exists and forkdev did not write it; move it away, then re-run")
-    hf = Path(os.path.expanduser(c.config.container.hf_cache))
+    hf = cfg.hf_cache
     mine = dc.ours(
         name=f"forkdev {profile.name}",
         image=ref,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .core import config, ui, validate
@@ -17,10 +16,12 @@ if TYPE_CHECKING:
 def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
     """What GPUs the host offers and a container sees; fails, naming the missing piece, when there is none."""
     from .core import container as ctr
+    from .core import gpu as gpus
     from .core import owners
 
     proc = runner(c, False, quiet)
-    found = host(c)
+    settings = config.load(c)
+    found = gpus.host(settings.container.gpu_root)
     result: dict[str, Any] = {
         "host": found.describe(),
         "driver": found.driver,
@@ -29,7 +30,7 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
         "container": None,
     }
     ui.info(f"host: {found.describe()}")
-    engine = config.engine(c, proc)
+    engine = settings.engine(proc)
     try:
         gpu_args, picked = _gpu_args(engine.kind, found, gpu)
     except Failure as exc:
@@ -40,7 +41,7 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
     if image:
         ref = validate.image_ref(image, "--image")
         probe = "nvidia-smi -L" if not found.wsl else "ls /dev/dxg && ls /usr/lib/wsl/lib/libcuda.so*"
-        own = owners.claim(config.cache_dir(c), engine, proc)
+        own = owners.claim(settings.cache_dir(), engine, proc)
         name, labels = own.container("gpu-check")
         argv = engine.cmd("run", "--rm", "--name", name, *[f"--label={k}={v}" for k, v in sorted(labels.items())])
         argv += ["--network", "none", *gpu_args, "--entrypoint", "/bin/sh", "--", ref, "-c", probe]
@@ -55,12 +56,6 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
     if json:
         ui.emit_json({**result, "ok": True})
     (ui.ok if json else ui.result)(f"GPU available: {picked}")
-
-
-def host(c) -> gpus.Host:
-    from .core import gpu as gpus
-
-    return gpus.host(Path(c.config.container.gpu_root))
 
 
 def _gpu_args(kind: str, found: gpus.Host, request: str) -> tuple[list[str], str]:

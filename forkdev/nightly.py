@@ -83,23 +83,21 @@ def build(
     run = runner(c, dry_run, quiet)
     if not run.dry_run:
         sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
-    cfg = c.config.nightly
-    profile = config.of(c, target)
-    url = config.upstream(c, profile, upstream)
-    repository = config.nightly_repository(c, profile)
-    pushing = toggle("push", push, no_push, cfg.push)
-    prebuilt = toggle("precompiled", precompiled, no_precompiled, cfg.precompiled)
+    settings = config.load(c, target, upstream)
+    profile, url, repository = settings.target, settings.upstream, settings.nightly_repository
+    pushing = toggle("push", push, no_push, c.config.nightly.push)
+    prebuilt = toggle("precompiled", precompiled, no_precompiled, settings.native.precompiled)
     if pushing and not validate.registry_host(repository):
         raise Failure(
             f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME "
             "(docker.io/you/name for Docker Hub)"
         )
-    cache = config.cache_dir(c, create=not run.dry_run)
-    shaping, parallel = native.build_args(profile, cfg.build_args, cfg.cuda_arch, prebuilt)
+    cache = settings.cache_dir(create=not run.dry_run)
+    shaping, parallel = native.build_args(profile, settings.native.build_args, settings.native.cuda_arch, prebuilt)
     order = Order(
         profile=profile,
         url=url,
-        ref=ref or c.config.upstream.branch,
+        ref=ref or settings.branch,
         commit=commit,
         repository=repository,
         full=full,
@@ -108,11 +106,11 @@ def build(
         cache=cache,
         shaping=shaping,
         parallel=parallel,
-        policy=config.registry_policy(c),
-        secret_paths=config.secret_paths(c),
-        secret_values=tuple(config.secret_values(c)),
+        policy=settings.registry,
+        secret_paths=settings.secret_paths,
+        secret_values=settings.secret_values,
     )
-    log = config.nightly_log(c, profile.name)
+    log = settings.nightly_log
     started = time.time()
     outcome: dict[str, Any] = {"ok": False, "started": _iso(started)}
     # A dry run writes nothing (no log, no lock file, no state) and may run beside a real one.
@@ -123,7 +121,7 @@ def build(
     )
     with ui.log_to(None if run.dry_run else log), locked:
         try:
-            result = _nightly(config.engine(c, run), run, order)
+            result = _nightly(settings.engine(run), run, order)
             outcome.update(ok=True, message=result["summary"], commit=result["commit"])
         except Failure as exc:
             outcome["message"] = str(exc)
@@ -426,16 +424,16 @@ def _iso(epoch: float) -> str:
 def prune(c, keep=None, push=False, target=None, dry_run=False, json=False, quiet=False):
     """Remove the oldest nightly-<sha> tags (by creation time, never by name); `nightly` itself stays."""
     run = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
-    repository = config.nightly_repository(c, profile)
+    settings = config.load(c, target)
+    profile, repository = settings.target, settings.nightly_repository
     try:
         count = int(keep if keep is not None else c.config.nightly.keep)
     except (TypeError, ValueError):
         raise Failure(f"--keep '{keep}' is not a number; pass how many nightly tags to keep") from None
     if count < 1:
         raise Failure(f"--keep {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
-    engine = config.engine(c, run)
-    recorded = _recorded(store.nightly(config.cache_dir(c, create=False), profile.name), strict=True)
+    engine = settings.engine(run)
+    recorded = _recorded(store.nightly(settings.cache, profile.name), strict=True)
     last_full = recorded.get("last_full") or {}
     keep_too = {f"nightly-{last_full['commit']}"} if last_full.get("commit") else set()
     removed, stayed = _prune_local(engine, run, repository, count, keep_too)
@@ -445,7 +443,7 @@ def prune(c, keep=None, push=False, target=None, dry_run=False, json=False, quie
         host = validate.registry_host(repository)
         if not host:
             raise Failure(f"--push: nightly.repository '{repository}' names no registry; set it to REGISTRY/NAME")
-        registry = Registry(host, config.registry_policy(c), run)
+        registry = Registry(host, settings.registry, run)
         remote, stayed_remote = _prune_registry(registry, Ref.parse(repository + ":x"), count, keep_too)
     for item in [*stayed, *stayed_remote]:
         ui.warn(f"kept {item['ref']}: {item['reason']}")

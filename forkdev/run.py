@@ -16,7 +16,7 @@ import socket
 import sys
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from .core import base as bases
 from .core import cache as store
@@ -46,10 +46,10 @@ def last_dev_image(cache: Path, repo: Repo) -> str | None:
     return store.read_json(store.dev_record(cache, repo.path)).get("image")
 
 
-def pick_image(c: Any, repo: Repo, image: str | None, target: config.Target) -> str:
+def pick_image(settings: config.Settings, repo: Repo, image: str | None) -> str:
     if image:
         return validate.image_ref(image, "--image")
-    return last_dev_image(config.cache_dir(c), repo) or f"{config.nightly_repository(c, target)}:nightly"
+    return last_dev_image(settings.cache_dir(), repo) or f"{settings.nightly_repository}:nightly"
 
 
 def check_ports(ports: list[int]) -> None:
@@ -76,9 +76,9 @@ def parse_ports(values: list[str] | None) -> list[int]:
 
 def prepare(
     c,
+    settings: config.Settings,
     run: Runner,
     repo: Repo,
-    target: config.Target,
     image: str | None,
     gpu: str | None,
     env: list[str] | None,
@@ -99,17 +99,17 @@ def prepare(
     from .core import envfiles, owners
     from .core import gpu as gpus
 
-    cfg = c.config.container
-    image_ref = pick_image(c, repo, image, target)
+    cfg, target = settings.container, settings.target
+    image_ref = pick_image(settings, repo, image)
     gpu_request = gpu or cfg.gpu
     ports = list(ports or [])
     variables = envfiles.load(envfiles.secrets_files(repo, cfg.secrets))
-    configured = [f"{k}={v}" for k, v in dict(cfg.env or {}).items()]
+    configured = [f"{k}={v}" for k, v in cfg.env.items()]
     variables += envfiles.explicit(configured, "config container.env") + envfiles.explicit(list(env or []))
     check_ports(ports)
-    engine = config.engine(c, run)
+    engine = settings.engine(run)
     network = validate.network(cfg.network or engine.network, "container.network" if cfg.network else "engine.network")
-    cache = config.cache_dir(c)
+    cache = settings.cache_dir()
     owners.sweep(engine, run, cache)
     info = engine.inspect_image(run, image_ref)
     if info is None:
@@ -117,11 +117,11 @@ def prepare(
     full_command = ctr.command_of(info, list(command or []))
     if not full_command:
         raise Failure(f"image '{image_ref}' has no entrypoint or command; pass one after --")
-    found = gpus.host(Path(cfg.gpu_root))
+    found = gpus.host(cfg.gpu_root)
     gpu_args, picked = gpus.args(engine.kind, found, gpus.parse_request(gpu_request))
     ui.info(f"GPU: {picked}")
     mounts = []
-    hf = Path(os.path.expanduser(cfg.hf_cache))
+    hf = cfg.hf_cache
     if hf.is_dir():
         mounts.append((str(hf.resolve()), ctr.HF_IN, "rw"))
         variables.append(envfiles.Var("HF_HOME", ctr.HF_IN, "the Hugging Face cache"))
@@ -194,10 +194,9 @@ def run(
 ):
     """Run the image (its own command, or the one after --) with secrets, GPU, ports and the checkout."""
     proc = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
+    settings = config.load(c, target)
+    checkout = Repo.open(validate.plain(repo or settings.container.repo, "--repo"), proc)
     command = remainder(c)
-    hidden = config.secret_paths(c)  # what --sync never copies in; checked before anything starts
     if restart is not None:
         validate.plain(restart, "--restart")
         if not sync:
@@ -206,9 +205,9 @@ def run(
         raise Failure("--keep keeps a live-synced container running after you leave; use it with --sync")
     engine, spec, own = prepare(
         c,
+        settings,
         proc,
         checkout,
-        profile,
         image,
         gpu,
         env,
@@ -225,7 +224,7 @@ def run(
     if not sync:
         _attached(proc, engine, spec, own)
         return
-    code = _live(c, proc, engine, spec, own, checkout, profile, restart, keep, hidden)
+    code = _live(settings, proc, engine, spec, own, checkout, restart, keep)
     if code:
         raise SystemExit(code)  # the server's own exit code, as it is
 
@@ -243,7 +242,14 @@ def _attached(proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim) -
 
 
 def _live(
-    c, proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim, repo: Repo, target, restart, keep, hidden
+    settings: config.Settings,
+    proc: Runner,
+    engine: Engine,
+    spec: ctr.Spec,
+    own: owners.Claim,
+    repo: Repo,
+    restart,
+    keep,
 ):
     """Start the container, sync until it ends or the user leaves; returns its exit code when it ended."""
     from .core import container as ctr
@@ -260,9 +266,10 @@ def _live(
             if proc.dry_run:
                 return None
             info = engine.inspect_image(proc, spec.image) or {}
-            where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, config.cache_dir(c)).location
+            target = settings.target
+            where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, settings.cache_dir()).location
             livesync.follow_logs(engine, proc, spec.name, stop)
-            mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden)
+            mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, settings.secret_paths)
             livesync.follow(mirror, iter([pending]))
             ui.info(f"syncing {repo.path} into {spec.name}; Ctrl-C to leave" + (" (it keeps running)" if keep else ""))
             livesync.follow(mirror, batches)
@@ -291,12 +298,12 @@ def _exit_code(proc: Runner, engine: Engine, name: str) -> int | None:
 def shell(c, image=None, repo=None, gpu=None, env=None, command=None, target=None, dry_run=False, quiet=False):
     """An interactive shell in the image (bash if it has one), with the same secrets and GPU as run."""
     proc = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
-    checkout = Repo.open(validate.plain(repo or c.config.container.repo, "--repo"), proc)
+    settings = config.load(c, target)
+    checkout = Repo.open(validate.plain(repo or settings.container.repo, "--repo"), proc)
     script = command if command is not None else "if command -v bash >/dev/null; then exec bash; fi; exec sh"
     interactive = command is None and _tty()
     engine, spec, own = prepare(
-        c, proc, checkout, profile, image, gpu, env, purpose="shell", mount_source=True, interactive=interactive
+        c, settings, proc, checkout, image, gpu, env, purpose="shell", mount_source=True, interactive=interactive
     )
     _attached(proc, engine, _replace_command(spec, ["/bin/sh", "-c", script]), own)
 

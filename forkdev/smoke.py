@@ -63,7 +63,8 @@ def smoke(
     run = runner(c, dry_run, quiet)
     cfg = c.config.smoke
     wheels = _wheels(wheel, c.config.wheel.out)
-    profile = config.of(c, target) if target else None
+    settings = config.load(c, target)
+    profile = settings.target if target else None
     if commit is not None:
         validate.git_ref(commit, "--commit")
     chosen = str(installer or cfg.installer)
@@ -72,22 +73,22 @@ def smoke(
     online = toggle("index", index, no_index, not cfg.no_index)
     if image and index:
         raise Failure("--index with --image: the smoke container has no network; drop --index, or smoke on the host")
-    engine = config.engine(c, run) if image else None
+    engine = settings.engine(run) if image else None
     if image:
         validate.image_ref(image, "IMAGE")
         if engine.inspect_image(run, image) is None:
             raise Failure(f"no image '{image}' here; build or pull it first (the wheel image: 'invoke wheel.image')")
-        owners.sweep(engine, run, config.cache_dir(c))  # what a smoke killed with -9 left running
+        owners.sweep(engine, run, settings.cache_dir())  # what a smoke killed with -9 left running
     results = []
     for path in wheels:
         expected = _vouched(path, commit)
         argv_extra = _probe_args(profile, expected, not online or bool(image))
-        log = store.log(config.cache_dir(c), "smoke", path.name)
+        log = store.log(settings.cache_dir(), "smoke", path.name)
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"
             report.mkdir()
             if image:
-                own = owners.claim(config.cache_dir(c), engine, run)  # a later smoke removes it once we are gone
+                own = owners.claim(settings.cache_dir(), engine, run)  # a later smoke removes it once we are gone
                 name, labels = own.container("wheel-smoke")
                 report.chmod(0o777)  # the image's own user writes the report
                 argv = _in_image(engine, image, path, report, argv_extra, name, labels)

@@ -158,7 +158,7 @@ def verify(c, image, commit=None, repo=None, all=False, json=False, quiet=False)
     targets = from_results(validate.plain(image, "IMAGE")) if all else [(validate.image_ref(image, "IMAGE"), commit)]
     if not targets:
         raise Failure(f"'{image}' lists no built image; nothing to verify")
-    engine = config.engine(c, run)
+    engine = config.load(c).engine(run)
     results = [check(engine, run, ref, want, checkout) for ref, want in targets]
     if json:
         ui.emit_json(results[0] if not all else {"images": results, "ok": all_ok(results)})

@@ -411,6 +411,16 @@ class Container:
 
 
 @dataclass(frozen=True)
+class Native:
+    """How a full build compiles the native part (config `nightly:`): nightly, batch and build share it, so the
+    same commit gets the same native state whichever task built it."""
+
+    cuda_arch: str
+    precompiled: bool
+    build_args: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a task runs with: config and the shared flags, resolved and validated once (`load`)."""
 
@@ -424,6 +434,7 @@ class Settings:
     secret_paths: secrets.Paths  # what no image, wheel or sync ever carries
     secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
     container: Container
+    native: Native
     engine_name: str
     engine_network: str
     engine_client: str
@@ -465,6 +476,11 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             secrets=cfg.secrets,
             env=dict(cfg.env or {}),
             hf_cache=Path(os.path.expanduser(cfg.hf_cache)),
+        ),
+        native=Native(
+            cuda_arch=str(c.config.nightly.cuda_arch or ""),
+            precompiled=bool(c.config.nightly.precompiled),
+            build_args=dict(c.config.nightly.build_args or {}),
         ),
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,
