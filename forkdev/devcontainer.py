@@ -9,7 +9,7 @@ from .core import config, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.tasking import runner, task
-from .run import SHARED, parse_ports, pick_image
+from .run import SHARED
 
 
 @task(iterable=["port"], help={**{k: v for k, v in SHARED.items() if k != "env"}, "port": "a port to forward"})
@@ -20,6 +20,7 @@ def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry
     from .core import envfiles, secrets
     from .core import gpu as gpus
     from .core.fsutil import os_errors, replace_files
+    from .core.launch import parse_ports, pick_image
 
     proc = runner(c, dry_run, quiet)
     settings = config.load(c, target)
