@@ -31,7 +31,7 @@ from .core.proc import Runner
 from .core.registry import Policy, Ref, Registry
 from .core.scratch import sweep
 from .core.secrets import public_url
-from .core.ship import Request, ship
+from .core.ship import Request, publish, ship
 from .core.tasking import runner, task, toggle
 
 
@@ -403,11 +403,8 @@ def _publish(
         engine.tag(run, tag, latest)
     there = move and pushed_at != tag.rpartition(":nightly-")[2]
     refs = [*([tag] if push_tag else []), *([latest] if there else [])]
-    if registry is not None and refs:
-        registry.check()
-        for ref in refs:
-            with ui.step(f"push {ref}"):
-                engine.push(run, ref, timeout=registry.policy.timeout)
+    if registry is not None:
+        publish(engine, run, registry, refs)
 
 
 def _iso(epoch: float) -> str:

@@ -20,7 +20,7 @@ from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
 from .registry import Ref, Registry
-from .ship import Request, ship
+from .ship import Request, publish, ship
 
 
 @dataclass
@@ -251,8 +251,7 @@ def build_item(job: Job, item: Item, native_tag: str) -> None:
             )
             item.status = "reused" if result["reused"] else "built"
             if job.push and job.registry is not None:
-                job.registry.check()
-                job.engine.push(job.run, item.image, timeout=job.policy.timeout)
+                publish(job.engine, job.run, job.registry, [item.image])
     except (Failure, OSError) as exc:
         item.status, item.error = "failed", str(exc)
     finally:

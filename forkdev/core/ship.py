@@ -165,9 +165,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         engine.tag(run, primary, extra)
     pushed = pushed_refs(req, primary) if req.push else []
     for ref in pushed:
-        with ui.step(f"push {ref}"):
-            Registry(Ref.parse(ref).host, req.registry, run).check()
-            engine.push(run, ref, timeout=req.registry.timeout)
+        publish(engine, run, Registry(Ref.parse(ref).host, req.registry, run), [ref])
     return {
         "image": primary,
         "tags": [primary, *req.tags],
@@ -200,3 +198,14 @@ def thin_labels(plan: thin.Plan, base: bases.Base, source: str | None, key: str)
     if source:
         labels[L.SOURCE] = secrets.public_url(source) or source
     return labels
+
+
+def publish(engine: Engine, run: Runner, registry: Registry, refs: list[str]) -> None:
+    """The one publish step: the registry is asked first whether it lets us in (a 401 or a registry that is not
+    there is one line before any upload), then each ref is pushed within the registry policy's time."""
+    if not refs:
+        return
+    registry.check()
+    for ref in refs:
+        with ui.step(f"push {ref}"):
+            engine.push(run, ref, timeout=registry.policy.timeout)
