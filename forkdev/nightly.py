@@ -19,6 +19,7 @@ from typing import Any
 
 from invoke import Collection
 
+from .core import base as bases
 from .core import cache as store
 from .core import config, native, secrets, ui, validate
 from .core import labels as L
@@ -196,7 +197,13 @@ def _nightly(engine: Engine, run: Runner, order: Order) -> dict[str, Any]:
     recorded = _recorded(store.nightly(cache, profile.name))
     last_full = recorded.get("last_full") or {}
     full_image = f"{repository}:nightly-{last_full.get('commit', '')}"
-    why = _why_full(engine, run, repo, profile, order.full, native_state, last_full, full_image, sha)
+    why = (
+        "--full"
+        if order.full
+        else "no full nightly yet"
+        if not last_full
+        else bases.why_compile(engine, run, repo, full_image, native_state, sha, url, profile)
+    )
     kind = "full" if why else "thin"
     version = fullbuild.version_of(repo, sha)
     labels = {L.REVISION: sha, L.VERSION: version, L.NATIVE_HASH: native_state, L.BUILD: kind}
@@ -362,27 +369,6 @@ def _recorded(path: Path, strict: bool = False) -> dict[str, Any]:
 
 
 ENTRY_TEXT = ("native_hash", "image_id", "version", "at")
-
-
-def _why_full(engine, run, repo, profile, full, native_state, last_full, full_image, sha) -> str:
-    """Why this nightly must compile, or "" when a thin layer on the last full nightly will do."""
-    from .core import native
-
-    if full:
-        return "--full"
-    if not last_full:
-        return "no full nightly yet"
-    if last_full.get("native_hash") != native_state:
-        changed = (
-            native.native_paths_changed(repo, last_full["commit"], sha, profile)
-            if repo.has_commit(last_full["commit"])
-            else []
-        )
-        listed = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
-        return f"native state changed since {last_full['commit'][:12]}" + (f" ({listed})" if listed else "")
-    if engine.inspect_image(run, full_image) is None:
-        return f"the last full nightly {full_image} is not here any more"
-    return ""
 
 
 def _publish(

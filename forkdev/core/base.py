@@ -109,6 +109,30 @@ def revision_of(image: dict[str, Any]) -> str | None:
     return None
 
 
+def why_compile(
+    engine: Engine, run: Runner, repo: Repo, image: str, state: str, commit: str, upstream: str, target: Target
+) -> str:
+    """The one answer to "can the compile in `image` be reused for `commit`, of native state `state`": "" when
+    it can (the image is here, of that native hash, built from a commit `repo` has, which a thin layer is a diff
+    from), else why not, as a phrase naming what changed. nightly and batch both ask it."""
+    from .native import native_paths_changed
+
+    existing = engine.inspect_image(run, image)
+    if existing is None:
+        return f"{image} is not here"
+    built_from = revision_of(existing) or ""
+    known = bool(built_from) and repo.has_commit(built_from)
+    if Engine.labels(existing).get(L.NATIVE_HASH) != state:
+        changed = native_paths_changed(repo, built_from, commit, target) if known else []
+        listed = ", ".join(changed[:5]) + (" ..." if len(changed) > 5 else "")
+        return f"native state changed since {built_from[:12] or image}" + (f" ({listed})" if listed else "")
+    if not built_from:
+        return f"{image} has no revision label"
+    if not known:
+        return f"{image} was built from {built_from[:12]}, which {upstream} lacks"
+    return ""
+
+
 def image_config(image: dict[str, Any]) -> dict[str, Any]:
     raw = image.get("Config") or {}
     return {k: raw[k] for k in CONFIG_FIELDS if k in raw}

@@ -182,7 +182,9 @@ def build_group(job: Job, group: Group, report) -> None:
     native_tag = f"{job.repository}:native-{group.state[:12]}"
     full = group.full
     try:
-        why = _why_full(job, native_tag, group.state)
+        why = bases.why_compile(
+            job.engine, job.run, job.repo, native_tag, group.state, full.commit, job.upstream, job.target
+        )
         if why:
             ui.info(f"full build of {full.commit[:12]}: {why}")
             with ui.log_to(job.logs / f"{full.commit}.log", console=False):
@@ -206,22 +208,6 @@ def build_group(job: Job, group: Group, report) -> None:
     for item in group.items:
         build_item(job, item, native_tag)
         report(item)
-
-
-def _why_full(job: Job, native_tag: str, state: str) -> str:
-    """Why the native state must be compiled, or "" when its image from an earlier run serves: the same native
-    hash, built from a commit this upstream has (its thin layers are diffs from that commit)."""
-    existing = job.engine.inspect_image(job.run, native_tag)
-    if existing is None:
-        return "no image of its native state yet"
-    if Engine.labels(existing).get(L.NATIVE_HASH) != state:
-        return f"{native_tag} is of another native state"
-    built_from = bases.revision_of(existing)
-    if not built_from:
-        return f"{native_tag} has no revision label"
-    if not job.repo.has_commit(built_from):
-        return f"{native_tag} was built from {built_from[:12]}, which {job.upstream} lacks"
-    return ""
 
 
 def build_item(job: Job, item: Item, native_tag: str) -> None:
