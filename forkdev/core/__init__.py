@@ -14,9 +14,10 @@ Running things
 
 Images
     thin        the plan of a thin image: changed files, deletions, stale bytecode, new directories
-    base        which base, its commit, where the package lives in it (asked once per image id)
+    base        which base, its commit, where the package lives in it (asked once per image id), and whether
+                an image's compile can be reused for a commit (why_compile)
     image       the writer: layer tar, config, one archive loaded by the engine; the builder as fallback
-    ship        plan -> write -> tag/push, from values
+    ship        plan -> write -> tag, and the one publish step (registry asked first, then each push)
     fullbuild   a full build of an exported commit with its own Dockerfile
     native      the native state of a commit (what a compile depends on)
     fixes       the registry of build-context fixes
@@ -33,7 +34,9 @@ Wheels
     assets      docker/ (the image's Dockerfile, entrypoint, smoke probe) in a checkout or the installed package
 
 Containers
-    container   the run argv and the prologue that reads secrets and applies overlays
+    container   a container's one lifecycle (running: removed on every path), its bind mounts (SELinux
+                relabel), the run argv and the prologue that reads secrets and applies overlays
+    launch      what run and shell need before a container starts, from the Settings and one Ask
     envfiles    secrets files and explicit variables
     secrets     the secret paths nothing ships, the secret values a layer is scanned for
     devcontainer  our entries merged into a devcontainer.json; secrets through a profile script, never inspect
@@ -52,7 +55,8 @@ The demo
     tour        invoke demo's steps: each the real task in a child process, its result checked, the table
 
 Values and files
-    config      target profiles and every default; how tasks read them (the upstream, the engine, the cache)
+    config      target profiles, every default, and load(): the Settings value a task runs with, resolved and
+                validated once (target, upstream, cache, engine, registry, image naming, secrets, container)
     tasking     the task decorator, shared flags, --X/--no-X, the words after --
     validate    values before they reach a command line
     dataset     batch datasets and blacklists
