@@ -9,9 +9,11 @@ import hashlib
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 
@@ -126,6 +128,77 @@ class TestInTheImage:
         )
         subprocess.run(["sha256sum", "--check", "--strict", "SHA256SUMS"], cwd=out, check=True, capture_output=True)
 
+    def test_a_build_stopped_by_sigterm_or_killed_leaves_no_container_and_nothing_in_out(
+        self, wheel, engine, wheel_image, cache_dir, tmp_path, out
+    ):
+        """The build container lives in the one lifecycle (core/container.running): SIGTERM removes it as Ctrl-C
+        does; after a kill -9, which no process survives to clean up, the next wheel run sweeps it by its owner."""
+        slow = tmp_path / "slow"
+        support.make_cmake_package(slow)
+        with (slow / "CMakeLists.txt").open("a") as fh:
+            fh.write("execute_process(COMMAND sleep 600)\n")  # configure waits: the container is mid-build
+        support.git(slow, "commit", "-qam", "a configure step that takes its time")
+        env = {
+            **os.environ,
+            **MLC,
+            **support.wheel_env(engine),
+            "INVOKE_CACHE_DIR": str(cache_dir),
+            "INVOKE_ENGINE_NAME": engine.kind,
+            "INVOKE_WHEEL_CCACHE": str(tmp_path / "ccache"),
+        }
+
+        def ours(pid: int) -> list[str]:
+            res = subprocess.run(
+                [engine.exe, "ps", "-a", "--format", "{{.Names}}", "--filter", "label=dev.forkdev.run=wheel"],
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            return [n for n in res.stdout.split() if n.startswith(f"forkdev-wheel-{pid}-")]
+
+        def start() -> subprocess.Popen:
+            argv = support.invoke_argv("wheel", str(slow), "--out", str(out))
+            return subprocess.Popen(
+                argv,
+                env=env,
+                cwd=support.ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+
+        def running(proc: subprocess.Popen) -> list[str]:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline and proc.poll() is None:
+                found = ours(proc.pid)
+                if found:
+                    return found
+                time.sleep(0.2)
+            raise AssertionError(f"no build container of {proc.pid} came up: {proc.communicate()[1][-2000:]}")
+
+        before = listing(out)
+        build = start()
+        (name,) = running(build)
+        time.sleep(1)  # the client is attached to it
+        build.send_signal(signal.SIGTERM)
+        _, err = build.communicate(timeout=120)
+        assert build.returncode != 0 and ours(build.pid) == [], err
+        assert f"rm --force -- {name}" in err and "Traceback" not in err
+        assert listing(out) == before
+
+        killed = start()
+        (orphan,) = running(killed)
+        killed.kill()
+        killed.communicate(timeout=60)
+        assert ours(killed.pid) == [orphan], "a client killed with -9 leaves its build container running"
+        again = wheel(str(slow), "--out", str(out), "--dry-run")  # a dry run removes nothing
+        assert again.code == 0 and ours(killed.pid) == [orphan], again.err
+        support.git(slow, "revert", "--no-edit", "-q", "HEAD")
+        done = wheel(str(slow), "--out", str(out), "--json")
+        assert done.code == 0, done.err
+        assert f"removing {orphan}, left by a run that was killed" in done.err and ours(killed.pid) == []
+
     def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
         self, wheel, tool, engine, wheel_image, pkg, out, tmp_path, cache_dir
     ):
@@ -171,7 +244,7 @@ class TestInTheImage:
         args = (str(pkg), "--out", str(tmp_path / "never"), "--dry-run", "--json")
         found = wheel(*args, "--isolation", extra={"PIP_CERT": str(ca)})
         assert found.code == 0, found.err
-        assert found.json["ca_cert"] == str(ca) and f"{ca}:/etc/ssl/certs/ca-certificates.crt:ro" in found.err
+        assert found.json["ca_cert"] == str(ca) and f"source={ca},target=/etc/ssl/certs/ca-certificates.crt,readonly" in found.err
         assert found.err.count(f"CA bundle for the in-image pip: {ca} (from PIP_CERT)") == 1
         assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in found.err and "--network host" in found.err
         for extra in (("--isolation", "--no-ca-cert"), ()):
