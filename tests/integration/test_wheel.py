@@ -244,7 +244,10 @@ class TestInTheImage:
         args = (str(pkg), "--out", str(tmp_path / "never"), "--dry-run", "--json")
         found = wheel(*args, "--isolation", extra={"PIP_CERT": str(ca)})
         assert found.code == 0, found.err
-        assert found.json["ca_cert"] == str(ca) and f"source={ca},target=/etc/ssl/certs/ca-certificates.crt,readonly" in found.err
+        assert (
+            found.json["ca_cert"] == str(ca)
+            and f"source={ca},target=/etc/ssl/certs/ca-certificates.crt,readonly" in found.err
+        )
         assert found.err.count(f"CA bundle for the in-image pip: {ca} (from PIP_CERT)") == 1
         assert "PIP_CERT=/etc/ssl/certs/ca-certificates.crt" in found.err and "--network host" in found.err
         for extra in (("--isolation", "--no-ca-cert"), ()):
