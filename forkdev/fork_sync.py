@@ -71,10 +71,11 @@ def fork_sync(
     protected = [validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect]
     protected += [validate.plain(p, "--protect", pattern) for p in protect or []]
     checkout = validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout")
+    settings = config.load(c, None, upstream)
     request = Request(
         repo=checkout,
-        upstream=validate.source(upstream, "--upstream") if upstream else default_upstream(c, checkout, run),
-        branch=validate.git_ref(branch or c.config.upstream.branch, _named("--branch", branch, "upstream.branch")),
+        upstream=settings.upstream if upstream else default_upstream(settings, checkout, run),
+        branch=validate.git_ref(branch or settings.branch, _named("--branch", branch, "upstream.branch")),
         into=validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
         protect=tuple(protected),
         strategies=strategies,
@@ -110,13 +111,13 @@ def fork_sync(
         )
 
 
-def default_upstream(c, checkout: str, run: Runner) -> str:
+def default_upstream(settings: config.Settings, checkout: str, run: Runner) -> str:
     """The fork's remote `upstream.remote` when it has one, else upstream.url, else the target's upstream URL."""
-    remote = validate.plain(c.config.upstream.remote, "config upstream.remote", "name a remote of the fork")
+    remote = validate.plain(settings.remote, "config upstream.remote", "name a remote of the fork")
     has = run(["git", "-C", checkout, "config", "--get", f"remote.{remote}.url"], mutates=False, check=False)
     if has.ok:
         return remote
-    return config.upstream(c, config.of(c, None))
+    return settings.upstream
 
 
 def _named(flag: str, given: object, key: str = "") -> str:
