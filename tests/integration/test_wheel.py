@@ -194,7 +194,7 @@ class TestInTheImage:
         assert ours(killed.pid) == [orphan], "a client killed with -9 leaves its build container running"
         again = wheel(str(slow), "--out", str(out), "--dry-run")  # a dry run removes nothing
         assert again.code == 0 and ours(killed.pid) == [orphan], again.err
-        support.git(slow, "revert", "--no-edit", "-q", "HEAD")
+        support.git(slow, "revert", "--no-edit", "HEAD")
         done = wheel(str(slow), "--out", str(out), "--json")
         assert done.code == 0, done.err
         assert f"removing {orphan}, left by a run that was killed" in done.err and ours(killed.pid) == []
