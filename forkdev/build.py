@@ -50,11 +50,10 @@ def build(
     if commit is None:
         raise Failure(f"unknown commit '{sha}' in upstream {url} (just fetched); check the sha or pass --upstream")
     thin_image(
-        c,
+        settings,
         run,
         repo,
         commit,
-        target=target,
         source=url if "://" in url else None,
         base=base,
         tags=tag,

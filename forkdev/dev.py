@@ -26,12 +26,11 @@ HELP = {
 
 
 def thin_image(
-    c: Any,
+    settings: config.Settings,
     run: Runner,
     repo: Repo,
     ref: str | None,
     *,
-    target: str | None,
     source: str | None,
     base: str | None,
     tags: list[str] | None,
@@ -41,13 +40,12 @@ def thin_image(
     no_force: bool,
     json: bool,
 ) -> dict[str, Any]:
-    """What `invoke dev` and `invoke build` share once they know the repository state: flags over config, the
-    image, then the result: its reference on stdout (or one JSON object), logs on stderr."""
-    profile = config.of(c, target)
-    explicit = base or c.config.dev.base
+    """What `invoke dev` and `invoke build` share once they know the repository state: flags over the settings,
+    the image, then the result: its reference on stdout (or one JSON object), logs on stderr."""
+    profile, upstream = settings.target, settings.upstream
+    explicit = base or settings.dev.base
     if explicit:
         validate.image_ref(explicit, "--base")
-    upstream = config.upstream(c, profile)
     request = ship.Request(
         repo=repo,
         ref=ref,
@@ -56,24 +54,24 @@ def thin_image(
         upstream=upstream,
         bases=(explicit,) if explicit else (),
         explicit_base=bool(explicit),
-        repository=config.image_repository(c.config.dev.repository, profile, "dev.repository"),
+        repository=settings.dev.repository,
         tags=tuple(tags or ()),
-        push=toggle("push", push, no_push, c.config.dev.push),
-        force=toggle("force", force, no_force, c.config.dev.force),
-        cache=config.cache_dir(c, create=not run.dry_run),
-        registry=config.registry_policy(c),
+        push=toggle("push", push, no_push, settings.dev.push),
+        force=toggle("force", force, no_force, settings.dev.force),
+        cache=settings.cache_dir(create=not run.dry_run),
+        registry=settings.registry,
         epoch=config.epoch(),
-        secret_paths=config.secret_paths(c),
-        secret_values=tuple(config.secret_values(c)),
+        secret_paths=settings.secret_paths,
+        secret_values=settings.secret_values,
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
     last = store.dev_record(request.cache, repo.path)
     if explicit:
-        engine, found = config.engine(c, run), [explicit]
+        engine, found = settings.engine(run), [explicit]
     else:  # the default bases need git only: asked while the engine answers
-        nightly, branch = config.nightly_repository(c, profile), c.config.upstream.branch
+        nightly, branch = settings.nightly_repository, settings.branch
         engine, found = concurrently(
-            lambda: config.engine(c, run),
+            lambda: settings.engine(run),
             lambda: bases.candidates(profile, nightly, repo, ref, upstream, branch),
         )
     made = _made(store.read_json(last)) if ref is None else None
@@ -167,11 +165,10 @@ def dev(
             ui.result(f"{'native ' if p['native'] else 'shipped'} {p['path']}  ({p['rule'] or '-'}: {p['why']})")
         return
     thin_image(
-        c,
+        config.load(c, target),
         run,
         checkout,
         ref,
-        target=target,
         source=source_url(checkout),
         base=base,
         tags=tag,

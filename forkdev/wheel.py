@@ -14,6 +14,7 @@ import os
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,13 +53,28 @@ HELP = {
 }
 
 
-def image_settings(c: Any) -> tuple[str, dict[str, str]]:
+@dataclass(frozen=True)
+class Job:
+    """One wheel build, as every builder (the image, the host) is handed it."""
+
+    run: Runner
+    settings: config.Settings
+    repo: Repo
+    src: source.Source
+    stage_src: Path  # the scratch copy of the tree the build sees
+    stage_out: Path  # where the build writes the wheel
+    env: dict[str, str]
+    cmake_args: list[str]
+    log: Path
+    plan: dict[str, Any]  # what the result reports, filled in as the build goes
+
+
+def image_settings(cfg: config.Wheel) -> tuple[str, dict[str, str]]:
     """The build image's reference and build args, from config."""
     from .core import builder
 
-    cfg = c.config.wheel
     args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
-    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in dict(cfg.build_args).items()})
+    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in cfg.build_args.items()})
     ref = cfg.image or f"{builder.REPOSITORY}:{builder.recipe(args)}"
     return validate.image_ref(ref, "wheel.image"), args
 
@@ -86,8 +102,8 @@ def build(
     from .core import outdir, source
 
     run = runner(c, dry_run, quiet)
-    cfg = c.config.wheel
-    profile = config.of(c, target)
+    settings = config.load(c, target)
+    cfg, profile = settings.wheel, settings.target
     checkout = Repo.open(validate.plain(repo, "the checkout path", "pass the path of a checkout"), run)
     recipe_check(checkout.path, profile)
     out_dir = outdir.resolve(validate.plain(out or cfg.out, "--out"), checkout.path)
@@ -98,9 +114,9 @@ def build(
     # auditwheel repairs Linux wheels only: the image is Linux; a --native build on macOS or Windows is left as is.
     repaired = toggle("repair", repair, no_repair, cfg.repair) and (not on_host or sys.platform.startswith("linux"))
     ca = None if on_host else _image_ca(run, ca_cert, no_ca_cert, cfg.ca_cert, isolated)
-    src = source.describe(checkout, config.secret_paths(c))
+    src = source.describe(checkout, settings.secret_paths)
     ui.info(f"source: {src.commit[:12]}{' + uncommitted work' if src.dirty else ''} ({len(src.files)} files)")
-    env = _build_env(c, checkout, src, profile, isolated, cfg)
+    env = _build_env(checkout, src, profile, isolated, cfg)
     if repaired:
         env["FORKDEV_REPAIR"] = "1"
     if cmake_args:
@@ -108,7 +124,7 @@ def build(
         # what they read. Appended to what the build's environment already holds (wheel.env, or the host's own).
         before = env.get("CMAKE_ARGS", os.environ.get("CMAKE_ARGS", "") if on_host else "")
         env["CMAKE_ARGS"] = cmake_env(before, cmake_args)
-    log = store.log(config.cache_dir(c), "wheel", checkout.path.name)
+    log = store.log(settings.cache_dir(), "wheel", checkout.path.name)
     plan = {
         "path": str(checkout.path),
         "target": profile.name,
@@ -124,11 +140,9 @@ def build(
     }
     with scratch("wheel") as tmp:
         stage_src, stage_out = tmp / "src", tmp / "out"
+        job = Job(run, settings, checkout, src, stage_src, stage_out, env, cmake_args, log, plan)
         started = _now()
-        if on_host:
-            built_by = _native(c, run, stage_src, stage_out, env, cmake_args, log, checkout, src, plan)
-        else:
-            built_by = _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, checkout, src, plan)
+        built_by = _native(job) if on_host else _in_image(job, ca, isolated)
         if run.dry_run:
             ui.info(f"dry run: would write a wheel, its SBOM and provenance, and SHA256SUMS into {out_dir}")
             if json:
@@ -192,7 +206,7 @@ def _ca_cert(value: str | None) -> Path | None:
     return path
 
 
-def _build_env(c, repo: Repo, src: source.Source, profile, isolated: bool, cfg) -> dict[str, str]:
+def _build_env(repo: Repo, src: source.Source, profile, isolated: bool, cfg: config.Wheel) -> dict[str, str]:
     from .core.fullbuild import version_of
 
     env = {
@@ -200,44 +214,39 @@ def _build_env(c, repo: Repo, src: source.Source, profile, isolated: bool, cfg) 
         "FORKDEV_PYTHON_DIR": profile.wheel_python or ".",
         "CCACHE_MAXSIZE": str(cfg.ccache_size),
     }
-    if int(cfg.jobs or 0) > 0:
-        env["FORKDEV_JOBS"] = str(int(cfg.jobs))
+    if cfg.jobs > 0:
+        env["FORKDEV_JOBS"] = str(cfg.jobs)
     if isolated:
         env["FORKDEV_ISOLATION"] = "1"
     if profile.version_env:
         env[profile.version_env] = version_of(repo, src.commit)
-    for key, value in dict(cfg.env).items():
+    for key, value in cfg.env.items():
         env[validate.plain(str(key), "wheel.env name")] = validate.plain(str(value), f"wheel.env.{key}")
     return env
 
 
-def _ccache(c, kind: str) -> Path:
-    configured = c.config.wheel.ccache
-    base = Path(os.path.expanduser(configured)) if configured else store.ccache(config.cache_dir(c))
-    return base / kind  # the image's compiler and the host's never share entries: one cache each
-
-
-def _stage(run: Runner, repo: Repo, src: source.Source, stage_src: Path, stage_out: Path, plan: dict) -> None:
+def _stage(job: Job) -> None:
     """The scratch copy the build sees, and the hash of exactly those files (taken before the build writes)."""
     from .core import source
 
-    if run.dry_run:
+    if job.run.dry_run:
         return
-    source.export(repo, src, stage_src)
-    stage_out.mkdir()
-    plan["tree_sha256"] = src.tree_sha256(stage_src)
+    source.export(job.repo, job.src, job.stage_src)
+    job.stage_out.mkdir()
+    job.plan["tree_sha256"] = job.src.tree_sha256(job.stage_src)
 
 
-def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, repo, src, plan) -> dict:
+def _in_image(job: Job, ca: Path | None, isolated: bool) -> dict:
     from .core import builder, owners, source
     from .core import container as ctr
 
-    engine = config.engine(c, run)
-    ref, args = image_settings(c)
+    run, settings, stage_src, stage_out, env = job.run, job.settings, job.stage_src, job.stage_out, job.env
+    engine = settings.engine(run)
+    ref, args = image_settings(settings.wheel)
     image = builder.ensure(engine, run, ref, args)
-    cache = _ccache(c, "image")
+    cache = settings.wheel.ccache / "image"  # the image's compiler and the host's never share entries
     user = None
-    _stage(run, repo, src, stage_src, stage_out, plan)
+    _stage(job)
     if not run.dry_run:
         cache.mkdir(parents=True, exist_ok=True)
         owner = builder.numeric_user(image.user)
@@ -253,8 +262,8 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
     own = None
     name, labels = "forkdev-wheel", {}
     if not run.dry_run:  # a dry run leaves nothing in the cache
-        owners.sweep(engine, run, config.cache_dir(c))  # the build containers of a wheel run that was killed
-        own = owners.claim(config.cache_dir(c), engine, run)
+        owners.sweep(engine, run, settings.cache_dir())  # the build containers of a wheel run that was killed
+        own = owners.claim(settings.cache_dir(), engine, run)
         name, labels = own.container("wheel")
     argv = builder.run_argv(
         engine,
@@ -264,15 +273,15 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
         out=stage_out,
         ccache=cache,
         env=env,
-        cmake_args=cmake_args,
+        cmake_args=job.cmake_args,
         user=user,
         network=network,
         ca_cert=ca,
         labels=labels,
     )
-    plan.update(image=image.ref, image_built=image.built)
+    job.plan.update(image=image.ref, image_built=image.built)
     with ctr.running(run, engine, own, name):  # gone on every path: a failure, Ctrl-C, a timeout, SIGTERM
-        _run_build(run, argv, log, env=None)
+        _run_build(run, argv, job.log, env=None)
     return {
         "id": f"urn:forkdev:builder:{engine.kind}-image",
         "image": image.ref,
@@ -282,23 +291,23 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
     }
 
 
-def _native(c, run, stage_src, stage_out, env, cmake_args, log, repo, src, plan) -> dict:
+def _native(job: Job) -> dict:
     from .core import assets
 
-    python = c.config.wheel.python or sys.executable
-    cache = _ccache(c, "native")
-    _stage(run, repo, src, stage_src, stage_out, plan)
-    if not run.dry_run:
+    python = job.settings.wheel.python or sys.executable
+    cache = job.settings.wheel.ccache / "native"
+    _stage(job)
+    if not job.run.dry_run:
         cache.mkdir(parents=True, exist_ok=True)
     host_env = {
-        **env,
-        "FORKDEV_SRC": str(stage_src),
-        "FORKDEV_OUT": str(stage_out),
+        **job.env,
+        "FORKDEV_SRC": str(job.stage_src),
+        "FORKDEV_OUT": str(job.stage_out),
         "FORKDEV_PYTHON": python,
         "CCACHE_DIR": str(cache),
     }
-    plan.update(python=python)
-    _run_build(run, ["bash", str(assets.entrypoint()), "build", *cmake_args], log, env=host_env)
+    job.plan.update(python=python)
+    _run_build(job.run, ["bash", str(assets.entrypoint()), "build", *job.cmake_args], job.log, env=host_env)
     return {"id": "urn:forkdev:builder:native", "python": python, "platform": sys.platform}
 
 
@@ -430,8 +439,9 @@ def image(c, force=False, dry_run=False, json=False, quiet=False):
     from .core import builder
 
     run = runner(c, dry_run, quiet)
-    engine = config.engine(c, run)
-    ref, args = image_settings(c)
+    settings = config.load(c)
+    engine = settings.engine(run)
+    ref, args = image_settings(settings.wheel)
     built = builder.ensure(engine, run, ref, args, force=force)
     if json:
         ui.emit_json({"image": built.ref, "id": built.id, "built": built.built, "dry_run": run.dry_run})

@@ -411,6 +411,36 @@ class Container:
 
 
 @dataclass(frozen=True)
+class Dev:
+    """What `invoke dev` and `invoke build` make (config `dev:`)."""
+
+    base: str  # "" = the upstream image of the merge-base, else the nightly
+    repository: str  # where local-<sha12> tags go, {target} filled in and checked
+    push: bool
+    force: bool
+
+
+@dataclass(frozen=True)
+class Wheel:
+    """How `invoke wheel` builds (config `wheel:`); each value as configured, checked where a build uses it."""
+
+    out: str
+    native: bool
+    image: str  # "" = forkdev/wheel-builder:<hash of its recipe>
+    base: str
+    build_args: Mapping[str, Any]
+    cmake_args: tuple[str, ...]
+    env: Mapping[str, Any]
+    ccache: Path  # the compiler cache kept between builds
+    ccache_size: str
+    jobs: int
+    isolation: bool
+    repair: bool
+    ca_cert: str
+    python: str  # "" = the interpreter running forkdev
+
+
+@dataclass(frozen=True)
 class Native:
     """How a full build compiles the native part (config `nightly:`): nightly, batch and build share it, so the
     same commit gets the same native state whichever task built it."""
@@ -435,6 +465,8 @@ class Settings:
     secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
     container: Container
     native: Native
+    dev: Dev
+    wheel: Wheel
     engine_name: str
     engine_network: str
     engine_client: str
@@ -448,6 +480,36 @@ class Settings:
         if create:
             self.cache.mkdir(parents=True, exist_ok=True)
         return self.cache
+
+
+def _wheel(cfg: Any, cache: Path) -> Wheel:
+    for key in ("build_args", "env"):
+        if not isinstance(cfg[key] or {}, Mapping):
+            raise Failure(f"config wheel.{key} is not a mapping of NAME: value; fix it in invoke.yaml")
+    if not isinstance(cfg.cmake_args or [], (list, tuple)):
+        raise Failure("config wheel.cmake_args is not a list of -DNAME=VALUE options; fix it in invoke.yaml")
+    try:
+        jobs = int(cfg.jobs or 0)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config wheel.jobs '{cfg.jobs}' is not a number of compile jobs; fix it in invoke.yaml"
+        ) from None
+    return Wheel(
+        out=cfg.out,
+        native=bool(cfg.native),
+        image=str(cfg.image or ""),
+        base=cfg.base,
+        build_args=dict(cfg.build_args or {}),
+        cmake_args=tuple(cfg.cmake_args or ()),
+        env=dict(cfg.env or {}),
+        ccache=Path(os.path.expanduser(cfg.ccache)) if cfg.ccache else store.ccache(cache),
+        ccache_size=str(cfg.ccache_size),
+        jobs=jobs,
+        isolation=bool(cfg.isolation),
+        repair=bool(cfg.repair),
+        ca_cert=str(cfg.ca_cert or ""),
+        python=str(cfg.python or ""),
+    )
 
 
 def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
@@ -476,6 +538,13 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             secrets=cfg.secrets,
             env=dict(cfg.env or {}),
             hf_cache=Path(os.path.expanduser(cfg.hf_cache)),
+        ),
+        wheel=_wheel(c.config.wheel, cache),
+        dev=Dev(
+            base=str(c.config.dev.base or ""),
+            repository=image_repository(c.config.dev.repository, profile, "dev.repository"),
+            push=bool(c.config.dev.push),
+            force=bool(c.config.dev.force),
         ),
         native=Native(
             cuda_arch=str(c.config.nightly.cuda_arch or ""),

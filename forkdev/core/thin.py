@@ -131,9 +131,9 @@ def plan(
     ref: str | None,
     base: Base,
     target: Target,
-    epoch: int | None = None,
-    upstream: str = "",
-    hidden: secrets.Paths = secrets.DEFAULT,
+    epoch: int | None,
+    upstream: str,  # the one upstream (config.load): where the error says to fetch a missing base commit from
+    hidden: secrets.Paths,
 ) -> Plan:
     """The plan of `ref` (a commit), or of the working tree when ref is None. The working tree's reads (its
     commit, its diff from the base's commit, its untracked files, whether it differs from HEAD) run at once:
@@ -153,7 +153,7 @@ def plan(
                 raise
         raise Failure(
             f"the base's commit {base.revision[:12]} (image '{base.ref}') is not in {repo.path}; fetch it: "
-            f"git -C {repo.path} fetch {upstream or target.upstream} {base.revision}"
+            f"git -C {repo.path} fetch {upstream} {base.revision}"
         )
 
     if ref is not None:
