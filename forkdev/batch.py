@@ -69,9 +69,9 @@ def batch(
     from .core import bakefile
     from .core import dataset as datasets
     from .core.batching import Emit, Item, Job, ask_registry, build_group, describe, emit_plan, plan, resolve, table
-    from .core.fsutil import output_file, stdout_apart
     from .core.gitrepo import mirror
     from .core.native import build_args
+    from .core.paths import output_file, stdout_apart
     from .core.registry import Registry
     from .core.scratch import sweep
 

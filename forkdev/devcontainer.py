@@ -19,8 +19,8 @@ def devcontainer(c, image=None, repo=None, gpu=None, port=None, target=None, dry
     from .core import devcontainer as dc
     from .core import envfiles, secrets
     from .core import gpu as gpus
-    from .core.fsutil import os_errors, replace_files
     from .core.launch import parse_ports, pick_image
+    from .core.paths import os_errors, replace_files
 
     proc = runner(c, dry_run, quiet)
     settings = config.load(c, target)

@@ -20,12 +20,12 @@ from .core.errors import Failure
 from .core.gitrepo import Repo
 from .core.tasking import runner, setting, task
 
-# The machinery (core.overlaying, fsutil, lock) is imported when the task runs: see cli.py.
+# The machinery (core.overlaying, paths, overlaydir, lock) is imported when the task runs: see cli.py.
 
 
 def resolve_dest(c, repo: Repo, flag: str | None) -> Path:
-    """The overlay directory: --dest, else config overlay.dest, else one in the cache (fsutil.overlay_dir's rules)."""
-    from .core.fsutil import overlay_dir
+    """The overlay directory: --dest, else config overlay.dest, else one in the cache (overlay_dir's rules)."""
+    from .core.overlaydir import overlay_dir
 
     value = setting(flag, c.config.overlay.dest, "--dest", "overlay.dest", optional=True)
     return overlay_dir(
@@ -49,8 +49,9 @@ def resolve_dest(c, repo: Repo, flag: str | None) -> Path:
 def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=False):
     """Copy the overlay definitions' files, transformed, into the overlay directory (the checkout is only read)."""
     from .core import lock, ui
-    from .core.fsutil import checkout_path, os_errors, shown, write_tree
+    from .core.overlaydir import write_tree
     from .core.overlaying import build, parse
+    from .core.paths import checkout_path, os_errors, shown
 
     run = runner(c, dry_run, quiet)
     with os_errors("make the overlay"):

@@ -21,13 +21,14 @@ from .core.gitrepo import Repo
 from .core.proc import Runner
 from .core.tasking import runner, setting, task
 
-# The machinery (core.patching, fsutil) is imported when the task runs: see cli.py.
+# The machinery (core.patching, paths, overlaydir) is imported when the task runs: see cli.py.
 
 
 def resolve_into(c, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path, bool]:
     """(directory, overlay?) for --into: worktree (default), overlay, checkout, or a directory."""
     from .core import ui
-    from .core.fsutil import overlay_dir, shown
+    from .core.overlaydir import overlay_dir
+    from .core.paths import shown
 
     if into == "checkout":
         return repo.path, False
@@ -73,8 +74,9 @@ def resolve_into(c, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path
 def patches(c, repo=None, registry=None, into=None, check=False, reverse=False, dry_run=False, json=False, quiet=False):
     """Apply the fork's ordered .diff patches, all or nothing; any failure exits non-zero."""
     from .core import ui
-    from .core.fsutil import MARKER, checkout_path, os_errors, record, replace_files
+    from .core.overlaydir import MARKER, record
     from .core.patching import Stage, apply_all, load
+    from .core.paths import checkout_path, os_errors, replace_files
 
     run = runner(c, check or dry_run, quiet)  # --check is `git apply`'s word; --dry-run every task's
     with os_errors("apply the patches"):

@@ -60,7 +60,9 @@ Values and files
     tasking     the task decorator, shared flags, --X/--no-X, the words after --
     validate    values before they reach a command line
     dataset     batch datasets and blacklists
-    fsutil      paths that stay inside their directory; results written whole; an output is no input
+    paths       path safety: paths that stay inside their directory, no write through a link, results written
+                whole, an output is no input
+    overlaydir  the overlay directory: marked, replaced whole, only ever one the tool made
     lock        exclusive runs (flock + pid)
     scratch     temp directories a later run removes when their run was killed
     cache       every place under the cache directory, and the one atomic, fsynced writer of its files

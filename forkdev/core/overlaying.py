@@ -15,18 +15,8 @@ from pathlib import Path
 
 from . import secrets
 from .errors import Failure
-from .fsutil import (
-    MARKER,
-    Entry,
-    Symlink,
-    conflict,
-    link_stays_inside,
-    read,
-    relative,
-    shown,
-    walk,
-    within,
-)
+from .overlaydir import MARKER
+from .paths import Entry, Symlink, conflict, link_stays_inside, read, relative, shown, walk, within
 
 LINE = re.compile(
     r"^(?P<src>[^\s#]+)"

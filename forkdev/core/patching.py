@@ -13,19 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import Failure
-from .fsutil import (
-    Entry,
-    Symlink,
-    inside,
-    link_stays_inside,
-    put,
-    read,
-    relative,
-    shown,
-    under,
-    walk,
-    within,
-)
+from .paths import Entry, Symlink, inside, link_stays_inside, put, read, relative, shown, under, walk, within
 from .proc import Runner
 from .scratch import sweep
 

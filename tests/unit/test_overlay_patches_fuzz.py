@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from invoke import Config, Context
 
 from forkdev import overlay, patches
-from forkdev.core import config, fsutil, overlaying, patching
+from forkdev.core import config, overlaydir, overlaying, patching, paths
 from forkdev.core.errors import Failure
 
 SECRET = b"FORKDEV-FUZZ-SECRET: bytes of a file outside the repository\n"
@@ -208,7 +208,7 @@ SRC = mostly(
 )
 DEST = mostly(
     st.none() | st.sampled_from(["x", "a", "a/b", "inside", "v/w/x.py", "deep/er/link"]),
-    st.sampled_from([".", "..", "../x", "/abs", fsutil.MARKER, "vllm/config.py/x", "d/" * 40 + "f", "x/.."])
+    st.sampled_from([".", "..", "../x", "/abs", overlaydir.MARKER, "vllm/config.py/x", "d/" * 40 + "f", "x/.."])
     | TEXT.filter(lambda s: s.strip()),
 )
 ARG = mostly(
@@ -285,7 +285,7 @@ def test_any_definitions_parse_or_fail_in_one_line_naming_file_and_line(data):
         return
     for d in defs:
         assert d.where.startswith("defs.txt:")
-        assert fsutil.relative(d.src, "src") == d.src and fsutil.relative(d.dest, "dest") == d.dest
+        assert paths.relative(d.src, "src") == d.src and paths.relative(d.dest, "dest") == d.dest
         assert d.transform is None or d.transform in overlaying.TRANSFORMS
 
 
@@ -302,7 +302,7 @@ def test_any_registry_parses_or_fails_in_one_line_naming_it(world, data):
         return
     for p in found:
         assert p.name.isprintable() and isinstance(p.skip_in_overlay, bool)
-        assert all(fsutil.relative(path, "path") == path for path in p.paths)
+        assert all(paths.relative(path, "path") == path for path in p.paths)
 
 
 # ---- the tasks, whole ------------------------------------------------------------------------------------------
@@ -324,10 +324,10 @@ def test_the_overlay_task_on_any_definitions(world, ctx, data):
         assert not dest.exists()
     else:
         event(f"overlay written: {'with links' if any(e[0] == 'link' for e in tree(dest).values()) else 'files'}")
-        assert fsutil.marked(dest)
+        assert overlaydir.marked(dest)
         for rel, entry in tree(dest).items():
             if entry[0] == "link":
-                assert fsutil.within(os.path.realpath(dest / rel), dest), (rel, entry)
+                assert paths.within(os.path.realpath(dest / rel), dest), (rel, entry)
         no_secret_through(dest)
     assert tree(world, skip=("runs", "cache", "tmp")) == around, "nothing outside the destination changed"
     assert sorted(p.name for p in run.iterdir()) in (["defs.txt"], ["defs.txt", "ov"]), "no staging is left"
@@ -368,7 +368,7 @@ def test_the_patches_task_on_any_registry(world, ctx, data, diff, reverse):
         if entry[0] == "file":
             assert SECRET not in entry[1], rel
         if entry[0] == "link" and before.get(rel) != entry:
-            assert fsutil.within(os.path.realpath(target / rel), target), (rel, entry)
+            assert paths.within(os.path.realpath(target / rel), target), (rel, entry)
     assert tree(world, skip=("runs", "cache")) == around, "nothing outside the target changed"
     assert tree(run / "reg") == registry_files
     assert os.listdir(world / "tmp") == [], "no forkdev-patches-* directory is left"

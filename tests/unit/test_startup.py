@@ -15,11 +15,13 @@ MACHINERY = [
     "forkdev.core.fixes",
     "forkdev.core.overlaying",  # overlay
     "forkdev.core.patching",  # patches
-    "forkdev.core.fsutil",
+    "forkdev.core.paths",
+    "forkdev.core.overlaydir",
     "forkdev.core.sync",  # fork-sync
     "forkdev.core.carry",
     "forkdev.core.journal",
     "forkdev.core.container",  # run, shell, devcontainer
+    "forkdev.core.launch",
     "forkdev.core.gpu",
     "forkdev.core.envfiles",
     "forkdev.core.livesync",

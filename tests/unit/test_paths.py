@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from forkdev.core import fsutil
+from forkdev.core import overlaydir, paths
 from forkdev.core.errors import Failure
 from forkdev.core.tasking import setting
 
@@ -18,7 +18,7 @@ from forkdev.core.tasking import setting
     [("vllm/config.py", "vllm/config.py"), ("a/./b/", "a/b"), ("a/../b", "b"), (".", "."), ("x/..", ".")],
 )
 def test_a_relative_path_is_normalised(value, normalised):
-    assert fsutil.relative(value, "src") == normalised
+    assert paths.relative(value, "src") == normalised
 
 
 @pytest.mark.parametrize(
@@ -39,7 +39,7 @@ def test_a_relative_path_is_normalised(value, normalised):
 )
 def test_a_path_that_is_not_relative_or_leaves_its_root_is_one_line(value, words):
     with pytest.raises(Failure, match=words) as exc:
-        fsutil.relative(value, "src")
+        paths.relative(value, "src")
     assert "\n" not in str(exc.value) and "\0" not in str(exc.value)
 
 
@@ -58,13 +58,13 @@ def test_a_path_that_is_not_relative_or_leaves_its_root_is_one_line(value, words
     ],
 )
 def test_where_a_symlink_may_point_from_its_place_in_a_tree(at, target, stays):
-    assert fsutil.link_stays_inside(at, target) is stays
+    assert paths.link_stays_inside(at, target) is stays
 
 
 def test_a_path_cannot_be_a_file_and_a_directory():
-    assert fsutil.conflict(["a", "b/c"]) is None
-    assert fsutil.conflict(["a", "a/b"]) == ("a", "a/b")
-    assert fsutil.conflict(["x/y/z", "x/y"]) == ("x/y", "x/y/z")
+    assert paths.conflict(["a", "b/c"]) is None
+    assert paths.conflict(["a", "a/b"]) == ("a", "a/b")
+    assert paths.conflict(["x/y/z", "x/y"]) == ("x/y", "x/y/z")
 
 
 @pytest.fixture
@@ -76,13 +76,13 @@ def place(tmp_path) -> Path:
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "todo.txt").write_text("")
     (tmp_path / "file.txt").write_text("")
-    fsutil.write_tree(tmp_path / "ov", {"a.py": (b"A = 1\n", 0o644)})
+    overlaydir.write_tree(tmp_path / "ov", {"a.py": (b"A = 1\n", 0o644)})
     (tmp_path / "link").symlink_to(tmp_path / "ov")
     return tmp_path
 
 
 def rules(place: Path, value: str, must_exist: bool = False) -> Path:
-    return fsutil.overlay_dir(
+    return overlaydir.overlay_dir(
         value,
         "--dest",
         checkout=place / "work" / "fork",
@@ -135,9 +135,9 @@ def test_staging_of_a_dead_run_is_swept_and_a_live_ones_is_not(place):
     live = place / f".ov.new-{os.getpid()}-abc"
     empty = place / f".ov.old-{2**22 + 7}-def"
     for d in (dead, live):
-        fsutil.write_tree(d, {})  # marked, as a run makes them
+        overlaydir.write_tree(d, {})  # marked, as a run makes them
     empty.mkdir()
-    assert sorted(fsutil.sweep(place / "ov")) == sorted([dead, empty])
+    assert sorted(overlaydir.sweep(place / "ov")) == sorted([dead, empty])
     assert live.is_dir() and not dead.exists() and not empty.exists()
 
 
