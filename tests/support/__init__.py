@@ -26,8 +26,8 @@ from forkdev.core import sandbox
 from forkdev.core.engine import Engine
 from forkdev.core.proc import Runner
 
-ROOT = Path(__file__).resolve().parents[1]
-DATA = Path(__file__).parent / "data"  # copied from shared/data: facts about real vLLM commits
+ROOT = Path(__file__).resolve().parents[2]
+DATA = Path(__file__).resolve().parents[1] / "data"  # copied from shared/data: facts about real vLLM commits
 CACHE = Path(os.path.expanduser(os.environ.get("FORKDEV_TEST_CACHE", "~/.cache/forkdev-tests")))
 OS_IMAGE = "forkdev-test/debian:bookworm"
 SITE = sandbox.SITE
