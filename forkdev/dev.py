@@ -100,10 +100,10 @@ def _made(recorded: dict[str, Any]) -> tuple[str, ...]:
     return (*tags, last) if isinstance(last, str) and last not in tags else tuple(tags)
 
 
-def explanation(repo: Repo, profile: config.Target, against: str) -> dict[str, Any]:
-    """Each changed path of the working tree since `against`, native or shipped, and the profile rule that decided;
-    git only: no engine, no build."""
-    changes = with_untracked(repo.diff(against, None), repo.untracked())
+def explanation(repo: Repo, profile: config.Target, against: str, ref: str | None) -> dict[str, Any]:
+    """Each path `ref` (else the working tree) changed since `against`, native or shipped, and the profile rule
+    that decided; git only: no engine, no build."""
+    changes = repo.diff(against, ref) if ref is not None else with_untracked(repo.diff(against, None), repo.untracked())
     paths = []
     for change in changes:
         native, rule, why = profile.classify(change.path)
@@ -114,6 +114,16 @@ def explanation(repo: Repo, profile: config.Target, against: str) -> dict[str, A
         "against": against,
         "paths": paths,
     }
+
+
+def explain_base(repo: Repo, settings: config.Settings, ref: str | None) -> tuple[str, str]:
+    """The commit `invoke dev` diffs against, as git alone can tell it: the merge-base with the upstream's branch
+    (what the upstream's image and a nightly of that commit are built from), else HEAD; and how it was found."""
+    found = bases.merge_base(repo, ref, settings.upstream, settings.branch)
+    if found:
+        return found[0], f"the merge-base with {found[1]}"
+    head = repo.resolve(ref or "HEAD", "--ref")
+    return head, f"{ref or 'HEAD'}: no upstream branch here, so a base built from an older commit shows more"
 
 
 def source_url(repo: Repo) -> str | None:
@@ -128,7 +138,8 @@ def source_url(repo: Repo) -> str | None:
     help={
         "repo": "the checkout, e.g. ~/vllm (positional, or --repo)",
         "ref": "a commit of the checkout to ship instead of its working tree",
-        "explain": "list each changed path (since HEAD, or --ref) as native or shipped and why; builds nothing",
+        "explain": "list each path changed since the base's commit (the merge-base with upstream) as native or "
+        "shipped and why; builds nothing",
         **HELP,
     },
 )
@@ -154,13 +165,15 @@ def dev(
     if ref is not None:
         validate.git_ref(ref, "--ref")
     if explain:
-        profile = config.of(c, target)
-        against = checkout.resolve(ref or "HEAD", "--ref")
-        report = explanation(checkout, profile, against)
+        settings = config.load(c, target)
+        profile = settings.target
+        against, how = explain_base(checkout, settings, ref)
+        report = {**explanation(checkout, profile, against, ref), "against_is": how}
         if json:
             ui.emit_json(report)
             return
         ui.info(f"target {profile.name}, layout checked against {profile.checked_against or 'no upstream commit'}")
+        ui.info(f"changes since {against[:12]} ({how})")
         for p in report["paths"]:
             ui.result(f"{'native ' if p['native'] else 'shipped'} {p['path']}  ({p['rule'] or '-'}: {p['why']})")
         return

@@ -141,17 +141,25 @@ def image_config(image: dict[str, Any]) -> dict[str, Any]:
 def candidates(target: Target, nightly: str, repo: Repo, ref: str | None, upstream_url: str, branch: str) -> list[str]:
     """The default bases, best first: the upstream's published image of the merge-base, then our nightly."""
     found = []
+    fork_point = merge_base(repo, ref, upstream_url, branch) if target.published_base else None
+    if fork_point:
+        found.append(target.published_base.format(sha=fork_point[0]))
+    found.append(f"{nightly}:nightly")
+    return found
+
+
+def merge_base(repo: Repo, ref: str | None, upstream_url: str, branch: str) -> tuple[str, str] | None:
+    """(the merge-base of `ref` (else HEAD) with the upstream's branch as this repository knows it, that branch's
+    name), git only; None when it has no such branch. The upstream's image of a commit is built from it."""
     remotes = [r for r in (repo.remote_for(upstream_url), "upstream", "origin") if r]
     tips = [f"refs/remotes/{r}/{branch}" for r in remotes]
     if repo.is_bare():
         tips.append(f"refs/heads/{branch}")  # a mirror: the upstream's branches are its own
     tip = next((t for t in tips if repo.rev(t)), None)
-    if target.published_base and tip:
-        res = repo.git("merge-base", "--end-of-options", ref or "HEAD", tip, check=False)
-        if res.ok and res.out:
-            found.append(target.published_base.format(sha=res.out))
-    found.append(f"{nightly}:nightly")
-    return found
+    if tip is None:
+        return None
+    res = repo.git("merge-base", "--end-of-options", ref or "HEAD", tip, check=False)
+    return (res.out, tip.removeprefix("refs/remotes/").removeprefix("refs/heads/")) if res.ok and res.out else None
 
 
 def resolve(engine: Engine, run: Runner, refs: list[str], *, explicit: bool, cache: Path, target: Target) -> Base:
