@@ -482,10 +482,15 @@ class Settings:
         return self.cache
 
 
+def mapping(value: Any, key: str) -> dict[str, Any]:
+    """A config section of NAME: value entries, as a dict (invoke's own sections are no Mapping subclass)."""
+    try:
+        return dict(value or {})
+    except (TypeError, ValueError):
+        raise Failure(f"config {key} is not a mapping of NAME: value; fix it in invoke.yaml") from None
+
+
 def _wheel(cfg: Any, cache: Path) -> Wheel:
-    for key in ("build_args", "env"):
-        if not isinstance(cfg[key] or {}, Mapping):
-            raise Failure(f"config wheel.{key} is not a mapping of NAME: value; fix it in invoke.yaml")
     if not isinstance(cfg.cmake_args or [], (list, tuple)):
         raise Failure("config wheel.cmake_args is not a list of -DNAME=VALUE options; fix it in invoke.yaml")
     try:
@@ -499,9 +504,9 @@ def _wheel(cfg: Any, cache: Path) -> Wheel:
         native=bool(cfg.native),
         image=str(cfg.image or ""),
         base=cfg.base,
-        build_args=dict(cfg.build_args or {}),
+        build_args=mapping(cfg.build_args, "wheel.build_args"),
         cmake_args=tuple(cfg.cmake_args or ()),
-        env=dict(cfg.env or {}),
+        env=mapping(cfg.env, "wheel.env"),
         ccache=Path(os.path.expanduser(cfg.ccache)) if cfg.ccache else store.ccache(cache),
         ccache_size=str(cfg.ccache_size),
         jobs=jobs,
@@ -518,8 +523,6 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
     profile = of(c, target)
     cfg = c.config.container
     cache = Path(os.path.expanduser(c.config.cache_dir))
-    if not isinstance(cfg.env or {}, Mapping):
-        raise Failure("config container.env is not a mapping of NAME: value; fix it in invoke.yaml")
     return Settings(
         target=profile,
         upstream=upstream(c, profile, upstream_flag),
@@ -536,7 +539,7 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             gpu_root=Path(cfg.gpu_root),
             network=cfg.network,
             secrets=cfg.secrets,
-            env=dict(cfg.env or {}),
+            env=mapping(cfg.env, "container.env"),
             hf_cache=Path(os.path.expanduser(cfg.hf_cache)),
         ),
         wheel=_wheel(c.config.wheel, cache),
@@ -549,7 +552,7 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
         native=Native(
             cuda_arch=str(c.config.nightly.cuda_arch or ""),
             precompiled=bool(c.config.nightly.precompiled),
-            build_args=dict(c.config.nightly.build_args or {}),
+            build_args=mapping(c.config.nightly.build_args, "nightly.build_args"),
         ),
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,

@@ -111,6 +111,33 @@ def test_the_upstream_is_the_flag_else_config_else_the_targets_and_each_is_check
         config.upstream(_context(upstream={"url": "-c"}), vllm)
 
 
+def test_settings_are_resolved_once_from_config_sections_as_invoke_holds_them():
+    """config.load reads invoke's own section objects (no Mapping subclass): a configured env or build_args is a
+    mapping there; a value that is not one is one line naming its key."""
+    from forkdev.core import config
+
+    settings = config.load(
+        _context(
+            wheel={"env": {"CC": "gcc-13"}, "build_args": {"GCC_VERSION": "13"}, "jobs": "4"},
+            container={"env": {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz0123"}},
+            nightly={"cuda_arch": 9.0, "build_args": {"X": 1}},
+            dev={"repository": "reg.example:5000/me/{target}-dev"},
+        ),
+        "sglang",
+        "../mine",
+    )
+    assert settings.target.name == "sglang" and settings.upstream == "../mine"
+    assert settings.wheel.env == {"CC": "gcc-13"} and settings.wheel.build_args == {"GCC_VERSION": "13"}
+    assert settings.wheel.jobs == 4 and settings.container.env == {"HF_TOKEN": "hf_abcdefghijklmnopqrstuvwxyz0123"}
+    assert settings.native.cuda_arch == "9.0" and settings.native.build_args == {"X": 1}
+    assert settings.dev.repository == "reg.example:5000/me/sglang-dev"
+    assert [k.value for k in settings.secret_values] == ["hf_abcdefghijklmnopqrstuvwxyz0123"]
+    with pytest.raises(Failure, match=r"^config wheel.env is not a mapping of NAME: value; fix it in invoke.yaml"):
+        config.mapping(["CC=gcc"], "wheel.env")  # invoke itself refuses to merge one over a mapping default
+    with pytest.raises(Failure, match=r"^config wheel.jobs 'many' is not a number of compile jobs"):
+        config.load(_context(wheel={"jobs": "many"}))
+
+
 def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_forces(tmp_path):
     from forkdev.core import config, secrets
     from forkdev.core.gitrepo import Repo
