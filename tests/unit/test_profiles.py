@@ -128,6 +128,11 @@ def _fields(t):
         ("mlc-llm", "cpp/serve/engine.cc", True, "cpp/"),
         ("mlc-llm", "3rdparty/tvm/src/runtime/module.cc", True, "3rdparty/"),
         ("mlc-llm", "python/mlc_llm/serve/engine.py", False, ""),
+        # MLC-LLM at 79d603f: the root pyproject.toml builds the CMake project with scikit-build-core
+        ("mlc-llm", "pyproject.toml", True, "pyproject.toml"),
+        ("mlc-llm", "3rdparty/tokenizers-cpp/rust/src/lib.rs", True, "3rdparty/"),
+        ("mlc-llm", "cpp/json_ffi/json_ffi_engine.cc", True, "cpp/"),
+        ("mlc-llm", "web/emcc/mlc_wasm_runtime.cc", False, ""),  # the web runtime: no part of the Python package
     ],
 )
 def test_profiles_classify_each_area_of_their_upstream_and_say_why(name, path, native, rule):
@@ -148,3 +153,17 @@ def test_a_fork_may_still_list_native_paths_as_strings_and_shipped_exceptions():
         config.target("vllm", {"vllm": {"native": "csrc/"}})
     with pytest.raises(Failure, match="targets.vllm.why must be a mapping"):
         config.target("vllm", {"vllm": {"why": "because"}})
+
+
+def test_every_compiled_source_of_the_real_vllm_tree_is_native_and_every_module_ships():
+    """The vLLM profile against the real tree (forkdev/data's manifest, at the commit it names): each C, C++ or
+    CUDA source is under a native rule, and no module of the package is."""
+    from forkdev.core import sandbox
+
+    vllm = config.TARGETS["vllm"]
+    paths = [path for path, _, _ in sandbox.manifest()]
+    compiled = [p for p in paths if p.endswith((".cu", ".cuh", ".cpp", ".cc", ".c", ".h", ".hpp"))]
+    assert len(compiled) > 200
+    assert [p for p in compiled if not vllm.is_native(p) and not p.startswith(("tests/", "benchmarks/"))] == []
+    modules = [p for p in paths if p.startswith("vllm/") and p.endswith(".py")]
+    assert len(modules) > 1000 and [p for p in modules if vllm.is_native(p)] == []
