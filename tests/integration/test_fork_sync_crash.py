@@ -10,6 +10,7 @@ import signal
 import subprocess
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import pytest
 import support
@@ -188,17 +189,23 @@ def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke
     assert settled == {"was rolled back", "was finished"}
 
 
-def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invoke, repos, wrapped, tmp_path, cache_dir):
-    """Two `fork-sync --autostash` started together on one checkout, one of them killed before its N-th git call
-    (N = 0: not killed): each run succeeds, is refused by the lock or was killed; a third run then finds the
-    branch merged once and the work intact, staged and unstaged as it was."""
-    up, _, fork = repos
+def worked_and_counted(up: Path, fork: Path, wrapped, tmp_path: Path):
+    """The user's work made in the fork: (what it must be after the merge, the fork's and upstream's commits, a
+    pristine copy of the checkout, and the git calls of one uninterrupted sync with --autostash, which it runs)."""
     make_work(fork)
     expected = merged(work(fork))
     before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path, "--autostash")
+    return expected, before, theirs, pristine, counted(wrapped, fork, tmp_path, "--autostash")
+
+
+def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invoke, repos, wrapped, tmp_path, cache_dir):
+    """Two `fork-sync --autostash` started together on one checkout, one of them killed before its N-th git call
+    (N = 0: not killed): each run succeeds, is refused by the lock or was killed; a third run then finds the
+    branch merged once and the work intact, staged and unstaged as it was."""
+    up, _, fork = repos
+    expected, before, theirs, pristine, calls = worked_and_counted(up, fork, wrapped, tmp_path)
     moves = [i for i, line in enumerate(calls, 1) if " read-tree -i -m " in line][0]  # the first change
     env = {**os.environ, **ENV, "INVOKE_CACHE_DIR": str(cache_dir)}
     outcomes = set()
@@ -233,12 +240,7 @@ def test_two_runs_at_once_end_in_one_correct_merge_even_when_one_is_killed(invok
 @pytest.mark.parametrize("when", ["before", "after"])
 def test_a_kill_while_settling_an_interrupted_sync_is_settled_by_the_run_after(invoke, repos, wrapped, tmp_path, when):
     up, _, fork = repos
-    make_work(fork)
-    expected = merged(work(fork))
-    before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
-    pristine = tmp_path / "pristine"
-    shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path, "--autostash")
+    expected, before, theirs, pristine, calls = worked_and_counted(up, fork, wrapped, tmp_path)
     interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, when)
     settling = wrapped(fork, tmp_path / "settling.log", "--autostash")  # the calls of a run that settles it
     assert settling.wait(60) == 0, settling.communicate()[1]
@@ -267,11 +269,8 @@ def test_a_kill_while_settling_an_interrupted_sync_is_settled_by_the_run_after(i
 
 
 def test_edits_made_after_a_kill_are_left_alone_and_kept_under_a_rescue_ref(invoke, repos, wrapped, tmp_path):
-    _, _, fork = repos
-    make_work(fork)
-    pristine = tmp_path / "pristine"
-    shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path, "--autostash")
+    up, _, fork = repos
+    *_, pristine, calls = worked_and_counted(up, fork, wrapped, tmp_path)
     interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
     write(fork, {"extras/mine.txt": "edited after the kill\n", "late.txt": "new after the kill\n"})
     dry = sync(invoke, fork, "--autostash", "--dry-run")
@@ -294,11 +293,8 @@ def test_edits_made_after_a_kill_are_left_alone_and_kept_under_a_rescue_ref(invo
 
 
 def test_an_interrupted_sync_whose_branch_moved_since_is_neither_undone_nor_finished(invoke, repos, wrapped, tmp_path):
-    _, _, fork = repos
-    make_work(fork)
-    pristine = tmp_path / "pristine"
-    shutil.copytree(fork, pristine, symlinks=True)
-    calls = counted(wrapped, fork, tmp_path, "--autostash")
+    up, _, fork = repos
+    *_, pristine, calls = worked_and_counted(up, fork, wrapped, tmp_path)
     interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
     git(fork, "commit", "-q", "--allow-empty", "-m", "the user commits after the kill")
     state = snapshot(fork)
