@@ -65,34 +65,35 @@ def demo(c, keep=False, clean=False, dry_run=False, json=False, quiet=False):
     if keep and clean:
         raise Failure("--keep and --clean contradict each other; pass one of them")
     cfg = c.config.demo
+    settings = config.load(c)
     prefix = prefix_of(cfg.prefix)
-    layout = demoing.Layout(store.demo(config.cache_dir(c)))
+    layout = demoing.Layout(store.demo(settings.cache_dir()))
     home = layout.home
     if home.is_symlink() or (home.exists() and not home.is_dir()):  # nothing is written through it, or into it
         if not clean:
             raise Failure(f"{home} is not a directory of the demo's; remove it ('{word()} demo --clean' does)")
-        _clean(c, run, layout, prefix, json)  # which removes it as it is, never what a link points to
+        _clean(settings, run, layout, prefix, json)  # which removes it as it is, never what a link points to
         return
     # One demo at a time; a dry run changes nothing, not even the lock's file.
     with contextlib.nullcontext() if run.dry_run else lock.exclusive(home / LOCK, "invoke demo"):
         if clean:
-            _clean(c, run, layout, prefix, json)
+            _clean(settings, run, layout, prefix, json)
             return
         try:
-            _demo(c, run, layout, prefix, keep, json, quiet)
+            _demo(settings, cfg, run, layout, prefix, keep, json, quiet)
         except KeyboardInterrupt:  # the steps got the Ctrl-C too, and stop as they do
             again = f"the next '{word()} demo' removes what this run left, '{word()} demo --clean' all of it"
             raise Failure(f"interrupted; {again}", code=130) from None
 
 
-def _clean(c, run, layout, prefix: str, json: bool) -> None:
+def _clean(settings: config.Settings, run, layout, prefix: str, json: bool) -> None:
     from .core import demoing
     from .core.engine import Engine
 
     engines = []
     for kind in ("docker", "podman"):  # the demo may have run on either
         try:
-            engines.append(Engine.detect(run, kind, c.config.engine.network))
+            engines.append(Engine.detect(run, kind, settings.engine_network))
         except Failure as exc:
             ui.info(f"{kind}: not checked ({exc})")
     removed = demoing.clean(run, engines, layout, prefix)
@@ -106,7 +107,7 @@ def _clean(c, run, layout, prefix: str, json: bool) -> None:
         ui.result(summary if removed else "nothing of the demo's here")
 
 
-def _demo(c, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> None:
+def _demo(settings: config.Settings, cfg, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> None:
     from .core import demoing, tour
     from .core.proc import Runner
 
@@ -114,11 +115,11 @@ def _demo(c, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> N
     # Every program this run starts (debootstrap, git, the steps and what they run) carries the mark: should the
     # run be killed, the next one finds what it left running.
     os.environ[demoing.MARK] = f"{layout.home}:{os.getpid()}"
-    profile = config.of(c, None)
-    engine = config.engine(c, run)
+    profile = settings.target
+    engine = settings.engine(run)
     per_run = tuple(r.replace("{target}", profile.name) for r in PER_RUN)
-    os_image = validate.image_ref(c.config.demo.os_image or f"{prefix}/debian:bookworm", "demo.os_image")
-    file_bytes = _file_bytes(c.config.demo.file_bytes)
+    os_image = validate.image_ref(cfg.os_image or f"{prefix}/debian:bookworm", "demo.os_image")
+    file_bytes = _file_bytes(cfg.file_bytes)
     ui.info(f"demo on {engine.kind}: sandbox in {layout.home}, images under {prefix}/")
     removed = demoing.leftovers(engine, run, layout, prefix, per_run)
     if removed:
@@ -133,7 +134,7 @@ def _demo(c, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> N
     try:
         with ui.log_to(log, console=False):
             isolation = not _can_build_wheels(logged)
-            made_image = _os_image(engine, logged, os_image, bool(c.config.demo.os_image), layout)
+            made_image = _os_image(engine, logged, os_image, bool(cfg.os_image), layout)
             sb = demoing.ensure(logged, layout, os_image, file_bytes)
             demoing.checkout(logged, layout)
     except Failure as exc:
@@ -141,8 +142,8 @@ def _demo(c, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> N
     what = "made: " if sb.made else "as an earlier run left it: "
     what += f"upstream ({len(sb.upstream)} commits, 1 native), a fork with extras/, a native package"
     what += f"; {os_image}" + (" (debootstrap)" if made_image else "")
-    settings = demoing.step_config(layout, engine, prefix, c.config.engine.get("client") or "")
-    store.write_json(layout.config, settings)
+    step_settings = demoing.step_config(layout, engine, prefix, settings.engine_client)
+    store.write_json(layout.config, step_settings)
     env = {"INVOKE_RUNTIME_CONFIG": str(layout.config)}  # it wins over the user's INVOKE_* variables and files
     steps = tour.Tour(logged, layout, env, word(), echo=not quiet)
     steps.record("sandbox", None, time.monotonic() - start, what, log, {"made": sb.made})

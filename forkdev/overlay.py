@@ -23,13 +23,13 @@ from .core.tasking import runner, setting, task
 # The machinery (core.overlaying, paths, overlaydir, lock) is imported when the task runs: see cli.py.
 
 
-def resolve_dest(c, repo: Repo, flag: str | None) -> Path:
+def resolve_dest(c, cache: Path, repo: Repo, flag: str | None) -> Path:
     """The overlay directory: --dest, else config overlay.dest, else one in the cache (overlay_dir's rules)."""
     from .core.overlaydir import overlay_dir
 
     value = setting(flag, c.config.overlay.dest, "--dest", "overlay.dest", optional=True)
     return overlay_dir(
-        value or str(store.overlay(config.cache_dir(c), repo.path)),
+        value or str(store.overlay(cache, repo.path)),
         "--dest" if flag else "overlay.dest" if value else "the overlay directory",
         checkout=repo.path,
         home=Path(os.path.expanduser("~")),
@@ -56,19 +56,20 @@ def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=Fals
     run = runner(c, dry_run, quiet)
     with os_errors("make the overlay"):
         setting(None, c.config.cache_dir, "", "cache_dir")  # where the tool keeps what it makes
+        settings = config.load(c)
         r = Repo.open(setting(repo, c.config.overlay.repo, "--repo", "overlay.repo"), run)
         given = setting(definitions, c.config.overlay.definitions, "--definitions", "overlay.definitions")
         defs_path = checkout_path(r.path, given, "--definitions" if definitions else "overlay.definitions")
         if not defs_path.is_file():
             raise Failure(f"no overlay definitions at '{shown(defs_path)}'; create it or pass --definitions FILE")
         defs = parse(defs_path.read_bytes(), given)
-        dest_dir = resolve_dest(c, r, dest)
-        files = build(r.path, defs, dest_dir, config.secret_paths(c))
+        dest_dir = resolve_dest(c, settings.cache_dir(), r, dest)
+        files = build(r.path, defs, dest_dir, settings.secret_paths)
         for rel in sorted(files):
             ui.info(f"  {shown(rel)}")
         if run.dry_run:
             ui.ok(f"would write {len(files)} files from {len(defs)} definitions to {dest_dir}")
             return
-        with lock.exclusive(store.lock(config.cache_dir(c), f"overlay {dest_dir}"), f"overlay into {dest_dir}"):
+        with lock.exclusive(store.lock(settings.cache_dir(), f"overlay {dest_dir}"), f"overlay into {dest_dir}"):
             write_tree(dest_dir, files)
     ui.ok(f"{len(files)} files from {len(defs)} definitions in {dest_dir}")

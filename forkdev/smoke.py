@@ -62,8 +62,8 @@ def smoke(
 
     run = runner(c, dry_run, quiet)
     cfg = c.config.smoke
-    wheels = _wheels(wheel, c.config.wheel.out)
     settings = config.load(c, target)
+    wheels = _wheels(wheel, settings.wheel.out)
     profile = settings.target if target else None
     if commit is not None:
         validate.git_ref(commit, "--commit")
