@@ -15,6 +15,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 import support  # noqa: E402
+from support.forksync import repos, wrapped  # noqa: E402, F401  (fork-sync's fixtures, for test_fork_sync_*.py)
 
 from forkdev.core.engine import Engine  # noqa: E402
 from forkdev.core.errors import Failure  # noqa: E402
