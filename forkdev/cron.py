@@ -378,7 +378,7 @@ def install(c, schedule=None, user=None, target=None, dry_run=False, quiet=False
 def remove(c, user=None, target=None, dry_run=False, quiet=False):
     """Remove the crontab line of `invoke nightly` (no other line is touched)."""
     run = runner(c, dry_run, quiet)
-    profile = config.of(c, target)
+    profile = config.load(c, target).target
     who = user if user is not None else c.config.cron.user
     before = read(run, who)
     text, found = edit(before, profile.name, None)

@@ -330,12 +330,6 @@ def upstream(c: Any, profile: Target, flag: str | None = None) -> str:
     return validate.source(configured, "config upstream.url") if configured else profile.upstream
 
 
-def engine(c: Any, run: Runner) -> Engine:
-    """The container engine the config names (or the one found), probed once for this task."""
-    cfg = c.config.engine
-    return Engine.detect(run, cfg.name, cfg.network, cfg.get("client") or "")
-
-
 def image_repository(value: object, profile: Target, what: str) -> str:
     """A configured or given image repository with `{target}` filled in (a plain replace: any other brace is
     left for the validation to name, never a format error), validated (`what` names it in errors)."""
@@ -379,20 +373,10 @@ def epoch() -> int | None:
     return int(raw)
 
 
-def nightly_log(c: Any, target_name: str) -> Path:
+def nightly_log(c: Any, cache: Path, target_name: str) -> Path:
     """Where an unattended `invoke nightly` writes its timestamped log."""
     configured = c.config.nightly.log
-    return (
-        Path(os.path.expanduser(configured)) if configured else store.nightly(cache_dir(c, False), target_name, ".log")
-    )
-
-
-def cache_dir(c: Any, create: bool = True) -> Path:
-    """The tool's cache; `create=False` for a dry run, which writes nothing, the cache included."""
-    path = Path(os.path.expanduser(c.config.cache_dir))
-    if create:
-        path.mkdir(parents=True, exist_ok=True)
-    return path
+    return Path(os.path.expanduser(configured)) if configured else store.nightly(cache, target_name, ".log")
 
 
 def dry_run(c: Any, flag: bool | None) -> bool:
@@ -560,7 +544,7 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,
         engine_client=c.config.engine.get("client") or "",
-        nightly_log=nightly_log(c, profile.name),
+        nightly_log=nightly_log(c, cache, profile.name),
     )
 
 
