@@ -162,7 +162,7 @@ repair() {
   PATH="$bin:$PATH" "${auditwheel[@]}" repair --wheel-dir "$fixed" "$wheel" 2>"$errors" || rc=$?
   cat "$errors" >&2
   if [ "$rc" -ne 0 ]; then
-    reason=$(grep -v '^[[:space:]]*$' "$errors" | tail -n 1 || true)
+    reason=$(awk 'NF { last = $0 } END { print last }' "$errors")  # its last non-blank line; none is fine
     fail "auditwheel repair failed (exit $rc): ${reason:-it gave no reason}; fix what it names, or pass --no-repair to keep the linux wheel"
   fi
   local out=("$fixed"/*.whl)

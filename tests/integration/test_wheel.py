@@ -162,6 +162,7 @@ class TestInTheImage:
                 argv,
                 env=env,
                 cwd=support.ROOT,
+                start_new_session=True,  # its own process group: the kill -9 below reaches the engine client too
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE,
@@ -189,7 +190,9 @@ class TestInTheImage:
 
         killed = start()
         (orphan,) = running(killed)
-        killed.kill()
+        # kill -9 to the whole group, as a closed terminal's or the OOM killer's: invoke and the engine client die
+        # at once, so nothing is left to forward a signal (a client left alive could end the container itself).
+        os.killpg(killed.pid, signal.SIGKILL)
         killed.communicate(timeout=60)
         assert ours(killed.pid) == [orphan], "a client killed with -9 leaves its build container running"
         again = wheel(str(slow), "--out", str(out), "--dry-run")  # a dry run removes nothing
