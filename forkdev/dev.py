@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core import base as bases
 from .core import cache as store
 from .core import config, ship, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import Repo, with_untracked
+from .core.native import build_args as native_build_args
 from .core.proc import Runner, concurrently
 from .core.tasking import runner, task, toggle
+
+if TYPE_CHECKING:
+    from .core import nativebuild
 
 HELP = {
     "base": "base image (default: the upstream image of the merge-base, else the target's nightly)",
@@ -40,6 +45,7 @@ def thin_image(
     force: bool,
     no_force: bool,
     json: bool,
+    native: nativebuild.Spec | None = None,
 ) -> dict[str, Any]:
     """What `invoke dev` and `invoke build` share once they know the repository state: flags over config, the
     image, then the result: its reference on stdout (or one JSON object), logs on stderr."""
@@ -65,9 +71,15 @@ def thin_image(
         epoch=config.epoch(),
         secret_paths=config.secret_paths(c),
         secret_values=tuple(config.secret_values(c)),
+        native=native,
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
     last = store.dev_record(request.cache, repo.path)
+    if native is not None:  # what a failed compile leaves standing
+        recorded = store.read_json(last).get("image")
+        request = dataclasses.replace(
+            request, native=dataclasses.replace(native, last_image=recorded if isinstance(recorded, str) else None)
+        )
     if explicit:
         engine, found = config.engine(c, run), [explicit]
     else:  # the default bases need git only: asked while the engine answers
@@ -102,6 +114,66 @@ def _made(recorded: dict[str, Any]) -> tuple[str, ...]:
     return (*tags, last) if isinstance(last, str) and last not in tags else tuple(tags)
 
 
+NATIVE_MODES = ("refuse", "build")
+
+
+def native_spec(
+    c: Any, profile: config.Target, on: bool, off: bool, ref: str | None, force: bool
+) -> nativebuild.Spec | None:
+    """How a native change is compiled (--native, or config dev.native: build), or None when it is refused."""
+    from .core import nativebuild
+
+    mode = str(c.config.dev.native)
+    if mode not in NATIVE_MODES:
+        raise Failure(f"config dev.native is '{mode}'; set it to refuse (the default) or build")
+    if not toggle("native", on, off, mode == "build"):
+        return None
+    if force:
+        raise Failure(
+            "--native and --force contradict each other: --native compiles native changes, --force ships "
+            "them uncompiled; pass one of them"
+        )
+    if ref is not None:
+        raise Failure(f"--native builds the working tree, not --ref {ref}; check {ref} out and run it there")
+    name = profile.name
+    if not profile.native_build or not profile.native_outputs:
+        raise Failure(
+            f"target {name} says nothing of how its native part is built; set targets.{name}.native_build (the "
+            f"command, e.g. [python3, setup.py, build_ext, --inplace]) and native_outputs (e.g. [pkg/**/*.so])"
+        )
+    configured = c.config.dev.native_image or profile.native_image
+    if configured:
+        image, wheel_args = validate.image_ref(configured, "dev.native_image"), None
+    elif profile.native_stage:
+        raise Failure(
+            f"target {name} compiles in the '{profile.native_stage}' stage of its {profile.dockerfile}; build that "
+            f"stage once (docker build --target {profile.native_stage} -f {profile.dockerfile} -t NAME CHECKOUT, with "
+            "the base's build args) and set dev.native_image to NAME"
+        )
+    else:
+        image, wheel_args = config.wheel_image(c)
+    try:
+        jobs = int(c.config.dev.native_jobs or 0)
+    except (TypeError, ValueError):
+        raise Failure("config dev.native_jobs must be a whole number (0: every CPU); fix invoke.yaml") from None
+    shaping, _ = native_build_args(profile, c.config.nightly.build_args, str(c.config.nightly.cuda_arch or ""), False)
+    return nativebuild.Spec(
+        image=image,
+        wheel_args=wheel_args,
+        command=(
+            validate.plain(profile.native_build[0], f"targets.{name}.native_build's program", "fix invoke.yaml"),
+            *(
+                validate.argument(a, f"targets.{name}.native_build", "fix invoke.yaml")
+                for a in profile.native_build[1:]
+            ),
+        ),
+        outputs=nativebuild.check_globs(profile.native_outputs, f"targets.{name}.native_outputs"),
+        configure=profile.native_configure,
+        jobs=jobs if jobs > 0 else os.cpu_count() or 1,
+        env={k.upper(): validate.plain(v, f"build arg {k}", "fix it") for k, v in shaping.items()},
+    )
+
+
 def explanation(repo: Repo, profile: config.Target, against: str) -> dict[str, Any]:
     """Each changed path of the working tree since `against`, native or shipped, and the profile rule that decided;
     git only: no engine, no build."""
@@ -131,6 +203,9 @@ def source_url(repo: Repo) -> str | None:
         "repo": "the checkout, e.g. ~/vllm (positional, or --repo)",
         "ref": "a commit of the checkout to ship instead of its working tree",
         "explain": "list each changed path (since HEAD, or --ref) as native or shipped and why; builds nothing",
+        "native": "compile native changes incrementally in the build environment and ship the compiled files that "
+        "changed (config dev.native: build)",
+        "no_native": "refuse native changes, whatever config dev.native says",
         **HELP,
     },
 )
@@ -149,6 +224,8 @@ def dev(
     json=False,
     quiet=False,
     explain=False,
+    native=False,
+    no_native=False,
 ):
     """Thin image = base + one layer of the checkout's changed files (uncommitted work included)."""
     run = runner(c, dry_run, quiet)
@@ -166,12 +243,15 @@ def dev(
         for p in report["paths"]:
             ui.result(f"{'native ' if p['native'] else 'shipped'} {p['path']}  ({p['rule'] or '-'}: {p['why']})")
         return
+    profile = config.of(c, target)
+    build_native = native_spec(c, profile, native, no_native, ref, toggle("force", force, no_force, c.config.dev.force))
     thin_image(
         c,
         run,
         checkout,
         ref,
         target=target,
+        native=build_native,
         source=source_url(checkout),
         base=base,
         tags=tag,

@@ -16,7 +16,7 @@ import shlex
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from invoke import Collection
 
@@ -51,17 +51,6 @@ HELP = {
     "repair": "repair a Linux platform wheel to its manylinux tag with auditwheel, whatever config wheel.repair says",
     "no_repair": "keep the raw linux_* wheel pip wrote (no auditwheel)",
 }
-
-
-def image_settings(c: Any) -> tuple[str, dict[str, str]]:
-    """The build image's reference and build args, from config."""
-    from .core import builder
-
-    cfg = c.config.wheel
-    args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
-    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in dict(cfg.build_args).items()})
-    ref = cfg.image or f"{builder.REPOSITORY}:{builder.recipe(args)}"
-    return validate.image_ref(ref, "wheel.image"), args
 
 
 @task(positional=["repo"], help=HELP, iterable=["cmake_arg"])
@@ -233,7 +222,7 @@ def _in_image(c, run, stage_src, stage_out, env, cmake_args, ca, isolated, log, 
     from .core import builder, source
 
     engine = config.engine(c, run)
-    ref, args = image_settings(c)
+    ref, args = config.wheel_image(c)
     image = builder.ensure(engine, run, ref, args)
     cache = _ccache(c, "image")
     user = None
@@ -430,7 +419,7 @@ def image(c, force=False, dry_run=False, json=False, quiet=False):
 
     run = runner(c, dry_run, quiet)
     engine = config.engine(c, run)
-    ref, args = image_settings(c)
+    ref, args = config.wheel_image(c)
     built = builder.ensure(engine, run, ref, args, force=force)
     if json:
         ui.emit_json({"image": built.ref, "id": built.id, "built": built.built, "dry_run": run.dry_run})

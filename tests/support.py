@@ -406,6 +406,50 @@ def make_cmake_package(root: Path, **package) -> str:
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
 
 
+# ---- a vLLM-shaped native extension and a base compiled from it ------------------------------------------------
+NATIVE_BUILD = ("python3", "setup.py", "build_ext", "--inplace", "--build-temp", "{build}")  # the vllm profile's
+
+
+def make_native_upstream(root: Path, units: int = 16, moe_units: int = 3) -> str:
+    """A git repository of sandbox.write_native_extension's tree (a CPU-only extension of vLLM's shape); its commit."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    sandbox.write_native_extension(root, units, moe_units)
+    return commit_all(root, "upstream: a vLLM-shaped native extension")
+
+
+def build_native_base(engine: Engine, env_image: str, repo: Path, commit: str, tag: str, ccache: Path) -> str:
+    """A base as vLLM's image is made: the tree at `commit` compiled in the build environment `env_image` (by the
+    product's own container argv, so at the paths and with the compiler cache a native build uses), then the tree
+    with its compiled extensions at /opt/vllm-source, found through a .pth file, in an image FROM the build
+    environment (its python3 and libstdc++ load them)."""
+    from forkdev.core import nativebuild
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        src, build = ctx / "src", ctx / "build"
+        src.mkdir()
+        build.mkdir()
+        ccache.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit], capture_output=True, check=True).stdout
+        sh("tar", "-x", "-C", src, input=archive)
+        argv = nativebuild.run_argv(
+            engine, env_image, name=f"forkdev-test-native-{os.getpid()}", src=src, build=build, ccache=ccache,
+            command=NATIVE_BUILD, jobs=os.cpu_count() or 1, env={},
+        )  # fmt: skip
+        sh(*argv)
+        shutil.rmtree(src / "build", ignore_errors=True)  # setuptools' build/lib copies: no part of an image
+        lines = [
+            f"FROM {env_image}",
+            "USER 0",
+            "ENTRYPOINT []",
+            "COPY src /opt/vllm-source",
+            f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth",
+            f'LABEL org.opencontainers.image.revision="{commit}"',
+        ]
+        return build_image(engine, ctx, "\n".join(lines) + "\n", tag)
+
+
 # ---- a wheel made by hand --------------------------------------------------------------------------------------
 def make_wheel(path: Path, *, tag: str = "cp311-cp311-linux_x86_64", so: bool = True, requires=()) -> Path:
     """A minimal valid wheel (no build needed): a package, maybe a .so, METADATA, WHEEL and a RECORD listing them."""

@@ -57,14 +57,24 @@ class Target:
     # Paths under a native area that ship as they are (sources compiled at run time, e.g. JIT kernels).
     shipped: tuple[str, ...] = ()
     checked_against: str = ""  # the upstream commit this layout was checked against ("" = never checked)
+    # How `invoke dev --native` compiles the native part in the build environment, in the source tree: the command
+    # ({build}: the build directory kept between runs, {jobs}: the parallel jobs), the compiled files it leaves
+    # there (globs of repository paths), the paths whose change needs a fresh configure of the build directory,
+    # and the image it runs in ("" = config dev.native_image, else the wheel image; `native_stage` names the stage
+    # of the target's Dockerfile that is its build environment, which must then be named in config).
+    native_build: tuple[str, ...] = ()
+    native_outputs: tuple[str, ...] = ()
+    native_configure: tuple[str, ...] = ("CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml")
+    native_image: str = ""
+    native_stage: str = ""
 
     def classify(self, path: str) -> tuple[bool, str, str]:
         """(native, the rule that decided, why): a shipped exception wins over the native area it sits in."""
         for rule in self.shipped:
-            if _matches(rule, path):
+            if matches(rule, path):
                 return False, rule, "run-time compiled sources: they ship as they are"
         for rule in self.native:
-            if _matches(rule, path):
+            if matches(rule, path):
                 return True, rule, self.why.get(rule, "listed as native")
         return False, "", "not under a native path: ships as Python"
 
@@ -72,7 +82,8 @@ class Target:
         return self.classify(path)[0]
 
 
-def _matches(rule: str, path: str) -> bool:
+def matches(rule: str, path: str) -> bool:
+    """Whether a profile's path rule takes `path`: "dir/" everything under it, anything else that one path."""
     return path.startswith(rule) if rule.endswith("/") else path == rule
 
 
@@ -105,6 +116,12 @@ TARGETS: dict[str, Target] = {
             jobs_arg="max_jobs",
             threads_arg="nvcc_threads",
             smoke="vllm --version",  # its console script: the entry points and the import of the CLI
+            # docs/contributing/incremental_build.md: setup.py's cmake_build_ext configures cmake in build_temp and
+            # installs each extension into the package; ninja then recompiles only what changed.
+            native_build=("python3", "setup.py", "build_ext", "--inplace", "--build-temp", "{build}"),
+            native_outputs=("vllm/**/*.so",),
+            native_configure=("CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml", "requirements/"),
+            native_stage="base",  # docker/Dockerfile's stage with CUDA, the compilers and torch, before `build`
         ),
         Target(
             name="sglang",
@@ -158,6 +175,15 @@ TARGETS: dict[str, Target] = {
             wheel_cmake=".",
             wheel_python="python",
             smoke="mlc_llm --help",
+            # As its python/setup.py expects: libmlc_llm*.so built by the root CMakeLists.txt, copied into the package.
+            native_build=(
+                "sh",
+                "-c",
+                "cmake -S . -B {build} -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build {build} -j {jobs} && "
+                "cp {build}/libmlc_llm*.so python/mlc_llm/",
+            ),
+            native_outputs=("python/mlc_llm/libmlc_llm*.so",),
+            native_configure=("CMakeLists.txt", "cmake/", "3rdparty/"),
         ),
     )
 }
@@ -186,6 +212,11 @@ DEFAULTS: dict[str, Any] = {
         "repository": "forkdev/{target}-dev",  # local-<sha12> tags go here; pushed only if it names a registry
         "push": False,
         "force": False,
+        # What a native change gets: "refuse" (name it; --force ships it uncompiled) or "build" (as --native:
+        # compile it incrementally in the build environment and ship the compiled files that changed).
+        "native": "refuse",
+        "native_image": "",  # the build environment of --native; "" = the target's native_image, else the wheel image
+        "native_jobs": 0,  # parallel compile jobs of --native (MAX_JOBS); 0 = every CPU
     },
     "nightly": {
         # "" = the target's nightly_image (e.g. forkdev/vllm); {target} is its name; --push needs a registry in it
@@ -271,6 +302,7 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Target)}
+LISTS = ("native", "cmake_args", "shipped", "native_build", "native_outputs", "native_configure")  # lists in config
 
 
 def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
@@ -285,9 +317,9 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         raise Failure(f"unknown target '{name}'; choose one of {', '.join(sorted(TARGETS))} or define it in config")
     values = dataclasses.asdict(TARGETS[name]) if name in TARGETS else {"name": name}
     for key, value in extra.items():
-        if key in ("native", "cmake_args", "shipped") and (isinstance(value, str) or not hasattr(value, "__iter__")):
+        if key in LISTS and (isinstance(value, str) or not hasattr(value, "__iter__")):
             raise Failure(f"config targets.{name}.{key} must be a list of strings; fix invoke.yaml")
-        if key in ("native", "cmake_args", "shipped"):
+        if key in LISTS:
             value = tuple(str(v) for v in value)
         elif key in ("build_args", "why"):
             if not isinstance(value, Mapping):
@@ -335,6 +367,18 @@ def image_repository(value: object, profile: Target, what: str) -> str:
     """A configured or given image repository with `{target}` filled in (a plain replace: any other brace is
     left for the validation to name, never a format error), validated (`what` names it in errors)."""
     return valid_repository(str(value).replace("{target}", profile.name), what)
+
+
+def wheel_image(c: Any) -> tuple[str, dict[str, str]]:
+    """The wheel build image's reference and build args, from config (wheel.image, wheel.base, wheel.build_args):
+    what `invoke wheel` builds in, and `invoke dev --native` where no other build environment is named."""
+    from . import builder
+
+    cfg = c.config.wheel
+    args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
+    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in dict(cfg.build_args).items()})
+    ref = cfg.image or f"{builder.REPOSITORY}:{builder.recipe(args)}"
+    return validate.image_ref(ref, "wheel.image"), args
 
 
 def nightly_repository(c: Any, profile: Target) -> str:

@@ -41,6 +41,18 @@ def plain(value: object, what: str, remedy: str = "") -> str:
     return value
 
 
+def argument(value: object, what: str, remedy: str = "") -> str:
+    """A word of a command the user wrote as a list (a profile's build command): options and scripts are meant,
+    so only what no argv can hold is refused: not text, a NUL, bytes that are not UTF-8."""
+    if not isinstance(value, str) or "\0" in value:
+        raise Failure(f"{what} holds {value!r}, which is no command-line word{_then(remedy)}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise Failure(f"{what} holds {value!r}, which is not valid UTF-8{_then(remedy)}") from None
+    return value
+
+
 def image_ref(value: object, what: str = "image") -> str:
     """A docker/podman image reference (name[:tag][@digest]), at most 255 characters before the tag."""
     ref = plain(value, what, "pass an image reference such as registry:5000/name:tag")

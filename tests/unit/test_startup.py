@@ -32,6 +32,7 @@ MACHINERY = [
     "forkdev.core.demoing",  # demo
     "forkdev.core.tour",
     "forkdev.core.sandbox",
+    "forkdev.core.nativebuild",  # dev --native
     "filelock",
     "uuid",  # imports platform
 ]
