@@ -48,6 +48,15 @@ def sh(
     return res.stdout.decode(errors="replace").strip()
 
 
+def assert_one_line_error(res, *words: str) -> None:
+    """A refused task (conftest.Invoked): non-zero, no traceback, its last line one error holding every word."""
+    assert res.code != 0
+    assert "Traceback" not in res.err
+    assert res.last_error.startswith("error: "), res.err
+    for w in words:
+        assert w in res.last_error, (w, res.last_error)
+
+
 def invoke_argv(*args: str) -> list[str]:
     """`invoke ARGS` run from the project, as a user runs it (the interpreter of the tests)."""
     return [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]

@@ -151,10 +151,13 @@ def build(
             + (f", configure {ws.build} afresh ({reason})" if reason else "")
             + f" and compile there in {env_ref}"
         )
-        run(_argv(engine, spec, ws, env_id, "forkdev-native-dry-run"))  # echoed, not run
+        run(_argv(engine, spec, ws, env_id, "forkdev-native-dry-run", _version(repo, target)))  # echoed, not run
         return Outcome([], env, False, 0, reason, [], str(ws.log), str(ws.root))
     with lock.exclusive(ws.root / "lock", f"native build of {target.name} on this base"):
-        outputs, compiled, reason = _compile(engine, run, spec, repo, hidden, ws, state, fingerprint, configure, env)
+        version = _version(repo, target)
+        outputs, compiled, reason = _compile(
+            engine, run, spec, repo, hidden, ws, state, fingerprint, configure, env, version
+        )
     return _outcome(engine, run, spec, base, target, cache, ws, env, outputs, True, compiled, reason)
 
 
@@ -215,6 +218,7 @@ def _compile(
     fingerprint: str,
     configure: dict[str, str],
     env: dict[str, str],
+    version: Mapping[str, str],
 ) -> tuple[dict[str, list], int, str | None]:
     """Sync, configure afresh when the build system changed, compile; the compiled files as left in src/."""
     for place in (ws.src, ws.build, ws.ccache):
@@ -240,7 +244,8 @@ def _compile(
     name = f"forkdev-native-{os.getpid()}-{token.token_hex(3)}"
     with ui.log_to(ws.log, output=False), ui.step(f"compile the native part in {env['image']}"):
         try:
-            res = run(_argv(engine, spec, ws, env["id"], name), stream=True, check=False, lines=progress.see)
+            argv = _argv(engine, spec, ws, env["id"], name, version)
+            res = run(argv, stream=True, check=False, lines=progress.see)
         except BaseException:
             run(engine.cmd("rm", "--force", "--", name), check=False)  # a container the engine already started
             raise
@@ -272,10 +277,10 @@ def _compile(
     return outputs, progress.compiled, reason
 
 
-def _argv(engine: Engine, spec: Spec, ws: Workspace, image_id: str, name: str) -> list[str]:
+def _argv(engine: Engine, spec: Spec, ws: Workspace, image_id: str, name: str, version: Mapping[str, str]) -> list[str]:
     return run_argv(
         engine, image_id, name=name, src=ws.src, build=ws.build, ccache=ws.ccache, command=spec.command,
-        jobs=spec.jobs, env=spec.env,
+        jobs=spec.jobs, env={**spec.env, **version},
     )  # fmt: skip
 
 
@@ -313,6 +318,16 @@ def run_argv(
         argv += ["--env", f"{key}={value}"]
     words = [arg.replace("{build}", BUILD).replace("{jobs}", str(jobs)) for arg in command]
     return [*argv, "--workdir", SRC, "--entrypoint", "/bin/sh", "--", image, "-c", PROLOGUE, "forkdev-native", *words]
+
+
+def _version(repo: Repo, target: Target) -> dict[str, str]:
+    """The version a build without .git cannot ask git for (setuptools-scm's SETUPTOOLS_SCM_PRETEND_VERSION), as
+    `invoke wheel` gives it; not part of the native state: a new commit alone recompiles nothing."""
+    if not target.version_env:
+        return {}
+    from .fullbuild import version_of
+
+    return {target.version_env: version_of(repo, repo.resolve("HEAD", "HEAD"))}
 
 
 # ---- the workspace's tree ---------------------------------------------------------------------------------------

@@ -394,8 +394,9 @@ def write_pybind_package(
 # vLLM's are, built by a setup.py whose build_ext configures cmake in its build_temp, builds the targets and
 # installs each into the package (vLLM's cmake_build_ext, cut down). Every unit includes csrc/ops.h; the first
 # QUANT_UNITS include csrc/quant.h too (a header change recompiles exactly those). _C.value() sums every unit's
-# vllm_unit_NN(3) = len(str(sum(3 .. 18+NN))) + NN * 3 + quant_bias() for the quant units: a test that edits one
-# unit or the header sees the change in the image it runs.
+# vllm_unit_NN(3) = len(str(sum(3 .. 18+NN))) + NN * 3 + VLLM_BIAS (0 unless CMakeLists.txt defines it), plus
+# quant_bias() for the quant units: a test that edits one unit, the header or the build system sees the change
+# in the image it runs.
 NATIVE_UNIT = """\
 #include "ops.h"
 {quant_include}
@@ -404,6 +405,10 @@ NATIVE_UNIT = """\
 #include <numeric>
 #include <string>
 #include <vector>
+
+#ifndef VLLM_BIAS  // CMakeLists.txt may define it (a test's build-system change)
+#define VLLM_BIAS 0
+#endif
 
 // unit {n}: a little of what a kernel's host code holds (containers, strings, algorithms), so it compiles as
 // real code does, not in no time.
@@ -414,7 +419,7 @@ long vllm_unit_{n:02d}(long x) {{
   std::map<std::string, long> seen;
   for (long item : v) seen[std::to_string(item)] += item;
   std::string s = std::to_string(std::accumulate(v.begin(), v.end(), 0L));
-  return static_cast<long>(s.size()) + {n} * x{quant_term};
+  return static_cast<long>(s.size()) + {n} * x + VLLM_BIAS{quant_term};
 }}
 """
 
