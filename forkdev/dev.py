@@ -167,6 +167,9 @@ def native_spec(
                 for a in profile.native_build[1:]
             ),
         ),
+        rebuild=tuple(
+            validate.argument(a, f"targets.{name}.native_rebuild", "fix invoke.yaml") for a in profile.native_rebuild
+        ),
         outputs=nativebuild.check_globs(profile.native_outputs, f"targets.{name}.native_outputs"),
         configure=profile.native_configure,
         jobs=jobs if jobs > 0 else os.cpu_count() or 1,

@@ -58,11 +58,14 @@ class Target:
     shipped: tuple[str, ...] = ()
     checked_against: str = ""  # the upstream commit this layout was checked against ("" = never checked)
     # How `invoke dev --native` compiles the native part in the build environment, in the source tree: the command
-    # ({build}: the build directory kept between runs, {jobs}: the parallel jobs), the compiled files it leaves
-    # there (globs of repository paths), the paths whose change needs a fresh configure of the build directory,
-    # and the image it runs in ("" = config dev.native_image, else the wheel image; `native_stage` names the stage
-    # of the target's Dockerfile that is its build environment, which must then be named in config).
+    # ({build}: the build directory kept between runs, {src}: the tree, {jobs}: the parallel jobs), and the one
+    # that rebuilds a configured build directory whose build system did not change ("" = the first again), the
+    # compiled files they leave in the tree (globs of repository paths), the paths whose change needs a fresh
+    # configure of the build directory, and the image it runs in ("" = config dev.native_image, else the wheel
+    # image; `native_stage` names the stage of the target's Dockerfile that is its build environment, which must
+    # then be named in config).
     native_build: tuple[str, ...] = ()
+    native_rebuild: tuple[str, ...] = ()
     native_outputs: tuple[str, ...] = ()
     native_configure: tuple[str, ...] = ("CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml")
     native_image: str = ""
@@ -119,6 +122,9 @@ TARGETS: dict[str, Target] = {
             # docs/contributing/incremental_build.md: setup.py's cmake_build_ext configures cmake in build_temp and
             # installs each extension into the package; ninja then recompiles only what changed.
             native_build=("python3", "setup.py", "build_ext", "--inplace", "--build-temp", "{build}"),
+            # Then, as incremental_build.md's `cmake --build --target install`: ninja in the configured directory
+            # and cmake's install of every extension into the tree, without setup.py's configure and copies.
+            native_rebuild=("sh", "-c", "cmake --build {build} -j {jobs} && cmake --install {build} --prefix {src}"),
             native_outputs=("vllm/**/*.so",),
             native_configure=("CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml", "requirements/"),
             native_stage="base",  # docker/Dockerfile's stage with CUDA, the compilers and torch, before `build`
@@ -302,7 +308,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Target)}
-LISTS = ("native", "cmake_args", "shipped", "native_build", "native_outputs", "native_configure")  # lists in config
+LISTS = (
+    "native",
+    "cmake_args",
+    "shipped",
+    "native_build",
+    "native_rebuild",
+    "native_outputs",
+    "native_configure",
+)  # lists in config
 
 
 def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:

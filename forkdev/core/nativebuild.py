@@ -62,7 +62,8 @@ class Spec:
 
     image: str  # the build environment
     wheel_args: Mapping[str, str] | None  # the wheel image's build args when `image` is it (built when missing)
-    command: tuple[str, ...]  # {build}: the build directory, {jobs}: parallel jobs
+    command: tuple[str, ...]  # {build}: the build directory, {src}: the tree, {jobs}: parallel jobs
+    rebuild: tuple[str, ...]  # in a configured build directory whose build system is unchanged (() = `command`)
     outputs: tuple[str, ...]  # globs of repository paths: the compiled files the command leaves in the tree
     configure: tuple[str, ...]  # native paths whose change needs a fresh configure
     jobs: int
@@ -145,13 +146,14 @@ def build(
     if run.dry_run:
         files = source.describe(repo, hidden).files
         changed = _sync(repo.path, files, ws.src, _synced(state), dry=True)
-        reason = _reconfigure(state, configure, ws.build)
+        reason, command = _how(state, configure, ws, spec)
         ui.info(
             f"dry run: would write {changed} changed files into {ws.src}"
             + (f", configure {ws.build} afresh ({reason})" if reason else "")
             + f" and compile there in {env_ref}"
         )
-        run(_argv(engine, spec, ws, env_id, "forkdev-native-dry-run", _version(repo, target)))  # echoed, not run
+        dry = _argv(engine, spec, ws, env_id, "forkdev-native-dry-run", _version(repo, target), command)
+        run(dry)  # echoed, not run
         return Outcome([], env, False, 0, reason, [], str(ws.log), str(ws.root))
     with lock.exclusive(ws.root / "lock", f"native build of {target.name} on this base"):
         version = _version(repo, target)
@@ -225,9 +227,8 @@ def _compile(
         place.mkdir(parents=True, exist_ok=True)
     files = source.describe(repo, hidden).files
     first = not state
-    synced = _synced(state)
-    reason = None if first else _reconfigure(state, configure, ws.build)
-    recorded = dict(synced)
+    reason, command = _how(state, configure, ws, spec)
+    recorded = _synced(state)
     written = _sync(repo.path, files, ws.src, recorded)
     # Until it succeeds, the workspace holds no build: a killed or failed one is never taken for the last good one.
     store.write_json(ws.state, {**state, "version": STATE_VERSION, "status": "building", "synced": recorded})
@@ -244,7 +245,7 @@ def _compile(
     name = f"forkdev-native-{os.getpid()}-{token.token_hex(3)}"
     with ui.log_to(ws.log, output=False), ui.step(f"compile the native part in {env['image']}"):
         try:
-            argv = _argv(engine, spec, ws, env["id"], name, version)
+            argv = _argv(engine, spec, ws, env["id"], name, version, command)
             res = run(argv, stream=True, check=False, lines=progress.see)
         except BaseException:
             run(engine.cmd("rm", "--force", "--", name), check=False)  # a container the engine already started
@@ -268,6 +269,7 @@ def _compile(
             "status": "built",
             "fingerprint": fingerprint,
             "configure": configure,
+            "settings": _settings(spec),
             "synced": recorded,
             "outputs": outputs,
             "env": env,
@@ -277,10 +279,27 @@ def _compile(
     return outputs, progress.compiled, reason
 
 
-def _argv(engine: Engine, spec: Spec, ws: Workspace, image_id: str, name: str, version: Mapping[str, str]) -> list[str]:
+def _how(state: dict[str, Any], configure: dict[str, str], ws: Workspace, spec: Spec) -> tuple[str | None, tuple]:
+    """(why the build directory is configured afresh, or None; the command that builds): the profile's rebuild in
+    a configured directory whose build system and settings are as last built, else its full command."""
+    if not state:
+        return None, spec.command
+    reason = _reconfigure(state, configure, ws.build, _settings(spec))
+    configured = state.get("settings") == _settings(spec) and bool(_caches(ws.build))
+    return reason, spec.rebuild if spec.rebuild and reason is None and configured else spec.command
+
+
+def _settings(spec: Spec) -> list:
+    """What else a configured build directory holds: the commands and the variables it was configured with."""
+    return [list(spec.command), list(spec.rebuild), dict(sorted(spec.env.items()))]
+
+
+def _argv(
+    engine: Engine, spec: Spec, ws: Workspace, image_id: str, name: str, version: Mapping[str, str], command: tuple
+) -> list[str]:
     return run_argv(
-        engine, image_id, name=name, src=ws.src, build=ws.build, ccache=ws.ccache, command=spec.command,
-        jobs=spec.jobs, env={**spec.env, **version},
+        engine, image_id, name=name, src=ws.src, build=ws.build, ccache=ws.ccache, command=command, jobs=spec.jobs,
+        env={**spec.env, **version},
     )  # fmt: skip
 
 
@@ -316,7 +335,7 @@ def run_argv(
     }
     for key, value in sorted(variables.items()):
         argv += ["--env", f"{key}={value}"]
-    words = [arg.replace("{build}", BUILD).replace("{jobs}", str(jobs)) for arg in command]
+    words = [arg.replace("{build}", BUILD).replace("{src}", SRC).replace("{jobs}", str(jobs)) for arg in command]
     return [*argv, "--workdir", SRC, "--entrypoint", "/bin/sh", "--", image, "-c", PROLOGUE, "forkdev-native", *words]
 
 
@@ -342,6 +361,11 @@ def _sync(checkout: Path, files: tuple[str, ...], dest: Path, recorded: dict[str
     Files synced before and gone from the checkout are removed; nothing else in `dest` (what the build made) is.
     `recorded` ({path: [size, mtime_ns, mode]} of the checkout's file when last synced) is updated in place."""
     written = 0
+    for rel in sorted(set(recorded) - set(files)):  # first: a link or file gone may be where a directory comes
+        del recorded[rel]
+        written += 1
+        if not dry:
+            _remove(dest / rel, dest)
     for rel in files:
         src = checkout / rel
         try:
@@ -357,11 +381,6 @@ def _sync(checkout: Path, files: tuple[str, ...], dest: Path, recorded: dict[str
             if not dry:
                 _place(src, st, target, dest)
         recorded[rel] = seen
-    for rel in sorted(set(recorded) - set(files)):
-        del recorded[rel]
-        written += 1
-        if not dry:
-            _remove(dest / rel, dest)
     return written
 
 
@@ -411,22 +430,23 @@ def _place(src: Path, st: os.stat_result, target: Path, root: Path) -> None:
 
 
 def _remove(target: Path, root: Path) -> None:
-    if not os.path.lexists(target) or os.path.islink(target.parent) or not target.is_relative_to(root):
+    """Remove a file or link an earlier sync wrote (never a directory, never through a link)."""
+    if not target.is_relative_to(root) or any(os.path.islink(p) for p in target.parents if p.is_relative_to(root)):
         return
-    if os.path.isdir(target) and not os.path.islink(target):
-        shutil.rmtree(target)
-    else:
+    if os.path.islink(target) or os.path.isfile(target):
         os.unlink(target)
 
 
-def _reconfigure(state: dict[str, Any], configure: dict[str, str], build_dir: Path) -> str | None:
-    """Why the build directory needs a fresh configure: the build system's files changed since the last build
-    (None when they did not, or nothing was configured yet)."""
+def _reconfigure(state: dict[str, Any], configure: dict[str, str], build_dir: Path, settings: list) -> str | None:
+    """Why the build directory needs a fresh configure: the build system's files, or the commands and variables it
+    was configured with, changed since the last build (None when they did not, or nothing was configured yet)."""
     before = state.get("configure")
     if not isinstance(before, dict) or not _caches(build_dir):
         return None
     changed = sorted(p for p in set(before) | set(configure) if before.get(p) != configure.get(p))
     if not changed:
+        if state.get("settings") not in (None, settings):
+            return "the build's command or variables changed"
         return None
     named = ", ".join(changed[:3]) + (f" and {len(changed) - 3} more" if len(changed) > 3 else "")
     return f"{named} changed"
