@@ -44,6 +44,7 @@ from .gitrepo import Repo, z_paths
 from .proc import Runner
 from .secrets import Paths
 from .thin import Entry
+from .wheelfile import sha256
 
 SRC, BUILD, CCACHE = "/work/src", "/work/build", "/ccache"  # where the build container sees the workspace
 STATE_VERSION = 1
@@ -99,22 +100,14 @@ class Outcome:
 class Workspace:
     root: Path
     ccache: Path
+    src: Path  # the checkout's files, synced
+    build: Path  # the build directory
+    state: Path  # what was synced and built last
+    log: Path  # the last build's output
 
-    @property
-    def src(self) -> Path:
-        return self.root / "src"
-
-    @property
-    def build(self) -> Path:
-        return self.root / "build"
-
-    @property
-    def state(self) -> Path:
-        return self.root / "state.json"
-
-    @property
-    def log(self) -> Path:
-        return self.root / "build.log"
+    @classmethod
+    def at(cls, root: Path, ccache: Path) -> Workspace:
+        return cls(root, ccache, root / "src", root / "build", root / "state.json", root / "build.log")
 
 
 def check_globs(patterns: tuple[str, ...], what: str) -> tuple[str, ...]:
@@ -136,7 +129,9 @@ def build(
     if not env_id:  # a dry run whose wheel image is not there yet: nothing more can be known
         ui.info("dry run: the build environment would be built first, then the native part compiled in a new workspace")
         return Outcome([], env, False, 0, None, [], None, None)
-    ws = Workspace(store.native_workspace(cache, target.name, base.id, env_id), store.native_ccache(cache, target.name))
+    ws = Workspace.at(
+        store.native_workspace(cache, target.name, base.id, env_id), store.native_ccache(cache, target.name)
+    )
     state = store.read_json(ws.state)
     fingerprint, configure = native_state(repo, target, spec, hidden, env_id)
     outputs = state.get("outputs") if isinstance(state.get("outputs"), dict) else {}
@@ -481,7 +476,7 @@ def _outputs(src: Path, patterns: tuple[str, ...], sources: set[str]) -> dict[st
             if rel in sources or rel in found or path.is_symlink() or not path.is_file():
                 continue
             st = path.stat()
-            found[rel] = [st.st_size, st.st_mtime_ns, _sha256(path), 0o100755 if st.st_mode & 0o111 else 0o100644]
+            found[rel] = [st.st_size, st.st_mtime_ns, sha256(path), 0o100755 if st.st_mode & 0o111 else 0o100644]
     return found
 
 
@@ -495,14 +490,6 @@ def _intact(src: Path, outputs: dict[str, list]) -> bool:
         if st.st_size != size or st.st_mtime_ns != mtime:
             return False
     return bool(outputs)
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # ---- against the base ---------------------------------------------------------------------------------------

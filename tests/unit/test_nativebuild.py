@@ -78,7 +78,7 @@ def test_a_fresh_configure_is_asked_only_when_the_build_system_changed_since_a_c
 
 def test_the_rebuild_command_runs_only_in_a_directory_configured_as_this_build_is(tmp_path):
     spec = nativebuild.Spec("env", None, ("python3", "setup.py"), ("cmake", "--build", "{build}"), ("x/*.so",), (), 1)
-    ws = nativebuild.Workspace(tmp_path / "ws", tmp_path / "ccache")
+    ws = nativebuild.Workspace.at(tmp_path / "ws", tmp_path / "ccache")
     ws.build.mkdir(parents=True)
     assert nativebuild._how({}, {}, ws, spec) == (None, spec.command), "a first build configures"
     built = {"status": "built", "configure": {"CMakeLists.txt": "1"}, "settings": nativebuild._settings(spec)}
