@@ -77,9 +77,8 @@ def thin_image(
     last = store.dev_record(request.cache, repo.path)
     if native is not None:  # what a failed compile leaves standing
         recorded = store.read_json(last).get("image")
-        request = dataclasses.replace(
-            request, native=dataclasses.replace(native, last_image=recorded if isinstance(recorded, str) else None)
-        )
+        kept = f"'{recorded}' stays the last good image" if isinstance(recorded, str) else "no image was made"
+        request = dataclasses.replace(request, native=dataclasses.replace(native, kept=kept))
     if explicit:
         engine, found = config.engine(c, run), [explicit]
     else:  # the default bases need git only: asked while the engine answers

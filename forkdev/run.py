@@ -177,6 +177,9 @@ def prepare(
         "sync": "keep the running container in step with the checkout until Ctrl-C (edits, new files, deletions)",
         "restart": "with --sync: restart the processes whose command line holds this text after each sync",
         "keep": "with --sync: leave the container running when you leave (no later run removes it)",
+        "native": "with --sync: compile saved native sources incrementally (as 'invoke dev --native') and copy the "
+        "compiled files that changed in (config dev.native: build)",
+        "no_native": "with --sync: refuse native sources, whatever config dev.native says",
     },
 )
 def run(
@@ -191,6 +194,8 @@ def run(
     sync=False,
     restart=None,
     keep=False,
+    native=False,
+    no_native=False,
     target=None,
     dry_run=False,
     quiet=False,
@@ -207,6 +212,11 @@ def run(
             raise Failure("--restart restarts a process after a live sync; use it with --sync")
     if keep and not sync:
         raise Failure("--keep keeps a live-synced container running after you leave; use it with --sync")
+    if native and not sync:
+        raise Failure("--native rebuilds native sources as a live sync copies them; use it with --sync")
+    from .dev import native_spec
+
+    compile_native = native_spec(c, profile, native, no_native, None, False) if sync else None
     engine, spec, own = prepare(
         c,
         proc,
@@ -228,7 +238,7 @@ def run(
     if not sync:
         _attached(proc, engine, spec, own)
         return
-    code = _live(c, proc, engine, spec, own, checkout, profile, restart, keep, hidden)
+    code = _live(c, proc, engine, spec, own, checkout, profile, restart, keep, hidden, compile_native)
     if code:
         raise SystemExit(code)  # the server's own exit code, as it is
 
@@ -255,7 +265,17 @@ def _attached(proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim) -
 
 
 def _live(
-    c, proc: Runner, engine: Engine, spec: ctr.Spec, own: owners.Claim, repo: Repo, target, restart, keep, hidden
+    c,
+    proc: Runner,
+    engine: Engine,
+    spec: ctr.Spec,
+    own: owners.Claim,
+    repo: Repo,
+    target,
+    restart,
+    keep,
+    hidden,
+    native,
 ):
     """Start the container, sync until it ends or the user leaves; returns its exit code when it ended."""
     from .core import container as ctr
@@ -274,8 +294,9 @@ def _live(
             return None
         info = engine.inspect_image(proc, spec.image) or {}
         where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, config.cache_dir(c)).location
+        live = _native_live(c, proc, engine, spec, repo, target, hidden, native) if native is not None else None
         livesync.follow_logs(engine, proc, spec.name, stop)
-        mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden)
+        mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden, live)
         livesync.follow(mirror, iter([pending]))
         ui.info(f"syncing {repo.path} into {spec.name}; Ctrl-C to leave" + (" (it keeps running)" if keep else ""))
         livesync.follow(mirror, batches)
@@ -292,6 +313,23 @@ def _live(
         ui.warn(f"the container's command exited with {code}")
     ui.result(spec.name)
     return code
+
+
+def _native_live(c, proc: Runner, engine: Engine, spec: ctr.Spec, repo: Repo, target, hidden, native):
+    """What --native rebuilds against: the image's base (a thin image names it; the workspace of `dev --native`
+    on it), and the compiled files the running image holds."""
+    from .core import labels as L
+    from .core import nativebuild
+
+    cache = config.cache_dir(c)
+    image = bases.resolve(engine, proc, [spec.image], explicit=True, cache=cache, target=target)
+    base_id = Engine.labels(image.image).get(L.BASE_ID)
+    base = bases.resolve(engine, proc, [base_id], explicit=True, cache=cache, target=target) if base_id else image
+    have = nativebuild.base_files(engine, proc, image, target, native.outputs, cache)
+    native = dataclasses.replace(native, kept=f"{spec.name} runs on with what it had")
+    return nativebuild.Live(
+        engine, proc, native, repo=repo, base=base, target=target, cache=cache, hidden=hidden, have=have
+    )
 
 
 def _exit_code(proc: Runner, engine: Engine, name: str) -> int | None:

@@ -57,6 +57,17 @@ def assert_one_line_error(res, *words: str) -> None:
         assert w in res.last_error, (w, res.last_error)
 
 
+def wait_for(check, what: str, timeout: float = 30.0):
+    """The first true value of `check()`, asked every 50 ms; a failed assertion naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def invoke_argv(*args: str) -> list[str]:
     """`invoke ARGS` run from the project, as a user runs it (the interpreter of the tests)."""
     return [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]

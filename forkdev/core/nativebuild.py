@@ -69,7 +69,7 @@ class Spec:
     configure: tuple[str, ...]  # native paths whose change needs a fresh configure
     jobs: int
     env: Mapping[str, str] = field(default_factory=dict)  # the base's shaping build args (TORCH_CUDA_ARCH_LIST)
-    last_image: str | None = None  # the checkout's last image: what stays when a build fails
+    kept: str = "no image was made"  # what stays as it was when a build fails (the last good image, a container)
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,7 @@ class Outcome:
     same: list[str]  # image paths of compiled files equal to the base's (not shipped)
     log: str | None
     workspace: str | None
+    made: dict[str, tuple[str, str, int]] = field(default_factory=dict)  # image path: (repository path, sha256, mode)
 
     def summary(self) -> dict[str, Any]:
         return {
@@ -249,8 +250,7 @@ def _compile(
     if not res.ok:
         store.write_json(ws.state, {**state, "version": STATE_VERSION, "status": "failed", "synced": recorded})
         why = progress.first_error or f"the build stopped with exit {res.returncode}: {res.reason}"
-        kept = f"'{spec.last_image}' stays the last good image" if spec.last_image else "no image was made"
-        raise Failure(f"native build failed: {why}; the build log is {ws.log}; {kept} and {ws.build} is kept")
+        raise Failure(f"native build failed: {why}; the build log is {ws.log}; {spec.kept} and {ws.build} is kept")
     outputs = _outputs(ws.src, spec.outputs, set(files))
     if not outputs:
         raise Failure(
@@ -546,9 +546,11 @@ def _outcome(
 ) -> Outcome:
     """Each compiled file against the base's at its place in the image: those that differ ship."""
     theirs = base_files(engine, run, base, target, spec.outputs, cache)
-    entries, same = [], []
+    entries, same, made = [], [], {}
     for rel, (_, _, sha, mode) in sorted(outputs.items()):
         image_path = base.location.image_path(rel, target.package_path)
+        if image_path is not None:
+            made[image_path] = (rel, sha, mode)
         if image_path is None:
             ui.warn(f"{rel} has no place in a site-packages base; not shipped")
         elif theirs.get(image_path) == sha:
@@ -562,7 +564,32 @@ def _outcome(
         ui.info(f"  + {e.image_path} (compiled, {len(e.data)} bytes, sha256 {e.sha256[:12]})")
     if same:
         ui.info(f"  {len(same)} compiled files are byte-identical to the base's: not shipped")
-    return Outcome(entries, env, built, compiled, reason, same, str(ws.log), str(ws.root))
+    return Outcome(entries, env, built, compiled, reason, same, str(ws.log), str(ws.root), made)
+
+
+class Live:
+    """`invoke run --sync --native`: the running container's compiled files follow the checkout's native sources.
+    Each native save builds incrementally in the workspace of the image's base (the one `dev --native` uses), and
+    what differs from what the container holds is copied in."""
+
+    def __init__(self, engine: Engine, run: Runner, spec: Spec, *, repo: Repo, base: Base, target: Target,
+                 cache: Path, hidden: Paths, have: dict[str, str]) -> None:  # fmt: skip
+        self.engine, self.run, self.spec, self.repo, self.base = engine, run, spec, repo, base
+        self.target, self.cache, self.hidden = target, cache, hidden
+        self.have = dict(have)  # image path: sha256 of the compiled files in the container
+
+    def rebuild(self) -> tuple[Path, list[tuple[str, str, str]]]:
+        """Build; (the workspace's tree, [(its path, image path, sha256)] of the compiled files the container does
+        not hold yet). The caller copies them in, then marks them `held`."""
+        outcome = build(
+            self.engine, self.run, self.spec, repo=self.repo, base=self.base, target=self.target, cache=self.cache,
+            hidden=self.hidden,
+        )  # fmt: skip
+        made = sorted(outcome.made.items())
+        return Path(outcome.workspace or ".") / "src", [(r, p, h) for p, (r, h, _) in made if self.have.get(p) != h]
+
+    def held(self, copied: list[tuple[str, str, str]]) -> None:
+        self.have.update((path, sha) for _, path, sha in copied)
 
 
 # ---- the build's output ---------------------------------------------------------------------------------------

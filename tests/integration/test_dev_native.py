@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -216,3 +217,23 @@ def test_bad_native_requests_are_one_line_before_the_engine_is_asked(invoke, tmp
     res = invoke("dev", str(repo), *args, env=env)
     support.assert_one_line_error(res, *words)
     assert not re.search(r"^\+ \S*(docker|podman) ", res.err, re.M)
+
+
+def test_a_live_sync_with_native_rebuilds_a_saved_kernel_and_restarts_the_server(engine, native, checkout, start):
+    server = "import time, vllm._C as c; print('value', c.value(), flush=True); time.sleep(600)"
+    args = ("run", "--repo", str(checkout), "--image", native.base, "--sync", "--native", "--restart", "time.sleep")
+    sync = start(*args, "--", "python3", "-c", server, env={"INVOKE_DEV_NATIVE_IMAGE": native.env})
+    support.wait_for(lambda: "Ctrl-C to leave" in sync.err, "the sync to be ready", timeout=120)
+    name = sync.name("sync")
+
+    def logs() -> str:
+        return subprocess.run([engine.exe, "logs", name], capture_output=True, text=True).stdout
+
+    assert f"value {native.value}" in support.wait_for(logs, "the server")
+    edit_unit(checkout, 5, 1000)
+    support.wait_for(lambda: f"value {native.value + 1000}" in logs(), "the rebuilt kernel, restarted", timeout=120)
+    broken = checkout / "csrc" / "unit_06.cpp"
+    broken.write_text(broken.read_text().replace("return static_cast", "return undefined_kernel + static_cast"))
+    support.wait_for(lambda: "not synced: native build failed: csrc/unit_06.cpp:" in sync.err, "the error", 120)
+    assert f"{name} runs on with what it had" in sync.err
+    assert sync.finish() == 0, sync.err[-2000:]
