@@ -594,6 +594,7 @@ class Live:
 
 # ---- the build's output ---------------------------------------------------------------------------------------
 STEP = re.compile(r"^\[(\d+)/(\d+)\] (.*)$")  # ninja's status line
+MAKE_STEP = re.compile(r"^\[\s*(\d+)%\] (.*)$")  # make's, where cmake generates Makefiles
 COMPILE = re.compile(r"\bBuilding (?:C|CXX|CUDA|HIP) object ")
 COMPILER_ERROR = re.compile(r"^(\S[^:]*):(\d+)(?::(\d+))?:\s+(?:fatal )?error:\s*(.*)$")  # gcc, clang
 NVCC_ERROR = re.compile(r"^(\S+)\((\d+)\): (?:catastrophic )?error:\s*(.*)$")
@@ -607,27 +608,25 @@ class Progress:
         self.compiled = 0
         self.step = ""
         self.first_error: str | None = None
-        self.cmake_error: str | None = None
         self.shown = 0.0
         self.interval = 0.1 if sys.stderr.isatty() else 2.0
 
     def see(self, line: str) -> None:
-        m = STEP.match(line)
-        if m:
-            self.step = f"{m.group(1)}/{m.group(2)}"
-            if COMPILE.search(m.group(3)):
+        ninja, make = STEP.match(line), MAKE_STEP.match(line)
+        if ninja or make:
+            done, total, what = ninja.groups() if ninja else (make.group(1), "100", make.group(2))  # make: percent
+            self.step = f"{done}/{total}"
+            if COMPILE.search(what):
                 self.compiled += 1
             now = time.monotonic()
-            if now - self.shown >= self.interval or m.group(1) == m.group(2):
+            if now - self.shown >= self.interval or done == total:
                 self.shown = now
-                ui.status(f"native build [{self.step}] {self.compiled} compiled: {_short(m.group(3))}")
+                ui.status(f"native build [{self.step}] {self.compiled} compiled: {_short(what)}")
             return
         if self.first_error is None:
             self.first_error = _compiler_error(line)
-        if self.cmake_error is None and line.startswith("CMake Error"):
-            self.cmake_error = line.strip()
-            if self.first_error is None:
-                self.first_error = self.cmake_error
+        if self.first_error is None and line.startswith("CMake Error"):
+            self.first_error = line.strip()
 
     def done(self) -> None:
         if self.step:

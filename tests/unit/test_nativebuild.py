@@ -117,6 +117,10 @@ def test_progress_counts_compiles_from_ninjas_steps_and_keeps_the_first_error():
         progress.see(line)
     assert progress.compiled == 2 and progress.step == "3/3"
     assert progress.first_error == "csrc/unit_06.cpp:22:10: error: 'k' was not declared in this scope"
+    make = nativebuild.Progress()
+    make.see("[ 50%] Building CXX object CMakeFiles/_C.dir/csrc/unit_05.cpp.o")
+    make.see("[100%] Linking CXX shared module _C.abi3.so")
+    assert (make.compiled, make.step) == (1, "100/100")
     cmake = nativebuild.Progress()
     cmake.see("CMake Error at CMakeLists.txt:7 (project):")
     assert cmake.first_error == "CMake Error at CMakeLists.txt:7 (project):"
