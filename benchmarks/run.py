@@ -1,6 +1,6 @@
 """`nox -s bench`: every figure the issues name, each printed next to the naive way's, measured in the same run.
 
-`nox -s bench -- dev fork-sync` runs some parts; BENCH_WORKDIR=DIR keeps the generated trees there.
+`nox -s bench -- dev native fork-sync` runs some parts; BENCH_WORKDIR=DIR keeps the generated trees there.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import batch  # noqa: E402
 import dev_image  # noqa: E402
 import fork_sync  # noqa: E402
 import live_sync  # noqa: E402
+import native_build  # noqa: E402
 import nightly  # noqa: E402
 import smoke  # noqa: E402
 from common import support  # noqa: E402
@@ -28,6 +29,7 @@ from forkdev.core.proc import Runner  # noqa: E402
 
 PARTS = {
     "dev": (dev_image, lambda work: dev_image.run(Engine.detect(Runner(echo=False), "docker"), work)),
+    "native": (native_build, lambda work: native_build.run(Engine.detect(Runner(echo=False), "docker"), work)),
     "fork-sync": (fork_sync, fork_sync.run),
     # nightly and batch build with RUN --mount: podman (buildah) resolves the local FROM image without a registry
     "nightly": (nightly, lambda work: nightly.run(Engine.detect(Runner(echo=False), "podman"), work)),

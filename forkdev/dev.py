@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .core import base as bases
 from .core import cache as store
 from .core import config, ship, ui, validate
 from .core.errors import Failure
 from .core.gitrepo import Repo, with_untracked
+from .core.native import build_args as native_build_args
 from .core.proc import Runner, concurrently
 from .core.tasking import runner, task, toggle
+
+if TYPE_CHECKING:
+    from .core import nativebuild
 
 HELP = {
     "base": "base image (default: the upstream image of the merge-base, else the target's nightly)",
@@ -39,6 +44,7 @@ def thin_image(
     force: bool,
     no_force: bool,
     json: bool,
+    native: nativebuild.Spec | None = None,
 ) -> dict[str, Any]:
     """What `invoke dev` and `invoke build` share once they know the repository state: flags over the settings,
     the image, then the result: its reference on stdout (or one JSON object), logs on stderr."""
@@ -63,9 +69,14 @@ def thin_image(
         epoch=config.epoch(),
         secret_paths=settings.secret_paths,
         secret_values=settings.secret_values,
+        native=native,
     )
     ship.check(request)  # bad tags and pushes are refused before the engine is even asked
     last = store.dev_record(request.cache, repo.path)
+    if native is not None:  # what a failed compile leaves standing
+        recorded = store.read_json(last).get("image")
+        kept = f"'{recorded}' stays the last good image" if isinstance(recorded, str) else "no image was made"
+        request = dataclasses.replace(request, native=dataclasses.replace(native, kept=kept))
     if explicit:
         engine, found = settings.engine(run), [explicit]
     else:  # the default bases need git only: asked while the engine answers
@@ -98,6 +109,61 @@ def _made(recorded: dict[str, Any]) -> tuple[str, ...]:
     tags = [t for t in tags if isinstance(t, str)] if isinstance(tags, list) else []
     last = recorded.get("image")
     return (*tags, last) if isinstance(last, str) and last not in tags else tuple(tags)
+
+
+def native_spec(
+    settings: config.Settings, on: bool, off: bool, ref: str | None, force: bool
+) -> nativebuild.Spec | None:
+    """How a native change is compiled (--native, or config dev.native: build), or None when it is refused."""
+    from .core import nativebuild
+
+    profile = settings.target
+    if not toggle("native", on, off, settings.dev.native):
+        return None
+    if force:
+        raise Failure(
+            "--native and --force contradict each other: --native compiles native changes, --force ships "
+            "them uncompiled; pass one of them"
+        )
+    if ref is not None:
+        raise Failure(f"--native builds the working tree, not --ref {ref}; check {ref} out and run it there")
+    name = profile.name
+    if not profile.native_build or not profile.native_outputs:
+        raise Failure(
+            f"target {name} says nothing of how its native part is built; set targets.{name}.native_build (the "
+            f"command, e.g. [python3, setup.py, build_ext, --inplace]) and native_outputs (e.g. [pkg/**/*.so])"
+        )
+    configured = settings.dev.native_image or profile.native_image
+    if configured:
+        image, wheel_args = validate.image_ref(configured, "dev.native_image"), None
+    elif profile.native_stage:
+        raise Failure(
+            f"target {name} compiles in the '{profile.native_stage}' stage of its {profile.dockerfile}; build that "
+            f"stage once (docker build --target {profile.native_stage} -f {profile.dockerfile} -t NAME CHECKOUT, with "
+            "the base's build args) and set dev.native_image to NAME"
+        )
+    else:
+        image, wheel_args = config.wheel_image(settings.wheel)
+    jobs = settings.dev.native_jobs
+    shaping, _ = native_build_args(profile, settings.native.build_args, settings.native.cuda_arch, False)
+    return nativebuild.Spec(
+        image=image,
+        wheel_args=wheel_args,
+        command=(
+            validate.plain(profile.native_build[0], f"targets.{name}.native_build's program", "fix invoke.yaml"),
+            *(
+                validate.argument(a, f"targets.{name}.native_build", "fix invoke.yaml")
+                for a in profile.native_build[1:]
+            ),
+        ),
+        rebuild=tuple(
+            validate.argument(a, f"targets.{name}.native_rebuild", "fix invoke.yaml") for a in profile.native_rebuild
+        ),
+        outputs=nativebuild.check_globs(profile.native_outputs, f"targets.{name}.native_outputs"),
+        configure=profile.native_configure,
+        jobs=jobs if jobs > 0 else os.cpu_count() or 1,
+        env={k.upper(): validate.plain(v, f"build arg {k}", "fix it") for k, v in shaping.items()},
+    )
 
 
 def explanation(repo: Repo, profile: config.Target, against: str, ref: str | None) -> dict[str, Any]:
@@ -140,6 +206,9 @@ def source_url(repo: Repo) -> str | None:
         "ref": "a commit of the checkout to ship instead of its working tree",
         "explain": "list each path changed since the base's commit (the merge-base with upstream) as native or "
         "shipped and why; builds nothing",
+        "native": "compile native changes incrementally in the build environment and ship the compiled files that "
+        "changed (config dev.native: build)",
+        "no_native": "refuse native changes, whatever config dev.native says",
         **HELP,
     },
 )
@@ -158,6 +227,8 @@ def dev(
     json=False,
     quiet=False,
     explain=False,
+    native=False,
+    no_native=False,
 ):
     """Thin image = base + one layer of the checkout's changed files (uncommitted work included)."""
     run = runner(c, dry_run, quiet)
@@ -177,11 +248,14 @@ def dev(
         for p in report["paths"]:
             ui.result(f"{'native ' if p['native'] else 'shipped'} {p['path']}  ({p['rule'] or '-'}: {p['why']})")
         return
+    settings = config.load(c, target)
+    build_native = native_spec(settings, native, no_native, ref, toggle("force", force, no_force, settings.dev.force))
     thin_image(
-        config.load(c, target),
+        settings,
         run,
         checkout,
         ref,
+        native=build_native,
         source=source_url(checkout),
         base=base,
         tags=tag,

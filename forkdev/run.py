@@ -8,6 +8,7 @@ checkout (core/livesync.py).
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 from typing import TYPE_CHECKING
@@ -45,6 +46,9 @@ SHARED = {
         "sync": "keep the running container in step with the checkout until Ctrl-C (edits, new files, deletions)",
         "restart": "with --sync: restart the processes whose command line holds this text after each sync",
         "keep": "with --sync: leave the container running when you leave (no later run removes it)",
+        "native": "with --sync: compile saved native sources incrementally (as 'invoke dev --native') and copy the "
+        "compiled files that changed in (config dev.native: build)",
+        "no_native": "with --sync: refuse native sources, whatever config dev.native says",
     },
 )
 def run(
@@ -59,6 +63,8 @@ def run(
     sync=False,
     restart=None,
     keep=False,
+    native=False,
+    no_native=False,
     target=None,
     dry_run=False,
     quiet=False,
@@ -77,6 +83,11 @@ def run(
             raise Failure("--restart restarts a process after a live sync; use it with --sync")
     if keep and not sync:
         raise Failure("--keep keeps a live-synced container running after you leave; use it with --sync")
+    if native and not sync:
+        raise Failure("--native rebuilds native sources as a live sync copies them; use it with --sync")
+    from .dev import native_spec
+
+    compile_native = native_spec(settings, native, no_native, None, False) if sync else None
     ask = launch.Ask(
         purpose="sync" if sync else "run",
         image=image,
@@ -95,7 +106,7 @@ def run(
     if not sync:
         _attached(proc, engine, spec, own)
         return
-    code = _live(settings, proc, engine, spec, own, checkout, restart, keep)
+    code = _live(settings, proc, engine, spec, own, checkout, restart, keep, compile_native)
     if code:
         raise SystemExit(code)  # the server's own exit code, as it is
 
@@ -121,6 +132,7 @@ def _live(
     repo: Repo,
     restart,
     keep,
+    native,
 ):
     """Start the container, sync until it ends or the user leaves; returns its exit code when it ended."""
     from .core import container as ctr
@@ -139,8 +151,10 @@ def _live(
             info = engine.inspect_image(proc, spec.image) or {}
             target = settings.target
             where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, settings.cache_dir()).location
+            live = _native_live(settings, proc, engine, spec, repo, native) if native is not None else None
             livesync.follow_logs(engine, proc, spec.name, stop)
-            mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, settings.secret_paths)
+            hidden = settings.secret_paths
+            mirror = livesync.Mirror(engine, proc, repo, spec.name, where, target, restart, hidden, live)
             livesync.follow(mirror, iter([pending]))
             ui.info(f"syncing {repo.path} into {spec.name}; Ctrl-C to leave" + (" (it keeps running)" if keep else ""))
             livesync.follow(mirror, batches)
@@ -153,6 +167,23 @@ def _live(
         ui.warn(f"the container's command exited with {code}")
     ui.result(spec.name)
     return code
+
+
+def _native_live(settings: config.Settings, proc: Runner, engine: Engine, spec: ctr.Spec, repo: Repo, native):
+    """What --native rebuilds against: the image's base (a thin image names it; the workspace of `dev --native`
+    on it), and the compiled files the running image holds."""
+    from .core import labels as L
+    from .core import nativebuild
+
+    cache, target, hidden = settings.cache_dir(), settings.target, settings.secret_paths
+    image = bases.resolve(engine, proc, [spec.image], explicit=True, cache=cache, target=target)
+    base_id = Engine.labels(image.image).get(L.BASE_ID)
+    base = bases.resolve(engine, proc, [base_id], explicit=True, cache=cache, target=target) if base_id else image
+    have = nativebuild.base_files(engine, proc, image, target, native.outputs, cache)
+    native = dataclasses.replace(native, kept=f"{spec.name} runs on with what it had")
+    return nativebuild.Live(
+        engine, proc, native, repo=repo, base=base, target=target, cache=cache, hidden=hidden, have=have
+    )
 
 
 def _exit_code(proc: Runner, engine: Engine, name: str) -> int | None:

@@ -21,7 +21,7 @@ _CHECK = """
 import hashlib, json, os, sys
 proof = json.load(open(sys.argv[1]))
 files = {}
-for f in proof["files"]:
+for f in proof["files"] + (proof.get("native") or {}).get("files", []):
     p = f["image_path"]
     if os.path.islink(p):
         files[p] = hashlib.sha256(os.readlink(p).encode()).hexdigest()
@@ -60,6 +60,13 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
         if found["files"].get(f["image_path"]) != f["sha256"]:
             problems.append(f"{f['image_path']} differs from what was shipped")
     problems += [f"{p} should have been deleted" for p in found["present"]]
+    native = proof.get("native")
+    if native is not None:
+        for f in native["files"]:
+            if found["files"].get(f["image_path"]) != f["sha256"]:
+                problems.append(f"{f['image_path']} differs from what the native build made")
+        if labels.get(L.NATIVE_ENV, "") != native["env"]["id"]:
+            problems.append(f"label build environment {labels.get(L.NATIVE_ENV)} != proof's {native['env']['id']}")
     problems += _against_base(engine, run, info, proof)
     if repo is not None:
         problems += _against_checkout(repo, proof) if proof["dirty"] else _against_commit(repo, proof)
@@ -70,6 +77,7 @@ def check(engine: Engine, run: Runner, image: str, commit: str | None, repo: Rep
         "base": proof["base"],
         "files": len(proof["files"]),
         "deleted": len(proof["deleted"]),
+        "native": native,
         "ok": not problems,
         "problems": problems,
     }
@@ -176,7 +184,14 @@ def verify(c, image, commit=None, repo=None, all=False, json=False, quiet=False)
         summary = (
             f"{r['image']}: commit {r['commit']}"
             + (" + uncommitted changes" if r["dirty"] else "")
-            + f", {r['files']} files and {r['deleted']} deletions as shipped, run config as the base's"
+            + f", {r['files']} files and {r['deleted']} deletions as shipped"
+            + (
+                f", {len(r['native']['files'])} compiled files as built in {r['native']['env']['image']} "
+                f"({r['native']['env']['id'][:19]})"
+                if r["native"]
+                else ""
+            )
+            + ", run config as the base's"
         )
         (ui.ok if json else ui.result)(summary)
 

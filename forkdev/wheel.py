@@ -69,16 +69,6 @@ class Job:
     plan: dict[str, Any]  # what the result reports, filled in as the build goes
 
 
-def image_settings(cfg: config.Wheel) -> tuple[str, dict[str, str]]:
-    """The build image's reference and build args, from config."""
-    from .core import builder
-
-    args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
-    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in cfg.build_args.items()})
-    ref = cfg.image or f"{builder.REPOSITORY}:{builder.recipe(args)}"
-    return validate.image_ref(ref, "wheel.image"), args
-
-
 @task(positional=["repo"], help=HELP, iterable=["cmake_arg"])
 def build(
     c,
@@ -242,7 +232,7 @@ def _in_image(job: Job, ca: Path | None, isolated: bool) -> dict:
 
     run, settings, stage_src, stage_out, env = job.run, job.settings, job.stage_src, job.stage_out, job.env
     engine = settings.engine(run)
-    ref, args = image_settings(settings.wheel)
+    ref, args = config.wheel_image(settings.wheel)
     image = builder.ensure(engine, run, ref, args)
     cache = settings.wheel.ccache / "image"  # the image's compiler and the host's never share entries
     user = None
@@ -441,7 +431,7 @@ def image(c, force=False, dry_run=False, json=False, quiet=False):
     run = runner(c, dry_run, quiet)
     settings = config.load(c)
     engine = settings.engine(run)
-    ref, args = image_settings(settings.wheel)
+    ref, args = config.wheel_image(settings.wheel)
     built = builder.ensure(engine, run, ref, args, force=force)
     if json:
         ui.emit_json({"image": built.ref, "id": built.id, "built": built.built, "dry_run": run.dry_run})

@@ -20,6 +20,7 @@ Images
     ship        plan -> write -> tag, and the one publish step (registry asked first, then each push)
     fullbuild   a full build of an exported commit with its own Dockerfile
     native      the native state of a commit (what a compile depends on)
+    nativebuild dev --native: the workspace synced, the incremental compile, its compiled files against the base's
     fixes       the registry of build-context fixes
     batching    batch's plan by native state and its per-group builds
     bakefile    batch's plan as a docker buildx bake file BuildKit accepts

@@ -18,6 +18,9 @@ file is read without following a symlink: the tool reads only what it wrote.
     <root>/batch/results.json, logs/    batch's default results file and per-state logs
     <root>/wheel/, smoke/               their logs
     <root>/ccache                       the host wheel build's compiler cache
+    <root>/native/<target>/<base>-<env> `invoke dev --native`'s workspace per base image and build environment:
+                                        src/ (the synced tree), build/ (the build directory), state.json, build.log
+    <root>/native/<target>/ccache       its compiler cache, shared by every base of the target
     <root>/demo                         invoke demo's sandbox
 """
 
@@ -37,8 +40,7 @@ from .errors import Failure
 def keyed(root: Path, kind: str, key: str) -> Path:
     """A place per repository (or other key): <root>/<kind>/<readable name>-<hash of the whole key>."""
     name = os.path.basename(key.rstrip("/")).removesuffix(".git") or "root"
-    safe = "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:60]
-    return root / kind / f"{safe}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
+    return root / kind / f"{_plain(name)}-{hashlib.sha256(key.encode()).hexdigest()[:12]}"
 
 
 def mirror(root: Path, url: str) -> Path:
@@ -84,6 +86,26 @@ def log(root: Path, task: str, name: str) -> Path:
 
 def ccache(root: Path) -> Path:
     return root / "ccache"
+
+
+def native_workspace(root: Path, target: str, base_id: str, env_id: str) -> Path:
+    """`invoke dev --native`'s build workspace of one target on one base image, in one build environment (image
+    ids, sha256:<hex>): a build directory is only ever reused by the same compiler on the same base."""
+    short = [ident.split(":")[-1][:16] for ident in (base_id, env_id)]
+    return _native(root, target) / f"{short[0]}-{short[1]}"
+
+
+def native_ccache(root: Path, target: str) -> Path:
+    return _native(root, target) / "ccache"
+
+
+def _native(root: Path, target: str) -> Path:
+    return root / "native" / (_plain(target).strip(".") or "target")  # never '..': a target is a name from config
+
+
+def _plain(name: str) -> str:
+    """`name` as a file name of ours: letters, digits, '.', '_' and '-' only, at most 60 characters."""
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in name)[:60]
 
 
 def demo(root: Path) -> Path:

@@ -59,14 +59,27 @@ class Target:
     # Paths under a native area that ship as they are (sources compiled at run time, e.g. JIT kernels).
     shipped: tuple[str, ...] = ()
     checked_against: str = ""  # the upstream commit this layout was checked against ("" = never checked)
+    # How `invoke dev --native` compiles the native part in the build environment, in the source tree: the command
+    # ({build}: the build directory kept between runs, {src}: the tree, {jobs}: the parallel jobs), and the one
+    # that rebuilds a configured build directory whose build system did not change ("" = the first again), the
+    # compiled files they leave in the tree (globs of repository paths), the paths whose change needs a fresh
+    # configure of the build directory, and the image it runs in ("" = config dev.native_image, else the wheel
+    # image; `native_stage` names the stage of the target's Dockerfile that is its build environment, which must
+    # then be named in config).
+    native_build: tuple[str, ...] = ()
+    native_rebuild: tuple[str, ...] = ()
+    native_outputs: tuple[str, ...] = ()
+    native_configure: tuple[str, ...] = ("CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml")
+    native_image: str = ""
+    native_stage: str = ""
 
     def classify(self, path: str) -> tuple[bool, str, str]:
         """(native, the rule that decided, why): a shipped exception wins over the native area it sits in."""
         for rule in self.shipped:
-            if _matches(rule, path):
+            if matches(rule, path):
                 return False, rule, "run-time compiled sources: they ship as they are"
         for rule in self.native:
-            if _matches(rule, path):
+            if matches(rule, path):
                 return True, rule, self.why.get(rule, "listed as native")
         return False, "", "not under a native path: ships as Python"
 
@@ -74,7 +87,8 @@ class Target:
         return self.classify(path)[0]
 
 
-def _matches(rule: str, path: str) -> bool:
+def matches(rule: str, path: str) -> bool:
+    """Whether a profile's path rule takes `path`: "dir/" everything under it, anything else that one path."""
     return path.startswith(rule) if rule.endswith("/") else path == rule
 
 
@@ -107,6 +121,15 @@ TARGETS: dict[str, Target] = {
             jobs_arg="max_jobs",
             threads_arg="nvcc_threads",
             smoke="vllm --version",  # its console script: the entry points and the import of the CLI
+            # docs/contributing/incremental_build.md: setup.py's cmake_build_ext configures cmake in build_temp and
+            # installs each extension into the package; ninja then recompiles only what changed.
+            native_build=("python3", "setup.py", "build_ext", "--inplace", "--build-temp", "{build}"),
+            # Then, as incremental_build.md's `cmake --build --target install`: ninja in the configured directory
+            # and cmake's install of every extension into the tree, without setup.py's configure and copies.
+            native_rebuild=("sh", "-c", "cmake --build {build} -j {jobs} && cmake --install {build} --prefix {src}"),
+            native_outputs=("vllm/**/*.so",),
+            native_configure=("CMakeLists.txt", "cmake/", "setup.py", "pyproject.toml", "requirements/"),
+            native_stage="base",  # docker/Dockerfile's stage with CUDA, the compilers and torch, before `build`
         ),
         Target(
             name="sglang",
@@ -163,6 +186,15 @@ TARGETS: dict[str, Target] = {
             wheel_cmake=".",
             wheel_python="python",
             smoke="mlc_llm --help",
+            # As its python/setup.py expects: libmlc_llm*.so built by the root CMakeLists.txt, copied into the package.
+            native_build=(
+                "sh",
+                "-c",
+                "cmake -S . -B {build} -G Ninja -DCMAKE_BUILD_TYPE=Release && cmake --build {build} -j {jobs} && "
+                "cp {build}/libmlc_llm*.so python/mlc_llm/",
+            ),
+            native_outputs=("python/mlc_llm/libmlc_llm*.so",),
+            native_configure=("CMakeLists.txt", "cmake/", "3rdparty/"),
         ),
     )
 }
@@ -191,6 +223,11 @@ DEFAULTS: dict[str, Any] = {
         "repository": "forkdev/{target}-dev",  # local-<sha12> tags go here; pushed only if it names a registry
         "push": False,
         "force": False,
+        # What a native change gets: "refuse" (name it; --force ships it uncompiled) or "build" (as --native:
+        # compile it incrementally in the build environment and ship the compiled files that changed).
+        "native": "refuse",
+        "native_image": "",  # the build environment of --native; "" = the target's native_image, else the wheel image
+        "native_jobs": 0,  # parallel compile jobs of --native (MAX_JOBS); 0 = every CPU
     },
     "nightly": {
         # "" = the target's nightly_image (e.g. forkdev/vllm); {target} is its name; --push needs a registry in it
@@ -276,6 +313,15 @@ DEFAULTS: dict[str, Any] = {
 }
 
 _FIELDS = {f.name: f for f in dataclasses.fields(Target)}
+LISTS = (
+    "native",
+    "cmake_args",
+    "shipped",
+    "native_build",
+    "native_rebuild",
+    "native_outputs",
+    "native_configure",
+)  # lists in config
 
 
 def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
@@ -290,9 +336,9 @@ def target(name: str, overrides: Mapping[str, Any] | None = None) -> Target:
         raise Failure(f"unknown target '{name}'; choose one of {', '.join(sorted(TARGETS))} or define it in config")
     values = dataclasses.asdict(TARGETS[name]) if name in TARGETS else {"name": name}
     for key, value in extra.items():
-        if key in ("native", "cmake_args", "shipped") and (isinstance(value, str) or not hasattr(value, "__iter__")):
+        if key in LISTS and (isinstance(value, str) or not hasattr(value, "__iter__")):
             raise Failure(f"config targets.{name}.{key} must be a list of strings; fix invoke.yaml")
-        if key in ("native", "cmake_args", "shipped"):
+        if key in LISTS:
             value = tuple(str(v) for v in value)
         elif key in ("build_args", "why"):
             if not isinstance(value, Mapping):
@@ -334,6 +380,17 @@ def image_repository(value: object, profile: Target, what: str) -> str:
     """A configured or given image repository with `{target}` filled in (a plain replace: any other brace is
     left for the validation to name, never a format error), validated (`what` names it in errors)."""
     return valid_repository(str(value).replace("{target}", profile.name), what)
+
+
+def wheel_image(cfg: Wheel) -> tuple[str, dict[str, str]]:
+    """The wheel build image's reference and build args (wheel.image, wheel.base, wheel.build_args): what
+    `invoke wheel` builds in, and `invoke dev --native` where no other build environment is named."""
+    from . import builder
+
+    args = {"BASE_IMAGE": validate.image_ref(cfg.base, "wheel.base")}
+    args.update({str(k): validate.plain(str(v), f"wheel.build_args.{k}") for k, v in cfg.build_args.items()})
+    ref = cfg.image or f"{builder.REPOSITORY}:{builder.recipe(args)}"
+    return validate.image_ref(ref, "wheel.image"), args
 
 
 def nightly_repository(c: Any, profile: Target) -> str:
@@ -405,6 +462,12 @@ class Dev:
     repository: str  # where local-<sha12> tags go, {target} filled in and checked
     push: bool
     force: bool
+    native: bool  # dev.native: build (compile a native change, as --native) rather than refuse it
+    native_image: str  # the build environment of --native; "" = the target's native_image, else the wheel image
+    native_jobs: int  # parallel compile jobs of --native; 0 = every CPU
+
+
+NATIVE_MODES = ("refuse", "build")
 
 
 @dataclass(frozen=True)
@@ -504,6 +567,25 @@ def _wheel(cfg: Any, cache: Path) -> Wheel:
     )
 
 
+def _dev_native(cfg: Any) -> dict[str, Any]:
+    mode = str(cfg.native)
+    if mode not in NATIVE_MODES:
+        raise Failure(f"config dev.native is '{mode}'; set it to refuse (the default) or build")
+    try:
+        jobs = int(cfg.native_jobs or 0)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config dev.native_jobs '{cfg.native_jobs}' is not a number of compile jobs (0: every CPU); fix it in "
+            "invoke.yaml"
+        ) from None
+    image = str(cfg.native_image or "")
+    return {
+        "native": mode == "build",
+        "native_image": validate.image_ref(image, "dev.native_image") if image else "",
+        "native_jobs": jobs,
+    }
+
+
 def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
     """The settings of this run: --target over config `target`, --upstream over `upstream.url` over the
     target's own; each value checked here, and named as the user set it when it is wrong."""
@@ -535,6 +617,7 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             repository=image_repository(c.config.dev.repository, profile, "dev.repository"),
             push=bool(c.config.dev.push),
             force=bool(c.config.dev.force),
+            **_dev_native(c.config.dev),
         ),
         native=Native(
             cuda_arch=str(c.config.nightly.cuda_arch or ""),

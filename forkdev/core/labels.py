@@ -19,6 +19,7 @@ BASE_REVISION = "dev.forkdev.base.revision"  # the commit inside the base of a t
 DIRTY = "dev.forkdev.dirty"  # "true" when uncommitted work was shipped
 KEY = "dev.forkdev.key"  # hash of everything that determines a thin image's content: equal key, same image
 NATIVE_HASH = "dev.forkdev.native-hash"  # hash of the native sources a full build compiled
+NATIVE_ENV = "dev.forkdev.native.env"  # on a thin image with compiled files: the build environment's image id
 BUILD = "dev.forkdev.build"  # "full" (compiled) or "thin" (a full image plus one layer)
 RECIPE = "dev.forkdev.wheel.recipe"  # on the wheel build image: the hash of what built it
 # On what a full build makes (buildah puts it on every step's image too): the lock file its run holds while it

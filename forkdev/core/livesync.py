@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Set
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from . import secrets, ui
 from .base import Location
@@ -29,6 +30,9 @@ from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo, z_paths
 from .proc import Runner
+
+if TYPE_CHECKING:
+    from . import nativebuild
 
 # Kills the processes whose command line holds $1, but PID 1 (the prologue that restarts them) and itself.
 RESTART = (
@@ -168,9 +172,11 @@ class Mirror:
         target: Target,
         restart: str | None,
         hidden: secrets.Paths,
+        native: nativebuild.Live | None = None,
     ) -> None:
         self.engine, self.run, self.repo, self.name = engine, run, repo, name
         self.location, self.target, self.restart, self.hidden = location, target, restart, hidden
+        self.native = native  # --native: native sources sync too, and rebuild the compiled files they make
         self.known: dict[str, str] = {}  # image path below the root -> "d" / "f" / "l", as made sure in the container
 
     def sync(self, raw: set[str], added: Set[str] = frozenset()) -> int:
@@ -178,54 +184,66 @@ class Mirror:
         start = time.monotonic()
         paths = changed_paths(self.repo, with_new_folders(self.repo, raw, added) if added else raw, self.hidden)
         native = [p for p in paths if self.target.is_native(p)]
-        if native:
-            ui.warn(f"not synced: native sources changed ({', '.join(native[:10])}); rebuild with 'invoke nightly'")
-        paths = [p for p in paths if not self.target.is_native(p)]
+        if native and self.native is None:
+            ui.warn(
+                f"not synced: native sources changed ({', '.join(native[:10])}); rebuild with 'invoke nightly', or "
+                "sync with --native"
+            )
+            paths = [p for p in paths if not self.target.is_native(p)]
         if not paths:
             return 0
         found = plan(self.repo, paths, self.location, self.target)
-        unsure = [s for s in found.steps if not self._sure(s)]
-        for i in range(0, len(unsure), PER_CALL):
-            chunk = unsure[i : i + PER_CALL]
-            args = [a for s in chunk for a in ("f" if s.op == "l" else s.op, s.below)]
-            self.run(
-                self.engine.cmd(
-                    "exec", "--user", "0", self.name, "sh", "-c", PREPARE, "forkdev-sync", found.root, *args
-                )
-            )
-            for s in chunk:
-                self._made(s)
-        files = [s for s in found.steps if s.op in ("f", "l")]
-        if files:
-            self._copy(found.root, files)
+        self._write(found.root, found.steps, self.repo.path)
+        steps = len(found.steps)
+        if native and self.native is not None:  # a failed build raises: the container keeps what it runs
+            tree, compiled = self.native.rebuild()
+            self._write("/", [Step("f", rel, path.lstrip("/")) for rel, path, _ in compiled], tree)
+            self.native.held(compiled)
+            steps += len(compiled)
         if self.restart:
             cmd = self.engine.cmd("exec", self.name, "sh", "-c", RESTART, "forkdev-restart", self.restart)
             self.run(cmd)
         ui.info(
-            f"synced {len(found.steps)} path(s) in {time.monotonic() - start:.2f}s"
+            f"synced {steps} path(s) in {time.monotonic() - start:.2f}s"
             + (f"; restarted '{self.restart}'" if self.restart else "")
         )
-        return len(found.steps)
+        return steps
 
-    def _sure(self, step: Step) -> bool:
+    def _write(self, root: str, steps: list[Step], top: Path) -> None:
+        """Make sure of the folders on the way (and of the leaf's kind), then copy the files and links in."""
+        unsure = [s for s in steps if not self._sure(root, s)]
+        for i in range(0, len(unsure), PER_CALL):
+            chunk = unsure[i : i + PER_CALL]
+            args = [a for s in chunk for a in ("f" if s.op == "l" else s.op, s.below)]
+            self.run(
+                self.engine.cmd("exec", "--user", "0", self.name, "sh", "-c", PREPARE, "forkdev-sync", root, *args)
+            )
+            for s in chunk:
+                self._made(root, s)
+        files = [s for s in steps if s.op in ("f", "l")]
+        if files:
+            self._copy(root, files, top)
+
+    def _sure(self, root: str, step: Step) -> bool:
         """Whether the container is known to hold real folders on the way and a leaf of the kind to be written."""
         if step.op == "d":
             return False
         parts = step.below.split("/")
-        if any(self.known.get("/".join(parts[:i])) != "d" for i in range(1, len(parts))):
+        if any(self.known.get(posixpath.join(root, *parts[:i])) != "d" for i in range(1, len(parts))):
             return False
-        return self.known.get(step.below) == ("d" if step.op == "D" else "f")
+        return self.known.get(posixpath.join(root, step.below)) == ("d" if step.op == "D" else "f")
 
-    def _made(self, step: Step) -> None:
+    def _made(self, root: str, step: Step) -> None:
+        here = posixpath.join(root, step.below)
         if step.op == "d":
-            for key in [k for k in self.known if k == step.below or k.startswith(step.below + "/")]:
+            for key in [k for k in self.known if k == here or k.startswith(here + "/")]:
                 del self.known[key]
             return
         parts = step.below.split("/")
-        self.known.update(("/".join(parts[:i]), "d") for i in range(1, len(parts)))
-        self.known[step.below] = "d" if step.op == "D" else "f"
+        self.known.update((posixpath.join(root, *parts[:i]), "d") for i in range(1, len(parts)))
+        self.known[here] = "d" if step.op == "D" else "f"
 
-    def _copy(self, root: str, files: list[Step]) -> None:
+    def _copy(self, root: str, files: list[Step], top: Path) -> None:
         """Stream a tar of the files and links through `cp -`: read in pieces, whatever their size."""
         read_end, write_end = os.pipe()
         problems: list[str] = []
@@ -233,7 +251,7 @@ class Mirror:
         def produce() -> None:
             try:
                 with os.fdopen(write_end, "wb") as out:
-                    write_tar(out, self.repo.path, root, files, problems)
+                    write_tar(out, top, root, files, problems)
             except OSError as exc:  # cp stopped reading (its own failure says why), or the pipe broke
                 problems.append(str(exc))
 

@@ -387,3 +387,190 @@ def write_pybind_package(
         (root / "pyproject.toml").write_text(SETUPTOOLS_PYPROJECT)
         (root / "setup.py").write_text(SETUPTOOLS_SETUP.format(name=name, version=version))
     (root / ".gitignore").write_text("build/\n*.so\n*.egg-info/\n__pycache__/\n")
+
+
+# ---- a CPU-only native extension shaped as vLLM's: tens of translation units, built through cmake by setup.py ----
+# Two extension modules (vllm/_C.abi3.so and vllm/_moe_C.abi3.so) listed source by source in CMakeLists.txt, as
+# vLLM's are, built by a setup.py whose build_ext configures cmake in its build_temp, builds the targets and
+# installs each into the package (vLLM's cmake_build_ext, cut down). Every unit includes csrc/ops.h; the first
+# QUANT_UNITS include csrc/quant.h too (a header change recompiles exactly those). _C.value() sums every unit's
+# vllm_unit_NN(3) = len(str(sum(3 .. 18+NN))) + NN * 3 + VLLM_BIAS (0 unless CMakeLists.txt defines it), plus
+# quant_bias() for the quant units: a test that edits one unit, the header or the build system sees the change
+# in the image it runs.
+NATIVE_UNIT = """\
+#include "ops.h"
+{quant_include}
+#include <algorithm>
+#include <map>
+#include <numeric>
+#include <string>
+#include <vector>
+
+#ifndef VLLM_BIAS  // CMakeLists.txt may define it (a test's build-system change)
+#define VLLM_BIAS 0
+#endif
+
+// unit {n}: a little of what a kernel's host code holds (containers, strings, algorithms), so it compiles as
+// real code does, not in no time.
+long vllm_unit_{n:02d}(long x) {{
+  std::vector<long> v(16 + {n});
+  std::iota(v.begin(), v.end(), x);
+  std::sort(v.rbegin(), v.rend());
+  std::map<std::string, long> seen;
+  for (long item : v) seen[std::to_string(item)] += item;
+  std::string s = std::to_string(std::accumulate(v.begin(), v.end(), 0L));
+  return static_cast<long>(s.size()) + {n} * x + VLLM_BIAS{quant_term};
+}}
+"""
+
+NATIVE_OPS_H = """\
+#pragma once
+// Every unit of _C: declared here, summed by torch_bindings.cpp.
+{declarations}
+long vllm_total(long x);
+"""
+
+NATIVE_QUANT_H = """\
+#pragma once
+// Included by the quantization units only: a change here recompiles exactly those.
+inline long quant_bias() { return 1; }
+"""
+
+NATIVE_BINDINGS = """\
+#define Py_LIMITED_API 0x03080000
+#include <Python.h>
+
+#include "ops.h"
+
+long vllm_total(long x) {{
+  long total = 0;
+{calls}
+  return total;
+}}
+
+static PyObject *value(PyObject *, PyObject *) {{ return PyLong_FromLong(vllm_total(3)); }}
+
+static PyMethodDef methods[] = {{
+    {{"value", value, METH_NOARGS, "every unit at 3, summed"}}, {{nullptr, nullptr, 0, nullptr}}}};
+static struct PyModuleDef module = {{PyModuleDef_HEAD_INIT, "{name}", nullptr, -1, methods}};
+
+PyMODINIT_FUNC PyInit_{name}(void) {{ return PyModule_Create(&module); }}
+"""
+
+NATIVE_CMAKE = """\
+cmake_minimum_required(VERSION 3.18)
+project(vllm_cpu_extensions LANGUAGES CXX)
+set(CMAKE_CXX_STANDARD 17)
+find_package(Python REQUIRED COMPONENTS Interpreter Development.Module)
+
+# As vLLM's CMakeLists.txt: each extension's sources listed, each target installed into the package as its own
+# component (setup.py installs them one by one).
+function(define_extension name)
+  Python_add_library(${{name}} MODULE ${{ARGN}})
+  set_target_properties(${{name}} PROPERTIES PREFIX "" SUFFIX ".abi3.so")
+  target_include_directories(${{name}} PRIVATE csrc)
+  install(TARGETS ${{name}} LIBRARY DESTINATION vllm COMPONENT ${{name}})
+endfunction()
+
+set(VLLM_EXT_SRC
+  "csrc/torch_bindings.cpp"
+{c_sources})
+define_extension(_C ${{VLLM_EXT_SRC}})
+
+set(VLLM_MOE_EXT_SRC
+  "csrc/moe/moe_bindings.cpp"
+{moe_sources})
+define_extension(_moe_C ${{VLLM_MOE_EXT_SRC}})
+"""
+
+NATIVE_SETUP = """\
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+ROOT = Path(__file__).resolve().parent
+
+
+class CMakeExtension(Extension):
+    def __init__(self, name):
+        super().__init__(name, sources=[], py_limited_api=True)
+
+
+class cmake_build_ext(build_ext):
+    # vLLM's, cut down: configure in build_temp (again each time: cmake's configure of a configured tree is
+    # incremental), build every target, install each into the package.
+    def build_extensions(self):
+        build = Path(self.build_temp).resolve()
+        build.mkdir(parents=True, exist_ok=True)
+        args = ["-DCMAKE_BUILD_TYPE=Release", f"-DPython_EXECUTABLE={sys.executable}"]
+        if shutil.which("ninja"):
+            args += ["-G", "Ninja"]
+        subprocess.run(["cmake", "-S", str(ROOT), "-B", str(build), *args], check=True)
+        targets = [ext.name.split(".")[-1] for ext in self.extensions]
+        jobs = os.environ.get("MAX_JOBS") or str(os.cpu_count() or 1)
+        subprocess.run(["cmake", "--build", str(build), "-j", jobs, "--target", *targets], check=True)
+        for ext in self.extensions:
+            prefix = Path(self.get_ext_fullpath(ext.name)).resolve().parent.parent
+            target = ext.name.split(".")[-1]
+            install = ["cmake", "--install", str(build), "--prefix", str(prefix), "--component", target]
+            subprocess.run(install, check=True)
+
+
+setup(
+    name="vllm",
+    version="0.0.1",
+    packages=["vllm"],
+    ext_modules=[CMakeExtension("vllm._C"), CMakeExtension("vllm._moe_C")],
+    cmdclass={"build_ext": cmake_build_ext},
+)
+"""
+
+QUANT_UNITS = 4  # units 0..3 include csrc/quant.h
+
+
+def native_unit(n: int) -> str:
+    """The source of unit `n` of _C (csrc/unit_NN.cpp); a test edits its return line."""
+    quant = n < QUANT_UNITS
+    return NATIVE_UNIT.format(
+        n=n, quant_include='#include "quant.h"' if quant else "", quant_term=" + quant_bias()" if quant else ""
+    )
+
+
+def write_native_extension(root: Path, units: int = 24, moe_units: int = 4) -> None:
+    """A vLLM-shaped checkout whose native part is a CPU-only extension of `units` + `moe_units` translation units
+    (and two bindings), built by `python3 setup.py build_ext --inplace` through cmake into vllm/_C.abi3.so and
+    vllm/_moe_C.abi3.so; the Python package is vllm/ as in the real tree."""
+    (root / "csrc" / "moe").mkdir(parents=True, exist_ok=True)
+    (root / "vllm").mkdir(parents=True, exist_ok=True)
+    for n in range(units):
+        (root / "csrc" / f"unit_{n:02d}.cpp").write_text(native_unit(n))
+    declarations = "\n".join(f"long vllm_unit_{n:02d}(long x);" for n in range(units))
+    (root / "csrc" / "ops.h").write_text(NATIVE_OPS_H.format(declarations=declarations))
+    (root / "csrc" / "quant.h").write_text(NATIVE_QUANT_H)
+    calls = "\n".join(f"  total += vllm_unit_{n:02d}(x);" for n in range(units))
+    (root / "csrc" / "torch_bindings.cpp").write_text(NATIVE_BINDINGS.format(calls=calls, name="_C"))
+    for n in range(moe_units):
+        (root / "csrc" / "moe" / f"moe_{n:02d}.cpp").write_text(
+            native_unit(100 + n).replace(f"vllm_unit_{100 + n}", f"vllm_moe_{n:02d}").replace('"ops.h"', '"moe.h"')
+        )
+    (root / "csrc" / "moe" / "moe.h").write_text(
+        "#pragma once\n"
+        + "".join(f"long vllm_moe_{n:02d}(long x);\n" for n in range(moe_units))
+        + "long vllm_total(long x);\n"
+    )
+    moe_calls = "\n".join(f"  total += vllm_moe_{n:02d}(x);" for n in range(moe_units))
+    (root / "csrc" / "moe" / "moe_bindings.cpp").write_text(
+        NATIVE_BINDINGS.format(calls=moe_calls, name="_moe_C").replace('"ops.h"', '"moe.h"')
+    )
+    c_sources = "".join(f'  "csrc/unit_{n:02d}.cpp"\n' for n in range(units))
+    moe_sources = "".join(f'  "csrc/moe/moe_{n:02d}.cpp"\n' for n in range(moe_units))
+    (root / "CMakeLists.txt").write_text(NATIVE_CMAKE.format(c_sources=c_sources, moe_sources=moe_sources))
+    (root / "setup.py").write_text(NATIVE_SETUP)
+    (root / "vllm" / "__init__.py").write_text('__version__ = "0.0.1"\n')
+    (root / "vllm" / "envs.py").write_text("ENVS = 'upstream'\n")
+    (root / ".gitignore").write_text("*.so\nbuild/\n__pycache__/\n*.egg-info/\n")

@@ -9,10 +9,11 @@ tagged or pushed, a reused image's included (core/secrets.py).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import __version__
 from . import base as bases
@@ -24,6 +25,9 @@ from .errors import Failure
 from .gitrepo import Repo
 from .proc import Runner
 from .registry import Policy, Ref, Registry
+
+if TYPE_CHECKING:
+    from . import nativebuild  # the native build's machinery loads where a native change is compiled (cli.py)
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,8 @@ class Request:
     made: tuple[str, ...] | None = None
     secret_paths: secrets.Paths = secrets.DEFAULT  # never shipped (config container.secrets, container.secret_paths)
     secret_values: tuple[secrets.Known, ...] = ()  # besides the secrets files' and the environment's
+    # `invoke dev --native`: how a native change is compiled (core/nativebuild.py) instead of refused; None: refused
+    native: nativebuild.Spec | None = None
 
     @classmethod
     def layer_on(
@@ -123,13 +129,30 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
     with ui.step("changes"):
         plan = thin.plan(req.repo, req.ref, base, req.target, req.epoch, req.upstream, req.secret_paths)
         thin.describe(plan, base)
-    if plan.native and not req.force:
+    native = None
+    if plan.native and req.native is not None:
+        from . import nativebuild
+
+        with ui.step(f"native: {len(plan.native)} changed native paths"):
+            native = nativebuild.build(
+                engine,
+                run,
+                req.native,
+                repo=req.repo,
+                base=base,
+                target=req.target,
+                cache=req.cache,
+                hidden=req.secret_paths,
+            )
+        plan = dataclasses.replace(plan, compiled=native.entries, native_env=native.env)
+    elif plan.native and not req.force:
         listed = ", ".join(plan.native[:20]) + (" ..." if len(plan.native) > 20 else "")
         raise Failure(
             f"native sources changed since the base's commit {base.revision[:12]} ({listed}); a thin "
-            "image would ship stale compiled code: run 'invoke nightly' for a new base, or pass --force"
+            "image would ship stale compiled code: pass --native to compile them, run 'invoke nightly' for a new "
+            "base, or pass --force"
         )
-    if plan.native:
+    elif plan.native:
         ui.warn(f"--force: shipping despite {len(plan.native)} native changes; compiled code is the base's")
 
     key = plan.key(base, req.labels)
@@ -180,6 +203,7 @@ def ship(engine: Engine, run: Runner, req: Request) -> dict[str, Any]:
         "files": len(plan.entries),
         "deleted": len(plan.deleted),
         "skipped": plan.skipped,
+        "native": native.summary() if native is not None else None,
         "dry_run": run.dry_run,
     }
 
@@ -197,6 +221,8 @@ def thin_labels(plan: thin.Plan, base: bases.Base, source: str | None, key: str)
     }
     if source:
         labels[L.SOURCE] = secrets.public_url(source) or source
+    if plan.native_env is not None and plan.native_env.get("id"):
+        labels[L.NATIVE_ENV] = plan.native_env["id"]
     return labels
 
 

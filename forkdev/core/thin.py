@@ -56,9 +56,13 @@ class Plan:
     withheld: list[str]  # repo paths under the secret paths that changed: never shipped (core/secrets.py)
     diff_hash: str
     epoch: int  # the time every file and the image carry: SOURCE_DATE_EPOCH, else the commit's time
+    # `invoke dev --native`: the compiled files that differ from the base's, and the build environment that made
+    # them ({"image": ref, "id": image id}); None when nothing was compiled for this image.
+    compiled: list[Entry] = field(default_factory=list)
+    native_env: dict[str, str] | None = None
 
     def proof(self, base: Base, target: Target) -> dict:
-        return {
+        proof = {
             "tool": "forkdev",
             "version": __version__,
             "target": target.name,
@@ -70,18 +74,26 @@ class Plan:
             "deleted": self.deleted,
             "deleted_paths": self.deleted_paths,
         }
+        if self.native_env is not None:  # `invoke verify` checks each compiled file's bytes in the image
+            files = [{"path": e.path, "image_path": e.image_path, "sha256": e.sha256} for e in self.compiled]
+            proof["native"] = {"env": dict(self.native_env), "files": files}
+        return proof
 
     def key(self, base: Base, labels: Mapping[str, str] | None = None) -> str:
         """Everything that determines the image's content, hashed: an image with this key needs no rebuild."""
         extra = json.dumps(dict(sorted((labels or {}).items())))
         made_by = f"{__version__}\0{PROOF_FORMAT}"
         state = f"{base.id}\0{self.revision}\0{self.dirty}\0{self.diff_hash}\0{self.epoch}\0{extra}"
+        if self.native_env is not None:  # an image without compiled files keeps the key it always had
+            compiled = "".join(f"{e.image_path}\0{e.mode:o}\0{e.sha256}\n" for e in self.compiled)
+            state += f"\0native\0{self.native_env.get('id', '')}\0{compiled}"
         return hashlib.sha256(f"{made_by}\0{state}".encode()).hexdigest()
 
     def files(self, base: Base, target: Target) -> list[tuple[str, int, bytes]]:
         """(image path, mode, bytes) of every file the layer holds: the changes, then the proof."""
         proof = json.dumps(self.proof(base, target), indent=1, sort_keys=True).encode()
-        return [(e.image_path, e.mode, e.data) for e in self.entries] + [(L.PROOF_PATH, 0o100644, proof)]
+        shipped = [*self.entries, *self.compiled]
+        return [(e.image_path, e.mode, e.data) for e in shipped] + [(L.PROOF_PATH, 0o100644, proof)]
 
 
 def read_entries(repo: Repo, ref: str | None, changes: list[Change]) -> tuple[dict[str, tuple[int, bytes]], set[str]]:

@@ -25,8 +25,8 @@ from functools import cache
 from pathlib import Path
 
 _github = os.environ.get("GITHUB_ACTIONS") == "true"
-_log = threading.local()  # per thread: .file (an open log file), .path, .stamp (timestamp stderr), .console
-_LOG_FIELDS = ("file", "path", "stamp", "console")
+_log = threading.local()  # per thread: .file (an open log file), .path, .stamp (timestamp stderr), .console, .output
+_LOG_FIELDS = ("file", "path", "stamp", "console", "output")
 _writing = threading.Lock()  # a line is written whole, whichever thread writes it
 
 
@@ -35,9 +35,11 @@ def _get(name: str, default: object = None) -> object:
 
 
 @contextlib.contextmanager
-def log_to(path: Path | None, *, console: bool = True) -> Iterator[None]:
+def log_to(path: Path | None, *, console: bool = True, output: bool = True) -> Iterator[None]:
     """Also append every line of this thread (timestamped) to `path` for the block; None: no log file.
-    console=False: the lines go to the file only (a batch job's commands, while the console shows progress)."""
+    console=False: the lines go to the file only (a batch job's commands, while the console shows progress).
+    output=False: only the commands' own output goes to the file only (a compile's, while `status` shows its
+    progress); the task's lines and the echo of each command still reach the console."""
     if path is None:
         yield
         return
@@ -50,6 +52,7 @@ def log_to(path: Path | None, *, console: bool = True) -> Iterator[None]:
             _log.path, _log.stamp = path, True
         else:
             _log.file, _log.path, _log.stamp, _log.console = fh, path, not sys.stderr.isatty(), console
+            _log.output = output
         try:
             yield
         finally:
@@ -207,8 +210,27 @@ def _write(text: str, style: str | None) -> None:
 
 
 def output(text: str) -> None:
-    """A line of a command's own output, passed through (a build's log)."""
-    _line(text)
+    """A line of a command's own output, passed through (a build's log); to the log file only inside
+    `log_to(..., output=False)`."""
+    fh = _get("file")
+    if fh is None or _get("output", True):
+        _line(text)
+        return
+    with _writing:
+        fh.write(_stamp() + mask(text) + "\n")  # type: ignore[attr-defined]
+        fh.flush()  # type: ignore[attr-defined]
+
+
+def status(text: str, *, last: bool = False) -> None:
+    """A progress line on the console only (never in a log file): on a TTY it overwrites itself until `last`;
+    elsewhere it is a line of its own (the caller says how often)."""
+    text = mask(text)
+    with _writing:
+        if sys.stderr.isatty():
+            sys.stderr.write("\r" + text + "\x1b[K" + ("\n" if last else ""))
+            sys.stderr.flush()
+        else:
+            print((_stamp() if _get("stamp") else "") + text, file=sys.stderr, flush=True)
 
 
 def command(text: str, *, skipped: bool = False) -> None:

@@ -34,10 +34,22 @@ def plain(value: object, what: str, remedy: str = "") -> str:
         raise Failure(f"{what} '{shown}' starts with '-', which a command would take as an option{_then(remedy)}")
     if any(ch in value for ch in "\0\n\r"):
         raise Failure(f"{what} '{shown}' holds a NUL or a line break{_then(remedy)}")
+    return _utf8(value, f"{what} '{shown}'", remedy)
+
+
+def argument(value: object, what: str, remedy: str = "") -> str:
+    """A word of a command the user wrote as a list (a profile's build command): options and scripts are meant,
+    so only what no argv can hold is refused: not text, a NUL, bytes that are not UTF-8."""
+    if not isinstance(value, str) or "\0" in value:
+        raise Failure(f"{what} holds {value!r}, which is no command-line word{_then(remedy)}")
+    return _utf8(value, f"{what} {value!r}", remedy)
+
+
+def _utf8(value: str, named: str, remedy: str) -> str:
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
-        raise Failure(f"{what} '{shown}' is not valid UTF-8{_then(remedy)}") from None
+        raise Failure(f"{named} is not valid UTF-8{_then(remedy)}") from None
     return value
 
 

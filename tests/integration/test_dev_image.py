@@ -425,12 +425,7 @@ def test_verify_catches_files_and_run_config_changed_after_the_fact(engine, worl
 
 
 # ---- bad input: one line naming the input and the remedy, non-zero, no traceback, nothing built -------------
-def assert_one_line_error(res, *words):
-    assert res.code != 0
-    assert "Traceback" not in res.err
-    assert res.last_error.startswith("error: "), res.err
-    for w in words:
-        assert w in res.last_error, (w, res.last_error)
+assert_one_line_error = support.assert_one_line_error
 
 
 def test_a_path_that_is_not_a_checkout(invoke, tmp_path):

@@ -6,13 +6,10 @@ output, or in any image the run leaves (it builds none)."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -60,91 +57,7 @@ def mine(engine, cache_dir):
     return names
 
 
-class Started:
-    """A task started in the background as a user starts it (the session's cache and image names), its output read
-    all along: a test that reads only at the end stalls the tool once a pipe is full."""
-
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
-        self.proc = subprocess.Popen(
-            argv,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            cwd=support.ROOT,
-            # A suite started in the background by a shell without job control ignores SIGINT, and children
-            # inherit that: give the tool the Ctrl-C a user's terminal would.
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
-        )
-        self.lines: dict[str, list[str]] = {"out": [], "err": []}
-        self.readers = [
-            threading.Thread(target=lambda k=k, f=f: self.lines[k].extend(f), daemon=True)
-            for k, f in (("out", self.proc.stdout), ("err", self.proc.stderr))
-        ]
-        for r in self.readers:
-            r.start()
-
-    @property
-    def out(self) -> str:
-        return "".join(self.lines["out"])
-
-    @property
-    def err(self) -> str:
-        return "".join(self.lines["err"])
-
-    def name(self, purpose: str) -> str:
-        """The container's name, from the tool's own echo of its `run`."""
-        found = re.search(rf"--name (forkdev-{purpose}-{self.proc.pid}-[0-9a-f]+)", self.err)
-        return found[1] if found else ""
-
-    def finish(self, sig: int | None = signal.SIGINT, timeout: float = 60) -> int:
-        if sig is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            self.proc.wait(timeout)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait()
-            for r in self.readers:
-                r.join(10)
-        return self.proc.returncode
-
-
-@pytest.fixture
-def start(engine, cache_dir):
-    """Start `invoke ARGS` in the background with the environment the `invoke` fixture gives; every one is ended
-    (and whatever container it left, removed) at the end of the test."""
-    started: list[Started] = []
-
-    def launch(*args: str, argv=None, env: dict[str, str] | None = None) -> Started:
-        full_env = {
-            **os.environ,
-            "INVOKE_CACHE_DIR": str(cache_dir),
-            "INVOKE_DEV_REPOSITORY": "forkdev-test/{target}-dev",
-            "INVOKE_NIGHTLY_REPOSITORY": "forkdev-test/nightly-absent",
-            "INVOKE_ENGINE_NAME": engine.kind,
-            **(env or {}),
-        }
-        started.append(Started((argv or support.invoke_argv)(*args), full_env))
-        return started[-1]
-
-    yield launch
-    for one in started:
-        one.finish(signal.SIGKILL)
-        names = re.findall(rf"--name (forkdev-[a-z]+-{one.proc.pid}-[0-9a-f]+)", one.err)
-        if names:
-            subprocess.run([engine.exe, "rm", "--force", *names], capture_output=True)
-
-
-def wait_for(check, what: str, timeout: float = 30.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
+wait_for = support.wait_for
 
 
 READY = "Ctrl-C to leave"  # the sync says so once its watcher is up and the container runs

@@ -48,6 +48,26 @@ def sh(
     return res.stdout.decode(errors="replace").strip()
 
 
+def assert_one_line_error(res, *words: str) -> None:
+    """A refused task (conftest.Invoked): non-zero, no traceback, its last line one error holding every word."""
+    assert res.code != 0
+    assert "Traceback" not in res.err
+    assert res.last_error.startswith("error: "), res.err
+    for w in words:
+        assert w in res.last_error, (w, res.last_error)
+
+
+def wait_for(check, what: str, timeout: float = 30.0):
+    """The first true value of `check()`, asked every 50 ms; a failed assertion naming `what` after `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
 def invoke_argv(*args: str) -> list[str]:
     """`invoke ARGS` run from the project, as a user runs it (the interpreter of the tests)."""
     return [sys.executable, "-m", "invoke", "--search-root", str(ROOT), *args]
@@ -404,6 +424,50 @@ def make_cmake_package(root: Path, **package) -> str:
     git(root, "init", "-q")
     sandbox.write_cmake_package(root, **package)
     return commit_all(root, "a cmake-backed package laid out as MLC-LLM")
+
+
+# ---- a vLLM-shaped native extension and a base compiled from it ------------------------------------------------
+NATIVE_BUILD = ("python3", "setup.py", "build_ext", "--inplace", "--build-temp", "{build}")  # the vllm profile's
+
+
+def make_native_upstream(root: Path, units: int = 16, moe_units: int = 3) -> str:
+    """A git repository of sandbox.write_native_extension's tree (a CPU-only extension of vLLM's shape); its commit."""
+    root.mkdir(parents=True, exist_ok=True)
+    git(root, "init", "-q")
+    sandbox.write_native_extension(root, units, moe_units)
+    return commit_all(root, "upstream: a vLLM-shaped native extension")
+
+
+def build_native_base(engine: Engine, env_image: str, repo: Path, commit: str, tag: str, ccache: Path) -> str:
+    """A base as vLLM's image is made: the tree at `commit` compiled in the build environment `env_image` (by the
+    product's own container argv, so at the paths and with the compiler cache a native build uses), then the tree
+    with its compiled extensions at /opt/vllm-source, found through a .pth file, in an image FROM the build
+    environment (its python3 and libstdc++ load them)."""
+    from forkdev.core import nativebuild
+
+    with tempfile.TemporaryDirectory() as tmp:
+        ctx = Path(tmp)
+        src, build = ctx / "src", ctx / "build"
+        src.mkdir()
+        build.mkdir()
+        ccache.mkdir(parents=True, exist_ok=True)
+        archive = subprocess.run(["git", "-C", str(repo), "archive", commit], capture_output=True, check=True).stdout
+        sh("tar", "-x", "-C", src, input=archive)
+        argv = nativebuild.run_argv(
+            engine, env_image, name=f"forkdev-test-native-{os.getpid()}", src=src, build=build, ccache=ccache,
+            command=NATIVE_BUILD, jobs=os.cpu_count() or 1, env={},
+        )  # fmt: skip
+        sh(*argv)
+        shutil.rmtree(src / "build", ignore_errors=True)  # setuptools' build/lib copies: no part of an image
+        lines = [
+            f"FROM {env_image}",
+            "USER 0",
+            "ENTRYPOINT []",
+            "COPY src /opt/vllm-source",
+            f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth",
+            f'LABEL org.opencontainers.image.revision="{commit}"',
+        ]
+        return build_image(engine, ctx, "\n".join(lines) + "\n", tag)
 
 
 # ---- a wheel made by hand --------------------------------------------------------------------------------------

@@ -34,6 +34,7 @@ MACHINERY = [
     "forkdev.core.demoing",  # demo
     "forkdev.core.tour",
     "forkdev.core.sandbox",
+    "forkdev.core.nativebuild",  # dev --native
     "filelock",
     "uuid",  # imports platform
 ]
