@@ -222,7 +222,7 @@ class Started:
     """A task started in the background as a user starts it (the session's cache and image names), its output read
     all along: a test that reads only at the end stalls the tool once a pipe is full."""
 
-    def __init__(self, argv: list[str], env: dict[str, str]) -> None:
+    def __init__(self, argv: list[str], env: dict[str, str], session: bool = False) -> None:
         self.proc = subprocess.Popen(
             argv,
             env=env,
@@ -230,6 +230,7 @@ class Started:
             stderr=subprocess.PIPE,
             text=True,
             cwd=support.ROOT,
+            start_new_session=session,  # its own process group, which `kill_group` ends at once
             # A suite started in the background by a shell without job control ignores SIGINT, and children
             # inherit that: give the tool the Ctrl-C a user's terminal would.
             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
@@ -255,6 +256,12 @@ class Started:
         found = re.search(rf"--name (forkdev-{purpose}-{self.proc.pid}-[0-9a-f]+)", self.err)
         return found[1] if found else ""
 
+    def kill_group(self) -> int:
+        """kill -9 to the task and every process it started (its engine client among them), as a closed terminal
+        or the OOM killer ends them: nothing is left to clean up after it. Needs `session`."""
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.finish(None)
+
     def finish(self, sig: int | None = signal.SIGINT, timeout: float = 60) -> int:
         if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
@@ -275,7 +282,7 @@ def start(engine, cache_dir):
     (and whatever container it left, removed) at the end of the test."""
     started: list[Started] = []
 
-    def launch(*args: str, argv=None, env: dict[str, str] | None = None) -> Started:
+    def launch(*args: str, argv=None, env: dict[str, str] | None = None, session: bool = False) -> Started:
         full_env = {
             **os.environ,
             "INVOKE_CACHE_DIR": str(cache_dir),
@@ -284,7 +291,7 @@ def start(engine, cache_dir):
             "INVOKE_ENGINE_NAME": engine.kind,
             **(env or {}),
         }
-        started.append(Started((argv or support.invoke_argv)(*args), full_env))
+        started.append(Started((argv or support.invoke_argv)(*args), full_env, session))
         return started[-1]
 
     yield launch

@@ -24,7 +24,6 @@ import json
 import os
 import posixpath
 import re
-import secrets as token
 import shutil
 import stat
 import sys
@@ -34,8 +33,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import builder, lock, source, ui
+from . import builder, lock, owners, source, ui
 from . import cache as store
+from . import container as ctr
 from .base import Base
 from .config import Target, matches
 from .engine import Engine
@@ -151,10 +151,12 @@ def build(
         dry = _argv(engine, spec, ws, env_id, "forkdev-native-dry-run", _version(repo, target), command)
         run(dry)  # echoed, not run
         return Outcome([], env, False, 0, reason, [], str(ws.log), str(ws.root))
+    owners.sweep(engine, run, cache)  # the build containers of a run that was killed (kill -9 leaves them)
+    own = owners.claim(cache, engine, run)
     with lock.exclusive(ws.root / "lock", f"native build of {target.name} on this base"):
         version = _version(repo, target)
         outputs, compiled, reason = _compile(
-            engine, run, spec, repo, hidden, ws, state, fingerprint, configure, env, version
+            engine, run, spec, repo, hidden, ws, state, fingerprint, configure, env, version, own
         )
     return _outcome(engine, run, spec, base, target, cache, ws, env, outputs, True, compiled, reason)
 
@@ -217,6 +219,7 @@ def _compile(
     configure: dict[str, str],
     env: dict[str, str],
     version: Mapping[str, str],
+    own: owners.Claim,
 ) -> tuple[dict[str, list], int, str | None]:
     """Sync, configure afresh when the build system changed, compile; the compiled files as left in src/."""
     for place in (ws.src, ws.build, ws.ccache):
@@ -238,14 +241,12 @@ def _compile(
     ui.info(f"synced {written} changed files into {ws.src}")
     ws.log.write_text("")
     progress = Progress()
-    name = f"forkdev-native-{os.getpid()}-{token.token_hex(3)}"
+    name, labels = own.container("native")
     with ui.log_to(ws.log, output=False), ui.step(f"compile the native part in {env['image']}"):
-        try:
-            argv = _argv(engine, spec, ws, env["id"], name, version, command)
+        argv = _argv(engine, spec, ws, env["id"], name, version, command, labels)
+        with ctr.running(run, engine, own, name) as box:  # gone on every path: a failure, Ctrl-C, SIGTERM
             res = run(argv, stream=True, check=False, lines=progress.see)
-        except BaseException:
-            run(engine.cmd("rm", "--force", "--", name), check=False)  # a container the engine already started
-            raise
+            box.ended(res.returncode)
         progress.done()
     if not res.ok:
         store.write_json(ws.state, {**state, "version": STATE_VERSION, "status": "failed", "synced": recorded})
@@ -290,11 +291,18 @@ def _settings(spec: Spec) -> list:
 
 
 def _argv(
-    engine: Engine, spec: Spec, ws: Workspace, image_id: str, name: str, version: Mapping[str, str], command: tuple
+    engine: Engine,
+    spec: Spec,
+    ws: Workspace,
+    image_id: str,
+    name: str,
+    version: Mapping[str, str],
+    command: tuple,
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     return run_argv(
         engine, image_id, name=name, src=ws.src, build=ws.build, ccache=ws.ccache, command=command, jobs=spec.jobs,
-        env={**spec.env, **version},
+        env={**spec.env, **version}, labels=labels,
     )  # fmt: skip
 
 
@@ -309,15 +317,19 @@ def run_argv(
     command: tuple[str, ...],
     jobs: int,
     env: Mapping[str, str],
+    labels: Mapping[str, str] | None = None,
 ) -> list[str]:
     """`<engine> run` of a native build command in the build environment `image`, over a source tree, a build
     directory and a compiler cache, as this user, without network: the same paths inside on every run (cmake's
     cache and ninja's dependencies hold them)."""
     uid, gid = os.geteuid(), os.getegid()
     argv = engine.cmd("run", "--rm", "--name", name, "--network", "none", "--user", f"{uid}:{gid}")
+    argv += [f"--label={key}={value}" for key, value in sorted((labels or {}).items())]  # its owner: core/owners.py
     if engine.kind == "podman" and uid != 0:
         argv += ["--userns", "keep-id"]  # rootless podman: what the build writes stays ours (as builder.run_argv)
-    argv += builder.mount(src, SRC) + builder.mount(build, BUILD) + builder.mount(ccache, CCACHE)
+    argv += (
+        builder.mount(engine, src, SRC) + builder.mount(engine, build, BUILD) + builder.mount(engine, ccache, CCACHE)
+    )
     variables = {
         "HOME": "/tmp",
         "CCACHE_DIR": CCACHE,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import signal
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,6 +200,37 @@ def test_dry_run_changes_nothing_the_cache_included_and_json_is_one_object(engin
     assert re.search(r"^\+ \S+ run .*forkdev-native.*\[dry-run: not run\]$", res.err, re.M)
     assert snapshot() == before
     assert set(support.sh(engine.exe, "images", "-a", "-q", "--no-trunc").split()) == images
+
+
+def test_a_build_stopped_by_sigterm_or_killed_leaves_no_build_container(engine, native, checkout, dev, start):
+    """The build container lives in the one lifecycle (core/container.running): SIGTERM removes it as Ctrl-C does;
+    after a kill -9, which no process survives to clean up, the next native build sweeps it by its owner."""
+    cmake = checkout / "CMakeLists.txt"
+    original = cmake.read_text()
+    cmake.write_text(original + "execute_process(COMMAND sleep 600)\n")  # the configure waits: mid-build
+    args = ("dev", str(checkout), "--base", native.base, "--native")
+    env = {"INVOKE_DEV_NATIVE_IMAGE": native.env}
+
+    def ours(pid: int) -> list[str]:
+        native_runs = ("--filter", "label=dev.forkdev.run=native")
+        listed = support.sh(engine.exe, "ps", "-a", "--format", "{{.Names}}", *native_runs)
+        return [n for n in listed.split() if n.startswith(f"forkdev-native-{pid}-")]
+
+    stopped = start(*args, env=env, session=True)
+    (name,) = support.wait_for(lambda: ours(stopped.proc.pid), "the build container", timeout=180)
+    assert stopped.finish(signal.SIGTERM, timeout=120) != 0
+    assert ours(stopped.proc.pid) == [], stopped.err[-2000:]
+    assert f"rm --force -- {name}" in stopped.err and "Traceback" not in stopped.err
+
+    killed = start(*args, env=env, session=True)
+    (orphan,) = support.wait_for(lambda: ours(killed.proc.pid), "the build container", timeout=180)
+    killed.kill_group()
+    assert ours(killed.proc.pid) == [orphan], "a build killed with -9 leaves its container running"
+    cmake.write_text(original)
+    res = dev("--json")
+    assert res.code == 0, res.err
+    assert f"removing {orphan}, left by a run that was killed" in res.err and ours(killed.proc.pid) == []
+    assert value(engine, res.json["image"]) == native.value
 
 
 @pytest.mark.parametrize(
