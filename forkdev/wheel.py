@@ -270,8 +270,9 @@ def _in_image(job: Job, ca: Path | None, isolated: bool) -> dict:
         labels=labels,
     )
     job.plan.update(image=image.ref, image_built=image.built)
-    with ctr.running(run, engine, own, name):  # gone on every path: a failure, Ctrl-C, a timeout, SIGTERM
+    with ctr.running(run, engine, own, name) as box:  # gone on every path: a failure, Ctrl-C, a timeout, SIGTERM
         _run_build(run, argv, job.log, env=None)
+        box.ended(0)  # it built: its --rm removed it before the client returned
     return {
         "id": f"urn:forkdev:builder:{engine.kind}-image",
         "image": image.ref,

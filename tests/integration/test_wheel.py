@@ -147,9 +147,9 @@ class TestInTheImage:
             "INVOKE_WHEEL_CCACHE": str(tmp_path / "ccache"),
         }
 
-        def ours(pid: int) -> list[str]:
+        def ours(pid: int, *only: str) -> list[str]:
             res = subprocess.run(
-                [engine.exe, "ps", "-a", "--format", "{{.Names}}", "--filter", "label=dev.forkdev.run=wheel"],
+                [engine.exe, "ps", "-a", "--format", "{{.Names}}", "--filter", "label=dev.forkdev.run=wheel", *only],
                 capture_output=True,
                 text=True,
                 check=True,
@@ -172,7 +172,7 @@ class TestInTheImage:
         def running(proc: subprocess.Popen) -> list[str]:
             deadline = time.monotonic() + 120
             while time.monotonic() < deadline and proc.poll() is None:
-                found = ours(proc.pid)
+                found = ours(proc.pid, "--filter", "status=running")  # started, not only created
                 if found:
                     return found
                 time.sleep(0.2)
@@ -200,7 +200,8 @@ class TestInTheImage:
         support.git(slow, "revert", "--no-edit", "HEAD")
         done = wheel(str(slow), "--out", str(out), "--json")
         assert done.code == 0, done.err
-        assert f"removing {orphan}, left by a run that was killed" in done.err and ours(killed.pid) == []
+        assert f"removing {orphan}, left by a run that was killed" in done.err, done.err
+        assert ours(killed.pid) == []
 
     def test_smoke_inside_an_image_passes_a_good_wheel_and_fails_one_without_its_library(
         self, wheel, tool, engine, wheel_image, pkg, out, tmp_path, cache_dir
