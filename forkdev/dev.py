@@ -134,18 +134,16 @@ def native_spec(
             f"command, e.g. [python3, setup.py, build_ext, --inplace]) and native_outputs (e.g. [pkg/**/*.so])"
         )
     configured = settings.dev.native_image or profile.native_image
+    stage, wheel_args = "", None
     if configured:
-        image, wheel_args = validate.image_ref(configured, "dev.native_image"), None
-    elif profile.native_stage:
-        raise Failure(
-            f"target {name} compiles in the '{profile.native_stage}' stage of its {profile.dockerfile}; build that "
-            f"stage once (docker build --target {profile.native_stage} -f {profile.dockerfile} -t NAME CHECKOUT, with "
-            "the base's build args) and set dev.native_image to NAME"
-        )
+        image = validate.image_ref(configured, "dev.native_image")
+    elif profile.native_stage:  # built at the base's commit (core/nativebuild.stage_image)
+        image, stage = "", validate.plain(profile.native_stage, f"targets.{name}.native_stage", "fix invoke.yaml")
     else:
         image, wheel_args = config.wheel_image(settings.wheel)
     jobs = settings.dev.native_jobs
-    shaping, _ = native_build_args(profile, settings.native.build_args, settings.native.cuda_arch, False)
+    shaping, parallel = native_build_args(profile, settings.native.build_args, settings.native.cuda_arch, False)
+    checked = {k: validate.plain(v, f"build arg {k}", "fix it") for k, v in {**shaping, **parallel}.items()}
     return nativebuild.Spec(
         image=image,
         wheel_args=wheel_args,
@@ -162,7 +160,10 @@ def native_spec(
         outputs=nativebuild.check_globs(profile.native_outputs, f"targets.{name}.native_outputs"),
         configure=profile.native_configure,
         jobs=jobs if jobs > 0 else os.cpu_count() or 1,
-        env={k.upper(): validate.plain(v, f"build arg {k}", "fix it") for k, v in shaping.items()},
+        env={k.upper(): checked[k] for k in shaping},
+        stage=stage,
+        stage_args=checked,
+        stage_repository=settings.dev.repository,
     )
 
 

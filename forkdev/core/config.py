@@ -63,9 +63,9 @@ class Target:
     # ({build}: the build directory kept between runs, {src}: the tree, {jobs}: the parallel jobs), and the one
     # that rebuilds a configured build directory whose build system did not change ("" = the first again), the
     # compiled files they leave in the tree (globs of repository paths), the paths whose change needs a fresh
-    # configure of the build directory, and the image it runs in ("" = config dev.native_image, else the wheel
-    # image; `native_stage` names the stage of the target's Dockerfile that is its build environment, which must
-    # then be named in config).
+    # configure of the build directory, and the image it runs in (config dev.native_image first; "" = the stage
+    # `native_stage` of the target's Dockerfile, built at the base's commit with the base's build args, where it
+    # names one, else the wheel image).
     native_build: tuple[str, ...] = ()
     native_rebuild: tuple[str, ...] = ()
     native_outputs: tuple[str, ...] = ()

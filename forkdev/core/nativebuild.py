@@ -19,6 +19,7 @@ stays for the next run. A dry run reads the workspace as it is and writes nothin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ from typing import Any
 from . import builder, lock, owners, source, ui
 from . import cache as store
 from . import container as ctr
+from . import labels as L
 from .base import Base
 from .config import Target, matches
 from .engine import Engine
@@ -70,6 +72,11 @@ class Spec:
     jobs: int
     env: Mapping[str, str] = field(default_factory=dict)  # the base's shaping build args (TORCH_CUDA_ARCH_LIST)
     kept: str = "no image was made"  # what stays as it was when a build fails (the last good image, a container)
+    # The build environment as the target's Dockerfile makes it (`image` is ""): this stage, built at the base's
+    # commit with the base's build args, tagged in `stage_repository`; built once per commit and build args.
+    stage: str = ""
+    stage_args: Mapping[str, str] = field(default_factory=dict)  # all of them; the shaping ones name the image
+    stage_repository: str = ""
 
 
 @dataclass(frozen=True)
@@ -125,7 +132,7 @@ def build(
 ) -> Outcome:
     """The compiled files of the checkout's native state that differ from the base's: built now when the workspace
     has not built this state yet (incrementally), else as the workspace last built them."""
-    env_ref, env_id = environment(engine, run, spec)
+    env_ref, env_id = environment(engine, run, spec, repo, base, target, hidden)
     env = {"image": env_ref, "id": env_id}
     if not env_id:  # a dry run whose wheel image is not there yet: nothing more can be known
         ui.info("dry run: the build environment would be built first, then the native part compiled in a new workspace")
@@ -161,9 +168,13 @@ def build(
     return _outcome(engine, run, spec, base, target, cache, ws, env, outputs, True, compiled, reason)
 
 
-def environment(engine: Engine, run: Runner, spec: Spec) -> tuple[str, str]:
-    """(reference, image id) of the build environment: the wheel image is built when missing (as `invoke wheel`
-    does); any other must be here."""
+def environment(
+    engine: Engine, run: Runner, spec: Spec, repo: Repo, base: Base, target: Target, hidden: Paths
+) -> tuple[str, str]:
+    """(reference, image id) of the build environment: the target's build stage at the base's commit (built when
+    missing), or the wheel image (built when missing, as `invoke wheel` does); any other must be here."""
+    if spec.stage:
+        return stage_image(engine, run, spec, repo, base, target, hidden)
     if spec.wheel_args is not None:
         image = builder.ensure(engine, run, spec.image, spec.wheel_args)
         return image.ref, image.id
@@ -174,6 +185,52 @@ def environment(engine: Engine, run: Runner, spec: Spec) -> tuple[str, str]:
             "to an image with the target's compilers, cmake and Python build requirements"
         )
     return spec.image, Engine.image_id(info)
+
+
+def stage_image(
+    engine: Engine, run: Runner, spec: Spec, repo: Repo, base: Base, target: Target, hidden: Paths
+) -> tuple[str, str]:
+    """The '{stage}' stage of the target's Dockerfile at the base's commit, built with the base's build args, as
+    the base's own build made it before compiling: tagged `<dev.repository>:native-<commit12>-<args hash>`, so
+    it is built once per base commit and build args and found again by name (a dry run builds nothing: its id
+    is "")."""
+    from . import fullbuild
+
+    commit = base.revision
+    if not commit:
+        raise Failure(
+            f"the base {base.ref} names no commit ({L.REVISION}), so the '{spec.stage}' stage it was built from "
+            "cannot be built; set dev.native_image to its build environment"
+        )
+    shaping = json.dumps([target.dockerfile, spec.stage, dict(sorted(spec.env.items()))])
+    tag = f"{spec.stage_repository}:native-{commit[:12]}-{hashlib.sha256(shaping.encode()).hexdigest()[:12]}"
+    info = engine.inspect_image(run, tag)
+    if info is not None:
+        return tag, Engine.image_id(info)
+    if not repo.has_commit(commit):
+        raise Failure(
+            f"the base's commit {commit[:12]} is not in {repo.path}, so its '{spec.stage}' stage cannot be built; "
+            "fetch the upstream into it (invoke fork-sync), or set dev.native_image to a build environment"
+        )
+    ui.info(
+        f"building the build environment: the '{spec.stage}' stage of {target.dockerfile} at the base's commit "
+        f"{commit[:12]}, once for this commit and these build args"
+    )
+    built = fullbuild.build(
+        engine,
+        run,
+        repo,
+        dataclasses.replace(target, stage=spec.stage),
+        fullbuild.Spec(
+            commit=commit,
+            tag=tag,
+            labels={L.REVISION: commit, L.BUILD: "native-env"},
+            build_args=dict(spec.stage_args),
+            version=fullbuild.version_of(repo, commit),
+            hidden=hidden,
+        ),
+    )
+    return tag, built.image_id
 
 
 def native_state(repo: Repo, target: Target, spec: Spec, hidden: Paths, env_id: str) -> tuple[str, dict[str, str]]:
