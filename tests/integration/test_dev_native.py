@@ -275,6 +275,16 @@ def test_with_no_native_image_the_targets_build_stage_at_the_bases_commit_is_bui
     assert compiled(again.json) == ["unit_04"] and value(engine, again.json["image"]) == native.value + 8
 
 
+def test_config_dev_native_build_compiles_without_the_flag_and_no_native_refuses(engine, native, checkout, tool):
+    edit_unit(checkout, 2, 5)
+    env = {"INVOKE_DEV_NATIVE": "build", "INVOKE_DEV_NATIVE_IMAGE": native.env}
+    built = tool("dev", str(checkout), "--base", native.base, "--json", env=env)
+    assert built.code == 0, built.err
+    assert built.json["native"] is not None and value(engine, built.json["image"]) == native.value + 5
+    refused = tool("dev", str(checkout), "--base", native.base, "--no-native", env=env)
+    support.assert_one_line_error(refused, "native sources changed", "csrc/unit_02.cpp", "pass --native")
+
+
 @pytest.mark.parametrize(
     ("args", "env", "words"),
     [
