@@ -19,7 +19,7 @@ import pytest
 import support
 
 from forkdev.core import cache as store
-from forkdev.core import sandbox
+from forkdev.core import config, sandbox
 from forkdev.core.engine import Engine
 
 pytestmark = pytest.mark.engine
@@ -283,6 +283,36 @@ def test_config_dev_native_build_compiles_without_the_flag_and_no_native_refuses
     assert built.json["native"] is not None and value(engine, built.json["image"]) == native.value + 5
     refused = tool("dev", str(checkout), "--base", native.base, "--no-native", env=env)
     support.assert_one_line_error(refused, "native sources changed", "csrc/unit_02.cpp", "pass --native")
+
+
+def test_mlc_llms_cmake_build_compiles_a_cpp_edit_into_the_library_its_package_loads(
+    engine, wheel_image, cache_dir, tool, tmp_path
+):
+    """MLC-LLM's profile compiles with cmake (its root CMakeLists.txt; libmlc_llm*.so copied into python/mlc_llm/),
+    in the wheel image, as it names no Dockerfile stage."""
+    greet = "import mlc_llm; print(mlc_llm.greet())"
+    library = "/opt/mlc-source/python/mlc_llm/libmlc_llm.so"
+    up = tmp_path / "mlc-upstream"
+    commit = support.make_cmake_package(up)
+    base = support.build_native_base(
+        engine, wheel_image, up, commit, f"forkdev-test/mlc-native-base:{engine.kind}",
+        store.native_ccache(cache_dir, "mlc-llm"), command=config.TARGETS["mlc-llm"].native_build,
+        source="/opt/mlc-source", python="python",
+    )  # fmt: skip
+    assert support.in_image(engine, base, "python3", "-c", greet).strip() == "hello"
+    checkout = tmp_path / "mlc"
+    support.sh("git", "clone", "-q", up, checkout)
+    c = checkout / "cpp" / "greet.c"
+    c.write_text(c.read_text().replace("override : GREETING;", 'override : "edited";'))
+    res = tool(
+        "dev", str(checkout), "--target", "mlc-llm", "--base", base, "--native", "--json", env=support.wheel_env(engine)
+    )
+    assert res.code == 0, res.err
+    assert res.json["native"]["env"]["image"] == wheel_image
+    assert [f["image_path"] for f in res.json["native"]["files"]] == [library]
+    assert support.in_image(engine, res.json["image"], "python3", "-c", greet).strip() == "edited"
+    verified = tool("verify", res.json["image"], "--repo", str(checkout))
+    assert verified.code == 0, verified.err
 
 
 @pytest.mark.parametrize(

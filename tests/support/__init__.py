@@ -12,6 +12,7 @@ import base64
 import contextlib
 import hashlib
 import os
+import posixpath
 import shutil
 import socket
 import subprocess
@@ -438,11 +439,21 @@ def make_native_upstream(root: Path, units: int = 16, moe_units: int = 3) -> str
     return commit_all(root, "upstream: a vLLM-shaped native extension")
 
 
-def build_native_base(engine: Engine, env_image: str, repo: Path, commit: str, tag: str, ccache: Path) -> str:
-    """A base as vLLM's image is made: the tree at `commit` compiled in the build environment `env_image` (by the
-    product's own container argv, so at the paths and with the compiler cache a native build uses), then the tree
-    with its compiled extensions at /opt/vllm-source, found through a .pth file, in an image FROM the build
-    environment (its python3 and libstdc++ load them)."""
+def build_native_base(
+    engine: Engine,
+    env_image: str,
+    repo: Path,
+    commit: str,
+    tag: str,
+    ccache: Path,
+    command: tuple[str, ...] = NATIVE_BUILD,
+    source: str = "/opt/vllm-source",
+    python: str = "",
+) -> str:
+    """A base as vLLM's image is made: the tree at `commit` compiled in the build environment `env_image` by
+    `command` (by the product's own container argv, so at the paths and with the compiler cache a native build
+    uses), then the tree with its compiled files at `source`, its `python` folder found through a .pth file, in an
+    image FROM the build environment (its python3 and libstdc++ load them)."""
     from forkdev.core import nativebuild
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -455,7 +466,7 @@ def build_native_base(engine: Engine, env_image: str, repo: Path, commit: str, t
         sh("tar", "-x", "-C", src, input=archive)
         argv = nativebuild.run_argv(
             engine, env_image, name=f"forkdev-test-native-{os.getpid()}", src=src, build=build, ccache=ccache,
-            command=NATIVE_BUILD, jobs=os.cpu_count() or 1, env={},
+            command=command, jobs=os.cpu_count() or 1, env={},
         )  # fmt: skip
         sh(*argv)
         shutil.rmtree(src / "build", ignore_errors=True)  # setuptools' build/lib copies: no part of an image
@@ -463,8 +474,8 @@ def build_native_base(engine: Engine, env_image: str, repo: Path, commit: str, t
             f"FROM {env_image}",
             "USER 0",
             "ENTRYPOINT []",
-            "COPY src /opt/vllm-source",
-            f"RUN mkdir -p {SITE} && echo /opt/vllm-source > {SITE}/vllm-editable.pth",
+            f"COPY src {source}",
+            f"RUN mkdir -p {SITE} && echo {posixpath.join(source, python).rstrip('/')} > {SITE}/forkdev-editable.pth",
             f'LABEL org.opencontainers.image.revision="{commit}"',
         ]
         return build_image(engine, ctx, "\n".join(lines) + "\n", tag)
