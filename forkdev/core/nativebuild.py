@@ -542,11 +542,18 @@ def _outputs(src: Path, patterns: tuple[str, ...], sources: set[str]) -> dict[st
     for pattern in patterns:
         for path in sorted(src.glob(pattern)):
             rel = path.relative_to(src).as_posix()
-            if rel in sources or rel in found or path.is_symlink() or not path.is_file():
+            if rel in sources or rel in found or not _unlinked(src, rel):
                 continue
             st = path.stat()
             found[rel] = [st.st_size, st.st_mtime_ns, sha256(path), 0o100755 if st.st_mode & 0o111 else 0o100644]
     return found
+
+
+def _unlinked(src: Path, rel: str) -> bool:
+    """Whether `rel` is a file under `src` reached through no symbolic link: the build may leave one (a link, or a
+    linked folder on the way) that points out of the workspace, and what it points to must never reach a layer."""
+    path = src / rel
+    return path.resolve() == src.resolve() / rel and path.is_file()
 
 
 def _intact(src: Path, outputs: dict[str, list]) -> bool:
@@ -625,6 +632,8 @@ def _outcome(
         elif theirs.get(image_path) == sha:
             same.append(image_path)
         else:
+            if not _unlinked(ws.src, rel):
+                raise Failure(f"{ws.src / rel} is now reached through a symbolic link; run 'invoke dev --native' again")
             data = (ws.src / rel).read_bytes()
             if hashlib.sha256(data).hexdigest() != sha:
                 raise Failure(f"{ws.src / rel} changed while it was read; run 'invoke dev --native' again")

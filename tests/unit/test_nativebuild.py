@@ -151,3 +151,17 @@ def test_a_workspace_is_one_per_target_base_and_build_environment_and_stays_in_t
     assert store.native_workspace(tmp_path, "vllm", "sha256:" + "a" * 64, "sha256:" + "c" * 64) != one
     assert store.native_ccache(tmp_path, "vllm") == tmp_path / "native" / "vllm" / "ccache"
     assert store.native_ccache(tmp_path, "..") == tmp_path / "native" / "target" / "ccache", "never above native/"
+
+
+def test_compiled_files_reached_through_a_link_the_build_left_are_never_taken(tmp_path):
+    """The build runs the checkout's own build system: a link it leaves (to a file, or a linked folder on the way)
+    may point out of the workspace, and the host must never read what it points to into a layer."""
+    src, outside = tmp_path / "src", tmp_path / "outside"
+    (src / "vllm" / "ops").mkdir(parents=True)
+    outside.mkdir()
+    (outside / "_secret.so").write_bytes(b"host bytes")
+    (src / "vllm" / "_C.abi3.so").write_bytes(b"\x7fELF compiled")
+    (src / "vllm" / "_link.so").symlink_to(outside / "_secret.so")
+    (src / "vllm" / "ops" / "kernels").symlink_to(outside, target_is_directory=True)
+    found = nativebuild._outputs(src, ("vllm/**/*.so", "vllm/ops/kernels/*.so"), set())
+    assert sorted(found) == ["vllm/_C.abi3.so"]
