@@ -573,6 +573,8 @@ def _dev_native(cfg: Any) -> dict[str, Any]:
         raise Failure(f"config dev.native is '{mode}'; set it to refuse (the default) or build")
     try:
         jobs = int(cfg.native_jobs or 0)
+        if jobs < 0:
+            raise ValueError(jobs)
     except (TypeError, ValueError):
         raise Failure(
             f"config dev.native_jobs '{cfg.native_jobs}' is not a number of compile jobs (0: every CPU); fix it in "

@@ -138,6 +138,23 @@ def test_settings_are_resolved_once_from_config_sections_as_invoke_holds_them():
         config.load(_context(wheel={"jobs": "many"}))
 
 
+@pytest.mark.parametrize(
+    ("dev", "words"),
+    [
+        ({"native": "yes"}, r"^config dev.native is 'yes'; set it to refuse \(the default\) or build$"),
+        ({"native_jobs": -3}, r"^config dev.native_jobs '-3' is not a number of compile jobs \(0: every CPU\)"),
+        ({"native_jobs": "many"}, r"^config dev.native_jobs 'many' is not a number"),
+        ({"native_image": "-x"}, r"^dev.native_image '-x' starts with '-'"),
+    ],
+)
+def test_dev_native_settings_are_checked_once_with_the_rest(dev, words):
+    from forkdev.core import config
+
+    assert config.load(_context(dev={"native": "build", "native_jobs": 3})).dev.native_jobs == 3
+    with pytest.raises(Failure, match=words):
+        config.load(_context(dev=dev))
+
+
 def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_forces(tmp_path):
     from forkdev.core import config, secrets
     from forkdev.core.gitrepo import Repo
