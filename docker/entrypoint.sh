@@ -85,6 +85,11 @@ build() {
   fi
   export CMAKE_GENERATOR=$generator # also for a setup.py that runs cmake itself
   report generator "$generator"
+  # CMake 4 refuses a cmake_minimum_required below 3.5, which CMake 3 configured with a warning; an isolated build
+  # gets the newest cmake wheel for a `cmake` build requirement, and many a published sdist vendors such a
+  # CMakeLists.txt (an old pybind11). This floor, which CMake 3 ignores, configures those as CMake 3 did; a
+  # project that asks for 3.5 or later itself is unaffected, and a value the caller set wins.
+  export CMAKE_POLICY_VERSION_MINIMUM=${CMAKE_POLICY_VERSION_MINIMUM:-3.5}
 
   local libs=()
   if [ -n "$CMAKE_DIR" ]; then

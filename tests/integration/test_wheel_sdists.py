@@ -21,6 +21,14 @@ import support
 SDISTS = {
     # scikit-build-core + nanobind, through its pyproject.toml
     "nanoforte": ("0.0.1", "abc4dc208d2478d3febc3b73085e6fa297789d69d57146ec9a3bdf9676f9a0fb", "nanoforte"),
+    # setuptools whose build_ext runs cmake itself (pybind11's cmake_example: a CMakeExtension and a CMakeBuild in
+    # setup.py, an old pybind11 vendored); its pyproject.toml asks for unpinned cmake and ninja wheels. Its package
+    # imports the extension module, pybind11_cubao_cmake_example, that cmake built.
+    "cubao-cmake-example": (
+        "0.0.3",
+        "a66d90ebc5be0cf27182d638b88197e01a35d75bfe9b89cbbb710ec39bc92fec",
+        "cubao_cmake_example",
+    ),
 }
 MANYLINUX = r"cp311-cp311-manylinux[\w.]*_x86_64"
 
@@ -45,7 +53,9 @@ def fetch(name: str) -> Path:
 
     path = cached()
     if path is None or digest(path) != sha256:
-        argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:", "-d", str(cache)]
+        # The package's own sdist; the build requirements pip installs to read its metadata may be wheels (an sdist
+        # of cmake would be compiled first).
+        argv = [sys.executable, "-m", "pip", "download", "-q", "--no-deps", "--no-binary", name, "-d", str(cache)]
         subprocess.run([*argv, f"{name}=={version}"], check=True)
         path = cached()
     assert path, f"pip download wrote no sdist of {name}=={version} into {cache}"
