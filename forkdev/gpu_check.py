@@ -43,7 +43,7 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
         probe = "nvidia-smi -L" if not found.wsl else "ls /dev/dxg && ls /usr/lib/wsl/lib/libcuda.so*"
         own = owners.claim(settings.cache_dir(), engine, proc)
         name, labels = own.container("gpu-check")
-        argv = engine.cmd("run", "--rm", "--name", name, *[f"--label={k}={v}" for k, v in sorted(labels.items())])
+        argv = engine.cmd("run", "--rm", "--name", name, *ctr.label_args(labels))
         argv += ["--network", "none", *gpu_args, "--entrypoint", "/bin/sh", "--", ref, "-c", probe]
         with ctr.running(proc, engine, own, name) as box:
             res = proc(argv, check=False, mutates=False)

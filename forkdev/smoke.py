@@ -207,9 +207,10 @@ def _on_host(run: Runner, installer: str, python: str, wheel: Path, report: Path
 
 def _in_image(engine, image: str, wheel: Path, report: Path, extra: list[str], name: str, labels) -> list[str]:
     from .core import assets, builder
+    from .core import container as ctr
 
     argv = engine.cmd("run", "--rm", "--name", name)
-    argv += [f"--label={k}={v}" for k, v in labels.items()]
+    argv += ctr.label_args(labels)
     argv += ["--network", "none", "--entrypoint", "python3"]
     argv += builder.mount(engine, wheel, f"/wheels/{wheel.name}", read_only=True)
     argv += builder.mount(engine, assets.probe_path(), "/forkdev/smoke_probe.py", read_only=True)

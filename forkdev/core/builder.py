@@ -193,7 +193,7 @@ def run_argv(
 ) -> list[str]:
     """`<engine> run` of the image's `build` mode over the staged source, output and cache directories."""
     argv = engine.cmd("run", "--rm", "--name", name, "--network", network)
-    argv += [f"--label={key}={value}" for key, value in sorted((labels or {}).items())]
+    argv += container.label_args(labels)
     if user:
         argv += ["--user", user]
         if engine.kind == "podman" and os.geteuid() != 0:

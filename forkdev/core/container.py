@@ -15,7 +15,7 @@ import os
 import re
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -91,8 +91,7 @@ def argv(exe: str, spec: Spec, kind: str = "docker") -> list[str]:
         mounts.append((str(spec.overlay[0]), OVERLAY_IN, "ro"))
     for host, inside, options in mounts:
         out += mount(host, inside, read_only=options == "ro", kind=kind, selinux=spec.selinux)
-    for key, value in sorted(spec.labels.items()):
-        out += ["--label", f"{key}={value}"]
+    out += label_args(spec.labels)
     if spec.workdir:
         out += ["--workdir", spec.workdir]
     into = spec.overlay[1] if spec.overlay else ""
@@ -136,6 +135,11 @@ def selinux_enforcing(root: Path = Path("/")) -> bool:
         return (root / "sys/fs/selinux/enforce").read_text().strip() == "1"
     except OSError:
         return False
+
+
+def label_args(labels: Mapping[str, str] | None) -> list[str]:
+    """`--label KEY=VALUE` of each label, in order: how every container we start says what it is and whose."""
+    return [arg for key, value in sorted((labels or {}).items()) for arg in ("--label", f"{key}={value}")]
 
 
 def command_of(image: dict, given: list[str]) -> list[str]:

@@ -381,7 +381,7 @@ def run_argv(
     cache and ninja's dependencies hold them)."""
     uid, gid = os.geteuid(), os.getegid()
     argv = engine.cmd("run", "--rm", "--name", name, "--network", "none", "--user", f"{uid}:{gid}")
-    argv += [f"--label={key}={value}" for key, value in sorted((labels or {}).items())]  # its owner: core/owners.py
+    argv += ctr.label_args(labels)  # its owner: core/owners.py
     if engine.kind == "podman" and uid != 0:
         argv += ["--userns", "keep-id"]  # rootless podman: what the build writes stays ours (as builder.run_argv)
     argv += (
