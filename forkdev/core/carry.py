@@ -25,6 +25,7 @@ tree, going back after it: so whenever the tree holds a file the merge added, th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import shutil
 import signal
@@ -81,8 +82,25 @@ def plan(place: Place, branch: str, before: str, new: str) -> tuple[Move | None,
     if conflicts:
         return None, sorted(set(conflicts))
     move = Move(str(repo.path), branch, before, new, **snaps, pid=os.getpid(), started=time.strftime("%F %T %z"))
-    _refuse_ignored_in_the_way(place, move.tree, move.tree_after)
+    status = _refuse_ignored_in_the_way(place, move.tree, move.tree_after)
+    if not move.carries_work and not _adds_ignored(place, status):
+        move = dataclasses.replace(move, direct=True)
     return move, []
+
+
+def _adds_ignored(place: Place, status: dict[str, str]) -> bool:
+    """Whether a move may leave a file that no capture sees if it stops inside git's checkout: one it adds that
+    .gitignore matches, or any change to a .gitignore (then what matches changes halfway)."""
+    if any(path.rpartition("/")[2] == ".gitignore" for path in status):
+        return True
+    added = [path for path, st in status.items() if st == "A"]
+    if not added:
+        return False
+    data = "".join(f"{path}\0" for path in added).encode("utf-8", "surrogateescape")
+    res = place.repo.git("check-ignore", "-z", "--stdin", "--no-index", input=data, check=False)
+    if res.returncode not in (0, 1):  # 1: none of them is ignored
+        raise Failure(f"git check-ignore failed ({res.reason}); nothing was changed")
+    return res.returncode == 0
 
 
 def _capture(place: Place, index_file: Path) -> tuple[str, str]:
@@ -110,8 +128,9 @@ def _commit(repo: Repo, tree: str, parent: str, parent_tree: str, what: str) -> 
     return repo.git("commit-tree", tree, "-p", parent, "-m", f"forkdev: {what}", env=SNAPSHOT_IDENT).out
 
 
-def _refuse_ignored_in_the_way(place: Place, src: str, dst: str) -> None:
-    """git's checkout overwrites ignored files; a file the move adds must not replace one (a local .env, say)."""
+def _refuse_ignored_in_the_way(place: Place, src: str, dst: str) -> dict[str, str]:
+    """git's checkout overwrites ignored files; a file the move adds must not replace one (a local .env, say).
+    Returns what the move does, path by path (git's A, D, M, T)."""
     raw = place.repo.git("diff-tree", "-r", "-z", "--no-renames", "--name-status", src, dst).stdout
     fields = raw.decode("utf-8", "surrogateescape").split("\0")
     status = dict(zip(fields[1::2], fields[0::2], strict=False))  # the last field is empty
@@ -138,6 +157,7 @@ def _refuse_ignored_in_the_way(place: Place, src: str, dst: str) -> None:
             f"the merge brings {', '.join(sorted(blocked)[:10])} where '{place.repo.path}' has a file that git "
             "ignores; move it away and run fork-sync again; nothing was changed"
         )
+    return status
 
 
 def _holds_more_than(folder: Path, stem: str, status: dict[str, str]) -> bool:
@@ -160,16 +180,28 @@ def apply(place: Place, move: Move) -> None:
         _set_refs(repo, move.refs())
         write_journal(place.journal, move)
         try:
-            # -i: the index only (git refuses if it changed meanwhile); the tree moves next, on the scratch index
-            repo.git("read-tree", "-i", "-m", move.index, move.index_after, mutates=True)
-            scratch_index = {"GIT_INDEX_FILE": str(place.scratch / "move.index")}  # matches W, stat data fresh
-            repo.git("read-tree", "-m", "-u", move.tree, move.tree_after, env=scratch_index, mutates=True)
-            repo.git("update-index", "-q", "--refresh", mutates=True)
+            if not (move.direct and _direct(place, move)):
+                # -i: the index only (git refuses if it changed meanwhile); the tree moves next, on the scratch
+                # index, whose stat data is fresh
+                repo.git("read-tree", "-i", "-m", move.index, move.index_after, mutates=True)
+                scratch_index = {"GIT_INDEX_FILE": str(place.scratch / "move.index")}
+                repo.git("read-tree", "-m", "-u", move.tree, move.tree_after, env=scratch_index, mutates=True)
+                repo.git("update-index", "-q", "--refresh", mutates=True)
             ref = f"refs/heads/{move.branch}"
             repo.git("update-ref", "-m", "fork-sync: merge upstream", ref, move.new, move.before, mutates=True)
         except Failure as exc:
             _undo(place, move, exc)
         close(place, move)
+
+
+def _direct(place: Place, move: Move) -> bool:
+    """A clean checkout moves as `git merge` moves it: one `read-tree -m -u` of the real index, which leaves its
+    stat data fresh (no refresh). git checks every entry it changes against the file first and writes nothing
+    when one differs: an edit since the capture, or stat data `git status` could not refresh. Then (False) the
+    two-step move decides, on the scratch index's fresh stat data. Stopped inside, the files are partly written
+    and the index is not: recovery brings each path back or forward, as after a stop inside the two-step move
+    (a file this move adds is never ignored, so a capture sees it)."""
+    return place.repo.git("read-tree", "-m", "-u", move.before, move.new, mutates=True, check=False).ok
 
 
 def _undo(place: Place, move: Move, exc: Failure) -> None:

@@ -90,6 +90,7 @@ class Move:
     tree_after: str  # W', on `new`
     pid: int = 0
     started: str = ""
+    direct: bool = False  # a clean checkout, moved by one read-tree of the real index (carry._direct)
 
     @property
     def carries_work(self) -> bool:

@@ -3,9 +3,11 @@ unstaged split, modes, untracked and ignored files), or the sync is refused and 
 
 from __future__ import annotations
 
+import os
+
 import pytest
 from support import commit_all, git
-from support.forksync import make_work, merged, snapshot, sync, work, write
+from support.forksync import ENV, make_work, merged, snapshot, sync, work, write
 
 
 def test_autostash_carries_the_staged_unstaged_split_and_every_byte(invoke, repos):
@@ -98,3 +100,53 @@ def test_a_stale_index_lock_is_one_line_naming_it_and_the_remedy(invoke, repos):
     lock.unlink()
     assert sync(invoke, fork, "--autostash").code == 0
     assert (fork / "README.md").read_text() == "my notes\n"
+
+
+def _moves(err: str) -> list[str]:
+    """How the checkout moved, from the echo of the move step: its read-tree and update-index calls, without the
+    commits."""
+    step = err[err.index("» move ") :].splitlines()
+    return [
+        " ".join(w for w in line.split()[4:] if len(w) != 40)
+        for line in step
+        if line.startswith("+ git ") and line.split()[4] in ("read-tree", "update-index")
+    ]
+
+
+def test_a_clean_checkout_moves_as_git_merge_does_in_one_read_tree_with_fresh_stat_data(invoke, repos):
+    """No work to carry and nothing the move adds that .gitignore matches: one `read-tree -m -u` of the real index,
+    as `git merge` does, and no refresh after it: the index's stat data is fresh as it is written."""
+    up, _, fork = repos
+    git(up, "checkout", "-q", "HEAD~1", "--", ".gitignore")  # upstream's .gitignore as the fork started from it
+    commit_all(up, "upstream: .gitignore back")
+    res = sync(invoke, fork)
+    assert res.code == 0, res.err
+    assert _moves(res.err) == ["read-tree -m -u"], res.err
+    assert (fork / "vllm/a.py").read_text() == "A = 2\n"
+    assert git(fork, "diff-files", "--name-only") == "", "every entry's stat data matches its file, unrefreshed"
+    assert git(fork, "status", "--porcelain") == ""
+
+
+def test_stale_stat_data_the_status_could_not_refresh_falls_back_to_the_two_step_move(invoke, repos):
+    """A file the merge changes, touched (same bytes, new mtime) where `git status` may not write the index
+    (GIT_OPTIONAL_LOCKS=0): git refuses the one-step move and writes nothing; the two-step move, on a fresh scratch
+    index, then moves the checkout."""
+    up, _, fork = repos
+    git(up, "checkout", "-q", "HEAD~1", "--", ".gitignore")
+    commit_all(up, "upstream: .gitignore back")
+    stamp = (fork / "vllm/a.py").stat().st_mtime_ns + 5_000_000_000
+    os.utime(fork / "vllm/a.py", ns=(stamp, stamp))
+    res = invoke("fork-sync", "--repo", str(fork), env={**ENV, "GIT_OPTIONAL_LOCKS": "0"})
+    assert res.code == 0, res.err
+    assert _moves(res.err) == ["read-tree -m -u", "read-tree -i -m", "read-tree -m -u", "update-index -q --refresh"]
+    assert (fork / "vllm/a.py").read_text() == "A = 2\n" and git(fork, "status", "--porcelain") == ""
+
+
+def test_a_move_that_changes_a_gitignore_takes_the_two_step_move(invoke, repos):
+    """Stopped inside one read-tree, the files are partly written and the index is not: a file the move adds is
+    then seen only if .gitignore does not match it, so a move that changes a .gitignore (what matches changes
+    halfway) or adds an ignored file moves the index first."""
+    _, _, fork = repos  # the fixture's upstream adds upstream-only/ to .gitignore
+    res = sync(invoke, fork)
+    assert res.code == 0, res.err
+    assert _moves(res.err) == ["read-tree -i -m", "read-tree -m -u", "update-index -q --refresh"], res.err

@@ -123,21 +123,31 @@ def test_an_edit_made_while_a_clean_checkout_syncs_is_never_overwritten(
         assert git(fork, "rev-parse", "HEAD^1") == before and (fork / "vllm/a.py").read_text() == "A = 2\n"
 
 
-@pytest.mark.parametrize("args", [("--autostash",), ()], ids=["autostash-over-work", "clean-checkout"])
-def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path, args):
+@pytest.mark.parametrize(
+    ("args", "move"),
+    [(("--autostash",), "two-step"), ((), "two-step"), ((), "one-step")],
+    ids=["autostash-over-work", "clean-checkout", "clean-checkout-one-read-tree"],
+)
+def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke, repos, wrapped, tmp_path, args, move):
     """The crash matrix: SIGKILL the task just before its N-th git call, for every N of a run with --autostash
     over staged, unstaged, untracked and ignored work (or of a plain run over a clean checkout, whose work is
-    not staged: only an ignored file), and just after each call from the first that writes a ref on (there a
-    kill can fall between git and the journal's write or removal); then a second run. Each time the branch ends
-    merged and the work is back byte for byte, staged and unstaged as it was; and right after the kill, without
-    a journal the checkout is wholly before or wholly after."""
+    not staged: only an ignored file; moved in two steps where the merge changes .gitignore, else in one
+    read-tree), and just after each call from the first that writes a ref on (there a kill can fall between git
+    and the journal's write or removal); then a second run. Each time the branch ends merged and the work is
+    back byte for byte, staged and unstaged as it was; and right after the kill, without a journal the checkout
+    is wholly before or wholly after."""
     up, _, fork = repos
     if args:
         make_work(fork)
     else:
         write(fork, {"vllm/_local.so": "ignored build output\n"})
+    if move == "one-step":
+        git(up, "checkout", "-q", "HEAD~1", "--", ".gitignore")  # the merge leaves the fork's .gitignore as it is
+        commit_all(up, "upstream: .gitignore back")
     before_work = work(fork)
     expected = merged(before_work)
+    if move == "one-step":
+        expected["files"][".gitignore"] = before_work["files"][".gitignore"]
     before, theirs = git(fork, "rev-parse", "HEAD"), git(up, "rev-parse", "HEAD")
     pristine = tmp_path / "pristine"
     shutil.copytree(fork, pristine, symlinks=True)
@@ -145,6 +155,8 @@ def test_a_kill_at_any_git_call_loses_nothing_and_the_next_run_settles_it(invoke
     calls = counted(wrapped, fork, tmp_path, *args)
     tree = git(fork, "rev-parse", "HEAD^{tree}")
     assert work(fork) == expected and len(calls) > 20
+    two_step = any(" read-tree -i -m " in f" {line} " for line in calls)
+    assert two_step == (move == "two-step"), calls
 
     refs_from = next(i for i, line in enumerate(calls, 1) if line.endswith(" update-ref --stdin"))
     points = [(n, "before") for n in range(1, len(calls) + 1)] + [
