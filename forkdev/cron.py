@@ -250,7 +250,7 @@ def job(c: Any, settings: config.Settings, args: list[str]) -> Job:
         "change it\n"
         f"cd -- {quote(os.getcwd(), 'the working directory')} || exit 1\n" + " ".join(command) + "\n"
     )
-    return Job(script, store.nightly(cache, target.name, ".cron.sh"), settings.nightly_log.resolve())
+    return Job(script, store.nightly(cache, target.name, ".cron.sh"), settings.nightly.log.resolve())
 
 
 def quote(value: str, what: str) -> str:
@@ -268,10 +268,10 @@ def nightly_args(c: Any, settings: config.Settings) -> list[str]:
         args = shlex.split(raw)
     except ValueError as exc:
         raise Failure(f"cron.args '{raw}' cannot be split into words ({exc}); close its quotes") from None
-    registry = validate.registry_host(settings.nightly_repository)
+    registry = validate.registry_host(settings.nightly.repository)
     if "--push" in args and not registry:
         raise Failure(
-            f"cron.args passes --push, but nightly.repository '{settings.nightly_repository}' names no "
+            f"cron.args passes --push, but nightly.repository '{settings.nightly.repository}' names no "
             "registry, so the job would fail every night; set nightly.repository to REGISTRY/NAME or drop --push"
         )
     if registry and not {"--push", "--no-push"} & set(args):
@@ -406,7 +406,7 @@ def status(c, user=None, lines="20", target=None, json=False, quiet=False):
     who = user if user is not None else c.config.cron.user
     jobs = [line for line in read(run, who).split("\n") if _ours(line, profile.name)]
     last = store.read_json(store.nightly(settings.cache, profile.name, ".last-run.json"))
-    log = settings.nightly_log
+    log = settings.nightly.log
     try:
         tail = log.read_text(errors="replace").splitlines()[-int(count) :] if int(count) else []
     except OSError:

@@ -80,7 +80,7 @@ def thin_image(
     if explicit:
         engine, found = settings.engine(run), [explicit]
     else:  # the default bases need git only: asked while the engine answers
-        nightly, branch = settings.nightly_repository, settings.branch
+        nightly, branch = settings.nightly.repository, settings.branch
         engine, found = concurrently(
             lambda: settings.engine(run),
             lambda: bases.candidates(profile, nightly, repo, ref, upstream, branch),

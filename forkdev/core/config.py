@@ -501,6 +501,27 @@ class Native:
 
 
 @dataclass(frozen=True)
+class Nightly:
+    """What `invoke nightly` makes and where (config `nightly:`; how it compiles is `Native`)."""
+
+    repository: str  # <repository>:nightly and :nightly-<sha>; so where `dev` and `run` find `:nightly`
+    push: bool
+    keep: int  # nightly.prune keeps this many nightly-<sha> tags
+    log: Path  # where an unattended nightly writes its log
+
+
+def keep_count(value: Any, name: str) -> int:
+    """How many nightly-<sha> tags nightly.prune keeps: a whole number, at least 1."""
+    try:
+        count = int(value)
+    except (TypeError, ValueError):
+        raise Failure(f"{name} '{value}' is not a number; pass how many nightly tags to keep") from None
+    if count < 1:
+        raise Failure(f"{name} {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
+    return count
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a task runs with: config and the shared flags, resolved and validated once (`load`)."""
 
@@ -509,18 +530,17 @@ class Settings:
     branch: str  # upstream.branch
     remote: str  # upstream.remote: the fork's remote fork-sync fetches from when it has one
     cache: Path  # the cache root (created by `cache_dir`, never by a dry run)
-    nightly_repository: str  # where `invoke nightly` tags, so where `dev` and `run` find `:nightly`
     registry: Policy
     secret_paths: secrets.Paths  # what no image, wheel or sync ever carries
     secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
     container: Container
     native: Native
+    nightly: Nightly
     dev: Dev
     wheel: Wheel
     engine_name: str
     engine_network: str
     engine_client: str
-    nightly_log: Path  # where an unattended nightly writes its log
 
     def engine(self, run: Runner) -> Engine:
         """The container engine the config names (or the one found), probed once for this task."""
@@ -600,7 +620,6 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
         branch=c.config.upstream.branch,
         remote=c.config.upstream.remote,
         cache=cache,
-        nightly_repository=nightly_repository(c, profile),
         registry=registry_policy(c),
         secret_paths=secret_paths(c),
         secret_values=tuple(secret_values(c)),
@@ -626,10 +645,15 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             precompiled=bool(c.config.nightly.precompiled),
             build_args=mapping(c.config.nightly.build_args, "nightly.build_args"),
         ),
+        nightly=Nightly(
+            repository=nightly_repository(c, profile),
+            push=bool(c.config.nightly.push),
+            keep=keep_count(c.config.nightly.keep, "config nightly.keep"),
+            log=nightly_log(c, cache, profile.name),
+        ),
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,
         engine_client=c.config.engine.get("client") or "",
-        nightly_log=nightly_log(c, cache, profile.name),
     )
 
 

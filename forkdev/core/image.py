@@ -48,7 +48,8 @@ def canonical(obj: Any) -> bytes:
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-def rfc3339(epoch: int) -> str:
+def rfc3339(epoch: float) -> str:
+    """The time as images, state files and build records write it: UTC, to the second."""
     return dt.datetime.fromtimestamp(epoch, dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

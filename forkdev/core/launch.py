@@ -30,7 +30,7 @@ def last_dev_image(cache: Path, repo: Repo) -> str | None:
 def pick_image(settings: config.Settings, repo: Repo, image: str | None) -> str:
     if image:
         return validate.image_ref(image, "--image")
-    return last_dev_image(settings.cache_dir(), repo) or f"{settings.nightly_repository}:nightly"
+    return last_dev_image(settings.cache_dir(), repo) or f"{settings.nightly.repository}:nightly"
 
 
 def check_ports(ports: list[int]) -> None:

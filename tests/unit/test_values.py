@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from forkdev.core import ship, validate
@@ -153,6 +155,20 @@ def test_dev_native_settings_are_checked_once_with_the_rest(dev, words):
     assert config.load(_context(dev={"native": "build", "native_jobs": 3})).dev.native_jobs == 3
     with pytest.raises(Failure, match=words):
         config.load(_context(dev=dev))
+
+
+@pytest.mark.parametrize(
+    ("keep", "words"),
+    [("many", r"^config nightly.keep 'many' is not a number"), (0, r"^config nightly.keep 0: keep at least 1")],
+)
+def test_the_nightly_settings_are_checked_once_with_the_rest(keep, words):
+    from forkdev.core import config
+
+    settings = config.load(_context(nightly={"push": True, "keep": "3", "log": "~/n.log"}), "sglang")
+    assert settings.nightly.push is True and settings.nightly.keep == 3
+    assert settings.nightly.log == Path.home() / "n.log" and settings.nightly.repository == "forkdev/sglang"
+    with pytest.raises(Failure, match=words):
+        config.load(_context(nightly={"keep": keep}))
 
 
 def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_forces(tmp_path):
