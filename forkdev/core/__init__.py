@@ -21,12 +21,14 @@ Images
     fullbuild   a full build of an exported commit with its own Dockerfile
     native      the native state of a commit (what a compile depends on)
     nativebuild dev --native: the workspace synced, the incremental compile, its compiled files against the base's
+    nightlybuild  invoke nightly's body: existing, thin or full; `nightly` only forward; prune's tag choice
     fixes       the registry of build-context fixes
     batching    batch's plan by native state and its per-group builds
     bakefile    batch's plan as a docker buildx bake file BuildKit accepts
     labels      every label and in-image path, named once
 
 Wheels
+    wheelbuild  invoke wheel's body: recipe, build environment, the build in the image or on the host, landing
     builder     the wheel build image (named by a hash of its recipe) and the container that builds in it
     source      the exact tree a build sees: the working tree as git knows it, copied to scratch
     wheelfile   a built wheel, read and stamped with its build record

@@ -15,7 +15,7 @@ from support import make_wheel, record_hash
 from forkdev.core import assets, attest, builder, config, outdir, validate, wheelfile
 from forkdev.core.engine import Engine
 from forkdev.core.errors import Failure
-from forkdev.wheel import recipe_check
+from forkdev.core.wheelbuild import recipe_check
 
 DOCKER = Engine("docker", "/usr/bin/docker", "20.10", "20.10", "host")
 
@@ -329,7 +329,7 @@ def test_anything_but_a_cmake_define_is_refused(arg):
 
 
 def test_cmake_args_reach_a_pyproject_backend_quoted_once_after_what_cmake_args_held():
-    from forkdev.wheel import cmake_env
+    from forkdev.core.wheelbuild import cmake_env
 
     assert cmake_env("", ["-DUSE_CUDA=OFF"]) == "-DUSE_CUDA=OFF"
     assert cmake_env(" -GNinja ", ["-DNAME=two words", "-DX="]) == "-GNinja '-DNAME=two words' -DX="
