@@ -20,6 +20,7 @@ import json
 import posixpath
 import re
 import tarfile
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -236,3 +237,33 @@ def build_instead(engine: Engine, run: Runner, base: Base, content: Content, tag
             return ""
         info = engine.inspect_image(run, tag)
         return Engine.image_id(info) if info else ""
+
+
+def prune_tags(
+    engine: Engine, run: Runner, repository: str, pattern: re.Pattern[str], keep: int, spare: Callable[[str, str], bool]
+) -> tuple[list[str], list[dict[str, str]]]:
+    """Untag the oldest local tags of `repository` whose tag `pattern` matches, beyond the `keep` newest (by
+    creation time, never by name), except those `spare(ref, image id)` keeps; no other tag is looked at. Returns
+    what went, and what the engine refused (an image a container uses) with its reason."""
+    listing = run(engine.cmd("images", "--format", "{{.Repository}}:{{.Tag}}", "--", repository), mutates=False)
+    # Only this repository's tags, exactly: podman matches a name given to `images` loosely, and names local
+    # images localhost/NAME.
+    names = {r.removeprefix("localhost/") for r in listing.out.split()}
+    mine = repository.removeprefix("localhost/")
+    refs = sorted(r for r in names if r.rpartition(":")[0] == mine and pattern.match(r.rpartition(":")[2]))
+    created = {}
+    for ref in refs:
+        info = engine.inspect_image(run, ref)
+        if info is not None:
+            created[ref] = (instant(str(info.get("Created", ""))), Engine.image_id(info))
+    newest_first = sorted(created, key=lambda r: created[r][0], reverse=True)
+    removed, stayed = [], []
+    for ref in newest_first[keep:]:
+        if spare(ref, created[ref][1]):
+            continue
+        res = engine.remove_image(run, ref)
+        if res.ok:
+            removed.append(ref)
+        else:
+            stayed.append({"ref": ref, "reason": f"{engine.name} refused to remove it ({res.reason})"})
+    return removed, stayed

@@ -43,6 +43,7 @@ from .config import Target, matches
 from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo, z_paths
+from .image import prune_tags
 from .proc import Runner
 from .secrets import Paths
 from .thin import Entry
@@ -50,6 +51,11 @@ from .wheelfile import sha256
 
 SRC, BUILD, CCACHE = "/work/src", "/work/build", "/ccache"  # where the build container sees the workspace
 STATE_VERSION = 1
+# The build environments stage_image made: <dev.repository>:native-<commit12>-<args hash12>. Each is a whole
+# Dockerfile stage (vLLM's `base`: CUDA, torch, several GB) and a new base commit makes another, so only the
+# newest few stay; an older one comes back, built again, if a base of its commit is used again.
+STAGE_TAG = re.compile(r"^native-[0-9a-f]{12}-[0-9a-f]{12}$")
+KEEP_STAGES = 2
 # The compiler cache where the image has one, and ninja where cmake is left to choose; then the profile's command.
 PROLOGUE = (
     "if command -v ccache >/dev/null 2>&1; then export CMAKE_C_COMPILER_LAUNCHER=ccache "
@@ -230,6 +236,10 @@ def stage_image(
             hidden=hidden,
         ),
     )
+    if not run.dry_run:
+        removed, _ = prune_tags(engine, run, spec.stage_repository, STAGE_TAG, KEEP_STAGES, lambda ref, _: ref == tag)
+        for ref in removed:
+            ui.info(f"removed the build environment {ref}: older than the newest {KEEP_STAGES}")
     return tag, built.image_id
 
 

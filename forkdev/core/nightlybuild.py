@@ -23,7 +23,7 @@ from . import labels as L
 from .engine import Engine
 from .errors import Failure
 from .gitrepo import Repo, mirror_unless_dry
-from .image import instant, rfc3339
+from .image import instant, prune_tags, rfc3339
 from .proc import Runner
 from .registry import Policy, Ref, Registry
 from .secrets import public_url
@@ -324,31 +324,14 @@ def _prune_local(
     engine: Engine, run: Runner, repository: str, keep: int, keep_too: set[str]
 ) -> tuple[list[str], list[dict[str, str]]]:
     """Untag the oldest local nightly-<40 hex> tags beyond `keep` (no other tag: nightly-my-custom is yours);
-    never what `nightly` or `keep_too` name (the last full nightly, which later thin nightlies build on). Returns
-    what went, and what the engine refused (an image a container uses) with its reason."""
-    listing = run(engine.cmd("images", "--format", "{{.Repository}}:{{.Tag}}", "--", repository), mutates=False)
-    # Only this repository's tags, exactly: podman matches a name given to `images` loosely, and names local
-    # images localhost/NAME.
-    names = {r.removeprefix("localhost/") for r in listing.out.split()}
-    mine = repository.removeprefix("localhost/")
-    refs = sorted(r for r in names if r.rpartition(":")[0] == mine and NIGHTLY_TAG.match(r.rpartition(":")[2]))
-    created = {}
-    for ref in refs:
-        info = engine.inspect_image(run, ref)
-        if info is not None:
-            created[ref] = (instant(str(info.get("Created", ""))), Engine.image_id(info))
+    never what `nightly` or `keep_too` name (the last full nightly, which later thin nightlies build on)."""
     latest = engine.inspect_image(run, f"{repository}:nightly")
     protected = Engine.image_id(latest) if latest else None
-    newest_first = sorted(created, key=lambda r: created[r][0], reverse=True)
-    doomed = [r for r in newest_first[keep:] if created[r][1] != protected and r.split(":")[-1] not in keep_too]
-    removed, stayed = [], []
-    for ref in doomed:
-        res = engine.remove_image(run, ref)
-        if res.ok:
-            removed.append(ref)
-        else:
-            stayed.append({"ref": ref, "reason": f"{engine.name} refused to remove it ({res.reason})"})
-    return removed, stayed
+
+    def spare(ref: str, image_id: str) -> bool:
+        return image_id == protected or ref.rpartition(":")[2] in keep_too
+
+    return prune_tags(engine, run, repository, NIGHTLY_TAG, keep, spare)
 
 
 def _prune_registry(

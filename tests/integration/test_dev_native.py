@@ -250,15 +250,27 @@ def test_a_build_stopped_by_sigterm_or_killed_leaves_no_build_container(engine, 
 
 
 def test_with_no_native_image_the_targets_build_stage_at_the_bases_commit_is_built_once_and_compiles(
-    engine, native, checkout, dev
+    engine, native, checkout, dev, tmp_path
 ):
     """vLLM's profile compiles in its Dockerfile's `base` stage: with no dev.native_image that stage is built from
-    the base's commit with the base's build args, once, and found again by name."""
+    the base's commit with the base's build args, once, and found again by name. Each stage is GBs in vLLM's
+    case, so building one leaves only the newest two of them; no other tag is touched."""
     no_image = {"INVOKE_DEV_NATIVE_IMAGE": ""}
+    planted = [f"forkdev-test/vllm-dev:native-{i:012x}-{i:012x}" for i in (1, 2, 3)]  # older stages, oldest first
+    context = tmp_path / "planted"
+    context.mkdir()
+    for i, ref in enumerate([*planted, "forkdev-test/vllm-dev:native-mine"]):
+        (context / "Dockerfile").write_text(f"FROM {native.env}\nLABEL planted={i}\n")
+        support.sh(engine.exe, "build", "-q", "-t", ref, context)
     edit_unit(checkout, 3, 7)
     first = dev("--json", env=no_image)
     assert first.code == 0, first.err
     env = first.json["native"]["env"]
+    for gone in planted[:2]:
+        assert f"removed the build environment {gone}: older than the newest 2" in first.err
+        assert engine_has(engine, gone) is False
+    assert engine_has(engine, planted[2]) and engine_has(engine, "forkdev-test/vllm-dev:native-mine")
+    support.sh(engine.exe, "image", "rm", planted[2], "forkdev-test/vllm-dev:native-mine")
     assert env["image"].startswith(f"forkdev-test/vllm-dev:native-{native.commit[:12]}-"), env
     assert "building the build environment: the 'base' stage of docker/Dockerfile at the base's commit" in first.err
     assert re.search(r"^\+ \S+ build .*--target base .*--build-arg max_jobs=\d+", first.err, re.M)
@@ -350,3 +362,7 @@ def test_a_live_sync_with_native_rebuilds_a_saved_kernel_and_restarts_the_server
     support.wait_for(lambda: "not synced: native build failed: csrc/unit_06.cpp:" in sync.err, "the error", 120)
     assert f"{name} runs on with what it had" in sync.err
     assert sync.finish() == 0, sync.err[-2000:]
+
+
+def engine_has(engine, ref: str) -> bool:
+    return subprocess.run([engine.exe, "image", "inspect", ref], capture_output=True).returncode == 0
