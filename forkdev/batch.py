@@ -11,7 +11,6 @@ A row's own Dockerfile is the dataset's, not the upstream's: its RUN steps have 
 
 from __future__ import annotations
 
-import concurrent.futures
 from dataclasses import asdict
 from pathlib import Path
 
@@ -68,7 +67,7 @@ def batch(
     """Per-commit images from a dataset of commits, one compile per native state; a re-run resumes."""
     from .core import bakefile
     from .core import dataset as datasets
-    from .core.batching import Emit, Item, Job, ask_registry, build_group, describe, emit_plan, plan, resolve, table
+    from .core.batching import Emit, Job, ask_registry, build_all, describe, emit_plan, plan, resolve, table
     from .core.gitrepo import mirror
     from .core.native import build_args
     from .core.paths import output_file, stdout_apart
@@ -78,7 +77,6 @@ def batch(
     run = runner(c, dry_run, quiet)
     if not run.dry_run:
         sweep()  # what a killed run left in $TMPDIR (its build context), even if this one builds thin
-    cfg = c.config.batch
     settings = config.load(c, target, upstream)
     profile = settings.target
     path = Path(validate.plain(dataset, "DATASET")).expanduser()
@@ -95,7 +93,8 @@ def batch(
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]
     if not rows:
         raise Failure(f"no commit to build in '{path}'" + (" after the blacklist" if skipped else "") + "; add rows")
-    repo_name = config.image_repository(repository or cfg.repository, profile, "--repository")
+    cfg = settings.batch
+    repo_name = config.image_repository(repository, profile, "--repository") if repository else cfg.repository
     pushing = toggle("push", push, no_push, cfg.push)
     prebuilt = toggle("precompiled", precompiled, no_precompiled, settings.native.precompiled)
     if (pushing or skip_pushed) and not validate.registry_host(repo_name):
@@ -105,12 +104,7 @@ def batch(
     build_network = validate.plain(network or "none", "--network")
     if build_network not in ("none", "host"):
         raise Failure(f"--network '{build_network}': a dataset's Dockerfile builds with none (the default) or host")
-    try:
-        workers = int(jobs if jobs is not None else cfg.jobs)
-    except (TypeError, ValueError):
-        raise Failure(f"--jobs '{jobs}' is not a number; pass how many native states to build at once") from None
-    if not 1 <= workers <= 64:
-        raise Failure(f"--jobs {workers}: pass a number from 1 to 64")
+    workers = config.batch_jobs(jobs, "--jobs") if jobs is not None else cfg.jobs
 
     url = settings.upstream
     if emit not in (None, "github-matrix", "bake"):
@@ -179,30 +173,7 @@ def batch(
         hidden=settings.secret_paths,
         secret_values=settings.secret_values,
     )
-    items = [*settled, *(i for g in groups for i in g.items)]
-    done = []
-
-    def report(item: Item) -> None:
-        done.append(item)
-        line = f"[{len(done):>{len(str(len(items)))}}/{len(items)}] {item.commit[:12]} {item.role:<4} {item.status}"
-        line += f" {item.seconds:.1f}s" if item.seconds else ""
-        (ui.warn if item.status == "failed" else ui.info)(
-            line + (f": {item.error} (log: {item.log})" if item.error else "")
-        )
-
-    for item in settled:
-        report(item)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        for future in [pool.submit(build_group, job, g, report) for g in groups]:
-            future.result()
-    summary = {
-        "commits": [asdict(i) for i in items],
-        "repository": repo_name,
-        "upstream": url,
-        "full_builds": len(groups),
-        "thin": len(items) - len(settled) - len(groups),
-        "failed": sum(i.status == "failed" for i in items),
-    }
+    items, summary = build_all(job, settled, groups, workers)
     store.write_json(out, summary)
     table(items)
     if json:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import concurrent.futures
 import shlex
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -208,6 +208,36 @@ def build_group(job: Job, group: Group, report) -> None:
     for item in group.items:
         build_item(job, item, native_tag)
         report(item)
+
+
+def build_all(job: Job, settled: list[Item], groups: list[Group], workers: int) -> tuple[list[Item], dict[str, Any]]:
+    """Every group built, `workers` native states at once, each commit reported as it ends (the settled ones
+    first: pushed already, or failed to be asked about); (every commit, the results as the results file holds
+    them)."""
+    items = [*settled, *(i for g in groups for i in g.items)]
+    done: list[Item] = []
+
+    def report(item: Item) -> None:
+        done.append(item)
+        line = f"[{len(done):>{len(str(len(items)))}}/{len(items)}] {item.commit[:12]} {item.role:<4} {item.status}"
+        line += f" {item.seconds:.1f}s" if item.seconds else ""
+        (ui.warn if item.status == "failed" else ui.info)(
+            line + (f": {item.error} (log: {item.log})" if item.error else "")
+        )
+
+    for item in settled:
+        report(item)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        for future in [pool.submit(build_group, job, g, report) for g in groups]:
+            future.result()
+    return items, {
+        "commits": [asdict(i) for i in items],
+        "repository": job.repository,
+        "upstream": job.upstream,
+        "full_builds": len(groups),
+        "thin": len(items) - len(settled) - len(groups),
+        "failed": sum(i.status == "failed" for i in items),
+    }
 
 
 def build_item(job: Job, item: Item, native_tag: str) -> None:

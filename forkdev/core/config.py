@@ -522,6 +522,26 @@ def keep_count(value: Any, name: str) -> int:
 
 
 @dataclass(frozen=True)
+class Batch:
+    """Where `invoke batch` tags its images and how many native states it builds at once (config `batch:`)."""
+
+    repository: str  # <repository>:<full sha>, {target} filled in and checked
+    push: bool
+    jobs: int
+
+
+def batch_jobs(value: Any, name: str) -> int:
+    """How many native states `invoke batch` builds at once: a whole number from 1 to 64."""
+    try:
+        jobs = int(value)
+    except (TypeError, ValueError):
+        raise Failure(f"{name} '{value}' is not a number; pass how many native states to build at once") from None
+    if not 1 <= jobs <= 64:
+        raise Failure(f"{name} {jobs}: pass a number from 1 to 64")
+    return jobs
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a task runs with: config and the shared flags, resolved and validated once (`load`)."""
 
@@ -536,6 +556,7 @@ class Settings:
     container: Container
     native: Native
     nightly: Nightly
+    batch: Batch
     dev: Dev
     wheel: Wheel
     engine_name: str
@@ -650,6 +671,11 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             push=bool(c.config.nightly.push),
             keep=keep_count(c.config.nightly.keep, "config nightly.keep"),
             log=nightly_log(c, cache, profile.name),
+        ),
+        batch=Batch(
+            repository=image_repository(c.config.batch.repository, profile, "batch.repository"),
+            push=bool(c.config.batch.push),
+            jobs=batch_jobs(c.config.batch.jobs, "config batch.jobs"),
         ),
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,

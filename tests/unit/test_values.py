@@ -171,6 +171,23 @@ def test_the_nightly_settings_are_checked_once_with_the_rest(keep, words):
         config.load(_context(nightly={"keep": keep}))
 
 
+@pytest.mark.parametrize(
+    ("batch", "words"),
+    [
+        ({"jobs": "many"}, r"^config batch.jobs 'many' is not a number"),
+        ({"jobs": 65}, r"^config batch.jobs 65: pass a number from 1 to 64$"),
+        ({"repository": "-x/{target}"}, r"^batch.repository '-x/sglang'"),
+    ],
+)
+def test_the_batch_settings_are_checked_once_with_the_rest(batch, words):
+    from forkdev.core import config
+
+    settings = config.load(_context(batch={"push": 1, "jobs": "3"}), "sglang")
+    assert settings.batch == config.Batch(repository="forkdev/sglang-batch", push=True, jobs=3)
+    with pytest.raises(Failure, match=words):
+        config.load(_context(batch=batch), "sglang")
+
+
 def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_forces(tmp_path):
     from forkdev.core import config, secrets
     from forkdev.core.gitrepo import Repo
