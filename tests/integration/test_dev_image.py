@@ -4,6 +4,7 @@ on podman), real git and a real registry."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 import struct
@@ -213,16 +214,31 @@ def test_a_base_pushed_meanwhile_gives_the_same_image_id(engine, world, fork, to
 def test_an_engine_that_refuses_the_archive_gets_the_same_content_through_its_builder(
     engine, world, fork, tool, tmp_path
 ):
+    said = "Error: this engine loads no partial archives"
     shim = tmp_path / "bin"
     shim.mkdir()
     (shim / engine.kind).write_text(
-        f'#!/bin/sh\nif [ "$1" = load ]; then echo "Error: this engine loads no partial archives" >&2; exit 1; fi\n'
-        f'exec {engine.exe} "$@"\n'
+        f'#!/bin/sh\nif [ "$1" = load ]; then echo "{said}" >&2; exit 1; fi\nexec {engine.exe} "$@"\n'
     )
     (shim / engine.kind).chmod(0o755)
+    env, proxy = {"PATH": f"{shim}:{os.environ['PATH']}"}, None
+    if engine.socket:  # docker's daemon is asked on its socket: there, it answers the load with its error
+
+        def refuse(data: bytes) -> bytes | None:
+            if not data.startswith(b"POST ") or b"/images/load" not in data.split(b"\r\n")[0]:
+                return None
+            error = json.dumps({"errorDetail": {"message": said}, "error": said}).encode()
+            return b"HTTP/1.0 200 OK\r\nContent-Type: application/json\r\n\r\n" + error + b"\n"
+
+        proxy = support.forward_unix(tmp_path / "d.sock", engine.socket, refuse)
+        env["DOCKER_HOST"] = f"unix://{tmp_path / 'd.sock'}"
     (fork / EDIT).write_text("ENVS = 'fallback'\n")
     support.git(fork, "rm", "-q", "vllm/logger.py")
-    res = tool("dev", str(fork), "--base", world.bare, "--json", env={"PATH": f"{shim}:{os.environ['PATH']}"})
+    try:
+        res = tool("dev", str(fork), "--base", world.bare, "--json", env=env)
+    finally:
+        if proxy:
+            proxy.close()
     assert res.code == 0, res.err
     assert res.err.count("refused the image archive (Error: this engine loads no partial archives)") == 1
     image = res.json["image"]
@@ -252,7 +268,7 @@ def test_an_edit_is_written_without_asking_for_its_tag_and_going_back_reuses_the
     (fork / EDIT).write_text("ENVS = 'state two'\n")
     two = tool("dev", str(fork), "--base", world.editable, "--json")
     assert one.code == two.code == 0, two.err
-    asked = re.findall(r"^\+ \S+ image inspect -- (\S+)$", two.err, re.M)
+    asked = re.findall(r"^\+ \S+ image inspect -- (\S+)(?:   \[GET \S+ on \S+\])?$", two.err, re.M)
     assert asked == [world.editable], "a new state's tag is not asked for: only the base is inspected"
     (fork / EDIT).write_text("ENVS = 'state one'\n")
     back = tool("dev", str(fork), "--base", world.editable, "--json")
@@ -272,15 +288,32 @@ def test_work_done_while_the_base_is_looked_up_is_shipped_and_labelled_as_it_is(
     edit = f"printf \"ENVS = 'meanwhile'\\n\" > {fork / EDIT}"
     if ref:
         edit += f" && git -C {fork} -c user.name=t -c user.email=t@x commit -qam meanwhile"
-    (shim / engine.kind).write_text(
-        f'#!/bin/sh\nif [ "$1 $2" = "image inspect" ] && [ ! -e {once} ]; then touch {once}; {edit}; fi\n'
-        f'exec {engine.exe} "$@"\n'
-    )
-    (shim / engine.kind).chmod(0o755)
+    proxy = None
+    if engine.socket:  # docker's daemon is asked on its socket: the edit is made as the request for the base passes
+
+        def meanwhile(data: bytes) -> None:
+            if data.startswith(b"GET ") and b"/images/" in data.split(b"\r\n")[0] and not once.exists():
+                once.touch()
+                subprocess.run(["sh", "-c", edit], check=True)
+            return None
+
+        proxy = support.forward_unix(tmp_path / "d.sock", engine.socket, meanwhile)
+        env = {"DOCKER_HOST": f"unix://{tmp_path / 'd.sock'}"}
+    else:  # the client program is asked: the edit is made as it starts
+        (shim / engine.kind).write_text(
+            f'#!/bin/sh\nif [ "$1 $2" = "image inspect" ] && [ ! -e {once} ]; then touch {once}; {edit}; fi\n'
+            f'exec {engine.exe} "$@"\n'
+        )
+        (shim / engine.kind).chmod(0o755)
+        env = {"PATH": f"{shim}:{os.environ['PATH']}"}
     args = ("--ref", ref) if ref else ()
-    path = {"PATH": f"{shim}:{os.environ['PATH']}"}
-    res = tool("dev", str(fork), *args, "--base", world.editable, "--json", env=path)
+    try:
+        res = tool("dev", str(fork), *args, "--base", world.editable, "--json", env=env)
+    finally:
+        if proxy:
+            proxy.close()
     assert res.code == 0, res.err
+    assert once.exists(), "the edit was made while the base was looked up"
     image, out = res.json["image"], res.json
     shipped = support.in_image(engine, image, "-c", "import vllm.envs as e; print(e.ENVS)", entrypoint="python3")
     assert shipped == "meanwhile"

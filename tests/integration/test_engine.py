@@ -97,3 +97,78 @@ def test_a_configured_client_program_is_asked_itself(docker, monkeypatch):
     found = Engine.detect(run, "docker", "host", docker.exe)
     assert [a[1:] for a in versions(run)] == [["version", "--format", "{{json .}}"]]
     assert found.client_version == client_says(docker, "Client")
+
+
+class Asked(Runner):
+    """A real runner that keeps what it echoed and each argv it started."""
+
+    def __init__(self, dry_run: bool = False) -> None:
+        super().__init__(dry_run=dry_run)
+        object.__setattr__(self, "ran", [])
+
+    def __call__(self, argv, **kw):
+        self.ran.append(list(argv))
+        return super().__call__(argv, **kw)
+
+
+def test_image_inspect_and_load_are_asked_on_the_socket_as_the_client_would_ask_them(docker, monkeypatch, capsys):
+    """The answers are the client's own, without starting it: what `docker image inspect` prints (in its list),
+    None for an absent image, and a loaded archive under its tag, each request echoed."""
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    monkeypatch.delenv("DOCKER_API_VERSION", raising=False)
+    os_image = support.ensure_os_image(docker)
+    run = Asked()
+    found = Engine.detect(run, "docker", "host")
+    assert found.socket == "/var/run/docker.sock"
+    client = json.loads(support.sh(docker.exe, "image", "inspect", "--", os_image))[0]
+    assert found.inspect_image(run, os_image) == client
+    assert found.inspect_image(run, "forkdev-test/no-such-image:none") is None
+    tag = "forkdev-test/api-load:one"
+    support.sh(docker.exe, "tag", os_image, tag)
+    archive = subprocess.run([docker.exe, "save", tag], capture_output=True, check=True).stdout
+    support.sh(docker.exe, "rmi", tag)
+    try:
+        loaded = found.load(run, archive)
+        assert loaded.ok and tag in loaded.out, loaded.err
+        assert json.loads(support.sh(docker.exe, "image", "inspect", "--", tag))[0]["Id"] == client["Id"]
+    finally:
+        subprocess.run([docker.exe, "rmi", tag], capture_output=True)
+    assert run.ran == [], "the client program was started"
+    echoed = capsys.readouterr().err
+    sock = "/var/run/docker.sock"
+    assert f"+ docker image inspect -- {os_image}   [GET /images/{os_image}/json on {sock}]\n" in echoed
+    assert f"+ docker load --quiet   [POST /images/load?quiet=1 on {sock}]\n" in echoed
+
+
+def test_an_archive_the_daemon_refuses_is_a_failed_load_with_its_reason(docker, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    found = Engine.detect(Runner(echo=False), "docker", "host")
+    assert found.socket
+    refused = found.load(Runner(echo=False), b"not a tar archive" * 100)
+    assert not refused.ok and refused.reason and "HTTP" not in refused.reason, refused.reason
+
+
+def test_a_dry_run_echoes_the_load_and_sends_nothing(docker, monkeypatch, tmp_path, capsys):
+    path = tmp_path / "d.sock"
+    seen = []
+    server = support.serve_unix(path, lambda conn: seen.append(1))
+    try:
+        engine = Engine("docker", docker.exe, "", "20.10", "host", str(path))
+        res = engine.load(Runner(dry_run=True), b"an archive")
+    finally:
+        server.close()
+    assert res.dry and res.ok and seen == [], "the socket was asked"
+    echoed = capsys.readouterr().err
+    assert f"+ docker load --quiet   [POST /images/load?quiet=1 on {path}]   [dry-run: not run]" in echoed
+
+
+def test_a_pinned_api_version_is_asked_for_as_the_client_would(docker, monkeypatch):
+    monkeypatch.delenv("DOCKER_HOST", raising=False)
+    os_image = support.ensure_os_image(docker)
+    found = Engine.detect(Runner(echo=False), "docker", "host")
+    monkeypatch.setenv("DOCKER_API_VERSION", "1.40")
+    client = json.loads(support.sh(docker.exe, "image", "inspect", "--", os_image))[0]
+    assert found.inspect_image(Runner(echo=False), os_image)["Id"] == client["Id"]
+    monkeypatch.setenv("DOCKER_API_VERSION", "1.99")
+    with pytest.raises(Failure, match="client version 1.99 is too new"):
+        found.inspect_image(Runner(echo=False), os_image)

@@ -525,6 +525,59 @@ def serve_unix(path: Path, reply) -> socket.socket:
     return server
 
 
+def forward_unix(path: Path, to: str, before) -> socket.socket:
+    """A unix socket at `path` that passes every connection on to the socket `to`, both ways, byte for byte.
+    `before(data)` sees the first piece a client sends before it is passed on (to act in the middle of an
+    exchange); when it returns bytes, those are the answer instead: the request is read to its end, not passed on."""
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen()
+
+    def pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            first = conn.recv(65536)
+            answer = before(first)
+            if answer is not None:
+                head, _, body = first.partition(b"\r\n\r\n")
+                length = next(
+                    (
+                        int(v)
+                        for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
+                        if k.strip().lower() == b"content-length"
+                    ),
+                    0,
+                )
+                while len(body) < length and (more := conn.recv(65536)):
+                    body += more
+                conn.sendall(answer)
+                return
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as up:
+                up.connect(to)
+                up.sendall(first)
+                back = threading.Thread(target=pipe, args=(up, conn), daemon=True)
+                back.start()
+                pipe(conn, up)
+                back.join()
+
+    def loop() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+
+    threading.Thread(target=loop, daemon=True).start()
+    return server
+
+
 # ---- cron ----------------------------------------------------------------------------------------------------
 def crond(text: str) -> str:
     """What Debian's cron hands /bin/sh for a command: do_command.c's loop, ported line for line (not the module's

@@ -305,7 +305,7 @@ def test_the_daemon_socket_probe_reads_one_answer_and_gives_up_within_two_second
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     start = time.monotonic()
     try:
-        got = engine._daemon_version()
+        got = engine._daemon_version(engine._daemon_socket())
     finally:
         server.close()
     assert (got or {}).get("Version") == version
