@@ -506,6 +506,18 @@ def record_hash(data: bytes) -> str:
 # ---- a unix socket that answers as a fault needs it -------------------------------------------------------------
 def serve_unix(path: Path, reply) -> socket.socket:
     """A unix socket at `path` whose every connection gets `reply(conn)`: a daemon's socket as a fault needs it."""
+
+    def serve(conn: socket.socket) -> None:
+        with conn:
+            conn.recv(65536)
+            with contextlib.suppress(OSError):
+                reply(conn)
+
+    return _listen_unix(path, serve)
+
+
+def _listen_unix(path: Path, serve) -> socket.socket:
+    """A unix socket at `path`, each connection served by `serve(conn)` in a thread of its own; close() ends it."""
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(path))
     server.listen()
@@ -516,10 +528,7 @@ def serve_unix(path: Path, reply) -> socket.socket:
                 conn, _ = server.accept()
             except OSError:
                 return
-            with conn:
-                conn.recv(65536)
-                with contextlib.suppress(OSError):
-                    reply(conn)
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
 
     threading.Thread(target=loop, daemon=True).start()
     return server
@@ -529,9 +538,6 @@ def forward_unix(path: Path, to: str, before) -> socket.socket:
     """A unix socket at `path` that passes every connection on to the socket `to`, both ways, byte for byte.
     `before(data)` sees the first piece a client sends before it is passed on (to act in the middle of an
     exchange); when it returns bytes, those are the answer instead: the request is read to its end, not passed on."""
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    server.bind(str(path))
-    server.listen()
 
     def pipe(src: socket.socket, dst: socket.socket) -> None:
         with contextlib.suppress(OSError):
@@ -566,16 +572,7 @@ def forward_unix(path: Path, to: str, before) -> socket.socket:
                 pipe(conn, up)
                 back.join()
 
-    def loop() -> None:
-        while True:
-            try:
-                conn, _ = server.accept()
-            except OSError:
-                return
-            threading.Thread(target=serve, args=(conn,), daemon=True).start()
-
-    threading.Thread(target=loop, daemon=True).start()
-    return server
+    return _listen_unix(path, serve)
 
 
 # ---- cron ----------------------------------------------------------------------------------------------------
