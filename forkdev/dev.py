@@ -115,11 +115,11 @@ def native_spec(
     settings: config.Settings, on: bool, off: bool, ref: str | None, force: bool
 ) -> nativebuild.Spec | None:
     """How a native change is compiled (--native, or config dev.native: build), or None when it is refused."""
+    if not toggle("native", on, off, settings.dev.native):
+        return None  # before the import: the edit loop does not pay 13 ms for machinery it does not use
     from .core import nativebuild
 
     profile = settings.target
-    if not toggle("native", on, off, settings.dev.native):
-        return None
     if force:
         raise Failure(
             "--native and --force contradict each other: --native compiles native changes, --force ships "

@@ -45,3 +45,17 @@ def test_building_the_collection_loads_none_of_the_machinery_only_some_tasks_use
     loaded = set(json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, check=True).stdout))
     assert "forkdev.dev" in loaded and "forkdev.core.ship" in loaded, "the probe sees what the collection loads"
     assert sorted(loaded & set(MACHINERY)) == []
+
+
+def test_a_dev_run_without_native_loads_no_native_build_machinery():
+    probe = (
+        "import json, sys, invoke; from forkdev.cli import namespace; from forkdev import dev; "
+        "from forkdev.core import config; c = invoke.Context(invoke.Config(overrides=namespace().configuration())); "
+        "spec = dev.native_spec(config.load(c), False, False, None, False); "
+        "print(json.dumps([spec, sorted(sys.modules)]))"
+    )
+    res = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    spec, loaded = json.loads(res.stdout)
+    assert spec is None and "forkdev.core.config" in loaded, "the probe asked about a refused native build"
+    assert sorted(set(loaded) & set(MACHINERY)) == []
