@@ -1,7 +1,8 @@
 """The container engine as a frozen value, probed once (after pypa/cibuildwheel's oci_container.py).
 
 Every quirk of docker or podman is a comment next to the one line that handles it; nothing else in the
-project branches on the engine's kind.
+project branches on the engine's kind. Where docker's client would talk to its daemon's unix socket itself, the
+version, an image's inspect and a load are asked there (`socket`), each echoed as the command it stands for.
 """
 
 from __future__ import annotations
