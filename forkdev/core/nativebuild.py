@@ -124,6 +124,42 @@ class Workspace:
         return cls(root, ccache, root / "src", root / "build", root / "state.json", root / "build.log")
 
 
+KEEP_WORKSPACES = 2  # a target's workspaces (one per base image and build environment), newest by last build
+WORKSPACE_NAME = re.compile(r"[0-9a-f]{16}-[0-9a-f]{16}")  # cache.native_workspace's names
+REMOVING = re.compile(r"\.([0-9a-f]{16}-[0-9a-f]{16})\.removing-\d+")  # one a killed prune was removing
+
+
+def prune_workspaces(current: Path, keep: int) -> list[Path]:
+    """Remove the workspaces beside `current` beyond the `keep` newest (it among them; by their last build): a
+    vLLM build tree is gigabytes, and each new nightly base starts one. Only directories named as the tool names
+    them are looked at, never a link or what it points to; one whose lock a build holds stays. Each is renamed
+    aside under its lock, then removed, so a kill leaves no half workspace that looks whole (the next prune
+    finishes it). Returns what went."""
+    found = []
+    with os.scandir(current.parent) as entries:
+        for entry in entries:
+            if entry.is_symlink() or not entry.is_dir(follow_symlinks=False) or entry.path == str(current):
+                continue
+            if REMOVING.fullmatch(entry.name):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif WORKSPACE_NAME.fullmatch(entry.name):
+                state = Path(entry.path) / "state.json"
+                found.append((state.stat().st_mtime if state.is_file() else entry.stat().st_mtime, Path(entry.path)))
+    gone = []
+    for _, old in sorted(found, reverse=True)[max(keep - 1, 0) :]:
+        aside = old.with_name(f".{old.name}.removing-{os.getpid()}")
+        try:
+            with lock.exclusive(old / "lock", "native build in that workspace"):
+                os.rename(old, aside)
+        except (Failure, OSError):
+            continue  # in use, or not ours to move: it stays
+        shutil.rmtree(aside, onerror=lambda *_: None)
+        if aside.exists():
+            ui.warn(f"could not remove all of {aside} (files the build container made as another user?); remove it")
+        gone.append(old)
+    return gone
+
+
 def check_globs(patterns: tuple[str, ...], what: str) -> tuple[str, ...]:
     """Repository-relative globs that stay inside the tree (no absolute path, no '..')."""
     for pattern in patterns:
@@ -171,6 +207,8 @@ def build(
         outputs, compiled, reason = _compile(
             engine, run, spec, repo, hidden, ws, state, fingerprint, configure, env, version, own
         )
+    for gone in prune_workspaces(ws.root, KEEP_WORKSPACES):
+        ui.info(f"removed the native workspace {gone}: older than this target's newest {KEEP_WORKSPACES}")
     return _outcome(engine, run, spec, base, target, cache, ws, env, outputs, True, compiled, reason)
 
 

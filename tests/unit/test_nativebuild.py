@@ -4,6 +4,8 @@ decision, what the build's output says, and the values a profile gives it."""
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -165,3 +167,42 @@ def test_compiled_files_reached_through_a_link_the_build_left_are_never_taken(tm
     (src / "vllm" / "ops" / "kernels").symlink_to(outside, target_is_directory=True)
     found = nativebuild._outputs(src, ("vllm/**/*.so", "vllm/ops/kernels/*.so"), set())
     assert sorted(found) == ["vllm/_C.abi3.so"]
+
+
+def test_a_targets_workspaces_beyond_the_newest_two_are_removed_but_never_one_in_use_or_a_link(tmp_path):
+    target = tmp_path / "native" / "vllm"
+    names = [f"{i:016x}-{'e' * 16}" for i in range(5)]
+    for age, name in enumerate(names):  # names[0] was built last, names[4] first
+        (target / name / "build").mkdir(parents=True)
+        (target / name / "state.json").write_text("{}")
+        os.utime(target / name / "state.json", (1e9 - age * 1000, 1e9 - age * 1000))
+    current = target / f"{'c' * 16}-{'e' * 16}"
+    (current / "build").mkdir(parents=True)
+    victim = tmp_path / "theirs"
+    victim.mkdir()
+    (victim / "keep.txt").write_text("not the tool's\n")
+    (target / f"{'a' * 16}-{'f' * 16}").symlink_to(victim)  # named as a workspace, but a link
+    (target / "ccache").mkdir()
+    (target / f".{'b' * 16}-{'e' * 16}.removing-1").mkdir()  # what a killed prune left
+    holder = subprocess.Popen(  # another build holds the lock of the oldest workspace
+        [
+            sys.executable,
+            "-c",
+            "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+            "print('held', flush=True); sys.stdin.read()",
+            str(target / names[4] / "lock"),
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        gone = nativebuild.prune_workspaces(current, 2)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert sorted(p.name for p in gone) == sorted(names[1:4])
+    left = sorted(p.name for p in target.iterdir())
+    assert left == sorted([current.name, names[0], names[4], f"{'a' * 16}-{'f' * 16}", "ccache"])
+    assert (victim / "keep.txt").read_text() == "not the tool's\n"
