@@ -404,7 +404,8 @@ def _exchange(
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(timeout)
             sock.connect(path)
-            sock.sendall(head.encode() + b"\r\n" + body)
+            sock.sendall(head.encode() + b"\r\n")
+            sock.sendall(body)  # apart: a layer of compiled files is hundreds of MB, not to be copied again
             data, length = b"", None
             while length is None or len(data) < length:
                 if deadline is not None:
