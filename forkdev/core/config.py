@@ -510,15 +510,33 @@ class Nightly:
     log: Path  # where an unattended nightly writes its log
 
 
+def whole_number(
+    value: Any, name: str, low: int | None, high: int | None, unit: str, remedy: str, outside: str = ""
+) -> int:
+    """`value` as a whole number from `low` to `high` (None: no bound). Refused as "NAME 'VALUE' is not a
+    number{unit}; {remedy}", and one outside the range as "NAME N: {outside}" (the first again when "")."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None and (low is None or number >= low) and (high is None or number <= high):
+        return number
+    if number is None or not outside:
+        raise Failure(f"{name} '{value}' is not a number{unit}; {remedy}")
+    raise Failure(f"{name} {number}: {outside}")
+
+
 def keep_count(value: Any, name: str) -> int:
     """How many nightly-<sha> tags nightly.prune keeps: a whole number, at least 1."""
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        raise Failure(f"{name} '{value}' is not a number; pass how many nightly tags to keep") from None
-    if count < 1:
-        raise Failure(f"{name} {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
-    return count
+    return whole_number(
+        value,
+        name,
+        1,
+        None,
+        "",
+        "pass how many nightly tags to keep",
+        "keep at least 1 (the newest nightly-<sha> backs 'nightly')",
+    )
 
 
 @dataclass(frozen=True)
@@ -532,13 +550,9 @@ class Batch:
 
 def batch_jobs(value: Any, name: str) -> int:
     """How many native states `invoke batch` builds at once: a whole number from 1 to 64."""
-    try:
-        jobs = int(value)
-    except (TypeError, ValueError):
-        raise Failure(f"{name} '{value}' is not a number; pass how many native states to build at once") from None
-    if not 1 <= jobs <= 64:
-        raise Failure(f"{name} {jobs}: pass a number from 1 to 64")
-    return jobs
+    return whole_number(
+        value, name, 1, 64, "", "pass how many native states to build at once", "pass a number from 1 to 64"
+    )
 
 
 @dataclass(frozen=True)
@@ -584,12 +598,7 @@ def mapping(value: Any, key: str) -> dict[str, Any]:
 def _wheel(cfg: Any, cache: Path) -> Wheel:
     if not isinstance(cfg.cmake_args or [], (list, tuple)):
         raise Failure("config wheel.cmake_args is not a list of -DNAME=VALUE options; fix it in invoke.yaml")
-    try:
-        jobs = int(cfg.jobs or 0)
-    except (TypeError, ValueError):
-        raise Failure(
-            f"config wheel.jobs '{cfg.jobs}' is not a number of compile jobs; fix it in invoke.yaml"
-        ) from None
+    jobs = whole_number(cfg.jobs or 0, "config wheel.jobs", None, None, " of compile jobs", "fix it in invoke.yaml")
     return Wheel(
         out=cfg.out,
         native=bool(cfg.native),
@@ -612,15 +621,14 @@ def _dev_native(cfg: Any) -> dict[str, Any]:
     mode = str(cfg.native)
     if mode not in NATIVE_MODES:
         raise Failure(f"config dev.native is '{mode}'; set it to refuse (the default) or build")
-    try:
-        jobs = int(cfg.native_jobs or 0)
-        if jobs < 0:
-            raise ValueError(jobs)
-    except (TypeError, ValueError):
-        raise Failure(
-            f"config dev.native_jobs '{cfg.native_jobs}' is not a number of compile jobs (0: every CPU); fix it in "
-            "invoke.yaml"
-        ) from None
+    jobs = whole_number(
+        cfg.native_jobs or 0,
+        "config dev.native_jobs",
+        0,
+        None,
+        " of compile jobs (0: every CPU)",
+        "fix it in invoke.yaml",
+    )
     image = str(cfg.native_image or "")
     return {
         "native": mode == "build",
