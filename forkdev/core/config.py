@@ -2,8 +2,11 @@
 
 The collection hands DEFAULTS to invoke, so `invoke.yaml`, `INVOKE_*` variables and flags can override any key.
 A task calls `load(c, ...)` once: the settings every task shares (target, upstream, cache, engine, registry,
-image naming, secrets, container), resolved and validated in this one place, as a frozen `Settings` value;
-shared layers take such plain values, never the context.
+image naming, secrets, container) and one section per task (dev, nightly, batch, wheel, overlay, patches, smoke,
+demo, cron, fork_sync), resolved and validated in this one place, as a frozen `Settings` value; a task reads that
+and its flags, never `c.config`, and shared layers take such plain values, never the context. A value a flag
+overrides is kept as configured and checked with the flag (tasking.setting), so a good flag wins over a bad value;
+what needs a heavy module to check (fork_sync's strategies: core.sync) is checked by its task.
 A fork changes a profile from config: `targets: {vllm: {native: [...], build_args: {...}}}` is merged over the
 built-in profile of that name, and a new name defines a new target.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -556,6 +560,67 @@ def batch_jobs(value: Any, name: str) -> int:
 
 
 @dataclass(frozen=True)
+class Overlay:
+    """Where `invoke overlay` reads and writes (config `overlay:`): each value as configured, since its flag wins
+    over it; whichever is used is checked then (tasking.setting), so a good flag overrides a bad value."""
+
+    repo: str
+    definitions: str  # relative to the repo
+    dest: str  # "" = a directory under the cache
+
+
+@dataclass(frozen=True)
+class Patches:
+    """What `invoke patches` applies and where (config `patches:`); as configured, checked as `Overlay`'s."""
+
+    repo: str
+    registry: str  # relative to the repo
+    into: str  # worktree | overlay | checkout | a directory
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """How `invoke smoke` makes each fresh environment (config `smoke:`)."""
+
+    installer: str  # auto | uv | pip, as configured: --installer wins, and the one used is checked
+    python: str  # "" = the interpreter running forkdev; --python wins
+    no_index: bool
+    timeout: float  # seconds for one wheel's environment, install and checks
+
+
+@dataclass(frozen=True)
+class Demo:
+    """Where `invoke demo` puts its images and what its sandbox starts from (config `demo:`)."""
+
+    prefix: str  # a plain local name: every image the demo makes is under it
+    os_image: str  # what the sandbox's Dockerfile starts FROM (<prefix>/debian:bookworm when not configured)
+    os_image_configured: bool  # whether that is the user's image (never built here) rather than the demo's own
+    file_bytes: int  # cap on each file of the vLLM-shaped tree; 0 = the real sizes
+
+
+@dataclass(frozen=True)
+class Cron:
+    """The crontab entry `invoke cron.install` writes (config `cron:`)."""
+
+    schedule: str  # as configured: --schedule wins, and the one used is checked
+    user: str  # whose crontab ("" = the current user's); --user wins
+    args: tuple[str, ...]  # cron.args split into words: what the entry passes to `invoke nightly`
+
+
+@dataclass(frozen=True)
+class ForkSync:
+    """How `invoke fork-sync` merges (config `fork_sync:`). The strategies stay as configured: core.sync parses
+    them, with --strategy, when the task runs (importing it here would cost every task's start)."""
+
+    repo: str  # as configured: --repo wins, and the one used is checked
+    into: str  # "" = the current branch; --into wins
+    protect: tuple[str, ...]  # checked paths of the repository
+    strategies: Mapping[str, Any]  # PATH_OR_GLOB: ours | theirs | union
+    push: bool
+    autostash: bool
+
+
+@dataclass(frozen=True)
 class Settings:
     """What a task runs with: config and the shared flags, resolved and validated once (`load`)."""
 
@@ -564,6 +629,8 @@ class Settings:
     branch: str  # upstream.branch
     remote: str  # upstream.remote: the fork's remote fork-sync fetches from when it has one
     cache: Path  # the cache root (created by `cache_dir`, never by a dry run)
+    # cache_dir as configured: a task that hands paths in the cache to git checks it first (tasking.setting)
+    cache_configured: str
     registry: Policy
     secret_paths: secrets.Paths  # what no image, wheel or sync ever carries
     secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
@@ -573,6 +640,12 @@ class Settings:
     batch: Batch
     dev: Dev
     wheel: Wheel
+    overlay: Overlay
+    patches: Patches
+    smoke: Smoke
+    demo: Demo
+    cron: Cron
+    fork_sync: ForkSync
     engine_name: str
     engine_network: str
     engine_client: str
@@ -637,6 +710,82 @@ def _dev_native(cfg: Any) -> dict[str, Any]:
     }
 
 
+def _smoke(cfg: Any) -> Smoke:
+    try:
+        timeout = float(cfg.timeout)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config smoke.timeout '{cfg.timeout}' is not a number of seconds; fix it in invoke.yaml"
+        ) from None
+    return Smoke(installer=cfg.installer, python=cfg.python, no_index=bool(cfg.no_index), timeout=timeout)
+
+
+def demo_prefix(value: object) -> str:
+    """demo.prefix: the first part of every image name the demo makes (`--clean` removes all under it), so it must
+    be a plain local name, never a registry's."""
+    prefix = validate.repository(str(value).strip("/"), "demo.prefix")
+    if validate.registry_host(f"{prefix}/x"):
+        raise Failure(
+            f"demo.prefix '{prefix}' names a registry; the demo's images stay local: use a plain name like forkdev-demo"
+        )
+    return prefix
+
+
+def demo_file_bytes(value: object) -> int:
+    try:
+        size = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0:
+        raise Failure(f"demo.file_bytes '{value}' is not a size in bytes; set 0 for the real tree's sizes")
+    return size
+
+
+def _demo(cfg: Any) -> Demo:
+    prefix = demo_prefix(cfg.prefix)
+    return Demo(
+        prefix=prefix,
+        os_image=validate.image_ref(cfg.os_image or f"{prefix}/debian:bookworm", "demo.os_image"),
+        os_image_configured=bool(cfg.os_image),
+        file_bytes=demo_file_bytes(cfg.file_bytes),
+    )
+
+
+def _cron(cfg: Any) -> Cron:
+    raw = cfg.args
+    if not isinstance(raw, str):
+        raise Failure(f"cron.args must be text, not {type(raw).__name__}; write the nightly's flags, e.g. '--full'")
+    try:
+        args = shlex.split(raw)
+    except ValueError as exc:
+        raise Failure(f"cron.args '{raw}' cannot be split into words ({exc}); close its quotes") from None
+    return Cron(schedule=cfg.schedule, user=cfg.user, args=tuple(args))
+
+
+def _fork_sync(cfg: Any) -> ForkSync:
+    pattern = "pass a path or glob of the repository"
+    if not isinstance(cfg.protect, (list, tuple)):  # a string would protect each of its characters ("." = all)
+        raise Failure(
+            f"config fork_sync.protect is {type(cfg.protect).__name__} {cfg.protect!r:.60}, not a list; write it as "
+            "a list of paths, e.g. [extras/, .github/workflows/fork-sync.yml]"
+        )
+    try:
+        strategies = dict(cfg.strategies)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config fork_sync.strategies is {type(cfg.strategies).__name__}, not a mapping; write PATH_OR_GLOB: "
+            "ours|theirs|union entries, e.g. {.gitignore: union}"
+        ) from None
+    return ForkSync(
+        repo=cfg.repo,
+        into=cfg.into or "",
+        protect=tuple(validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect),
+        strategies=strategies,
+        push=bool(cfg.push),
+        autostash=bool(cfg.autostash),
+    )
+
+
 def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
     """The settings of this run: --target over config `target`, --upstream over `upstream.url` over the
     target's own; each value checked here, and named as the user set it when it is wrong."""
@@ -649,6 +798,7 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
         branch=c.config.upstream.branch,
         remote=c.config.upstream.remote,
         cache=cache,
+        cache_configured=c.config.cache_dir,
         registry=registry_policy(c),
         secret_paths=secret_paths(c),
         secret_values=tuple(secret_values(c)),
@@ -685,6 +835,14 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             push=bool(c.config.batch.push),
             jobs=batch_jobs(c.config.batch.jobs, "config batch.jobs"),
         ),
+        overlay=Overlay(
+            repo=c.config.overlay.repo, definitions=c.config.overlay.definitions, dest=c.config.overlay.dest
+        ),
+        patches=Patches(repo=c.config.patches.repo, registry=c.config.patches.registry, into=c.config.patches.into),
+        smoke=_smoke(c.config.smoke),
+        demo=_demo(c.config.demo),
+        cron=_cron(c.config.cron),
+        fork_sync=_fork_sync(c.config.fork_sync),
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,
         engine_client=c.config.engine.get("client") or "",
