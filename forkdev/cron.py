@@ -258,16 +258,11 @@ def quote(value: str, what: str) -> str:
     return shlex.quote(one_line(value, what))
 
 
-def nightly_args(c: Any, settings: config.Settings) -> list[str]:
-    """cron.args, plus --push when nightly.repository names a registry and cron.args says neither --push nor
-    --no-push: the job pushes where there is a registry to push to. --push without one is refused."""
-    raw = c.config.cron.args
-    if not isinstance(raw, str):
-        raise Failure(f"cron.args must be text, not {type(raw).__name__}; write the nightly's flags, e.g. '--full'")
-    try:
-        args = shlex.split(raw)
-    except ValueError as exc:
-        raise Failure(f"cron.args '{raw}' cannot be split into words ({exc}); close its quotes") from None
+def nightly_args(settings: config.Settings) -> list[str]:
+    """cron.args (split into words by config.load), plus --push when nightly.repository names a registry and
+    cron.args says neither --push nor --no-push: the job pushes where there is a registry to push to. --push
+    without one is refused."""
+    args = list(settings.cron.args)
     registry = validate.registry_host(settings.nightly.repository)
     if "--push" in args and not registry:
         raise Failure(
@@ -358,9 +353,9 @@ def install(c, schedule=None, user=None, target=None, dry_run=False, quiet=False
     run = runner(c, dry_run, quiet)
     settings = config.load(c, target)
     profile = settings.target
-    when = valid_schedule(schedule or c.config.cron.schedule)
-    who = user if user is not None else c.config.cron.user
-    built = job(c, settings, nightly_args(c, settings))
+    when = valid_schedule(schedule or settings.cron.schedule)
+    who = user if user is not None else settings.cron.user
+    built = job(c, settings, nightly_args(settings))
     line = built.line(when, profile.name)
     before = read(run, who)
     text, _ = edit(before, profile.name, line)
@@ -378,8 +373,9 @@ def install(c, schedule=None, user=None, target=None, dry_run=False, quiet=False
 def remove(c, user=None, target=None, dry_run=False, quiet=False):
     """Remove the crontab line of `invoke nightly` (no other line is touched)."""
     run = runner(c, dry_run, quiet)
-    profile = config.load(c, target).target
-    who = user if user is not None else c.config.cron.user
+    settings = config.load(c, target)
+    profile = settings.target
+    who = user if user is not None else settings.cron.user
     before = read(run, who)
     text, found = edit(before, profile.name, None)
     if found:
@@ -403,7 +399,7 @@ def status(c, user=None, lines="20", target=None, json=False, quiet=False):
     count = str(lines).strip()
     if not count.isdigit():
         raise Failure(f"--lines '{lines}' is not a number of lines; pass 0 or more")
-    who = user if user is not None else c.config.cron.user
+    who = user if user is not None else settings.cron.user
     jobs = [line for line in read(run, who).split("\n") if _ours(line, profile.name)]
     last = store.read_json(store.nightly(settings.cache, profile.name, ".last-run.json"))
     log = settings.nightly.log

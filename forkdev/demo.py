@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 from .core import cache as store
-from .core import config, ui, validate
+from .core import config, ui
 from .core.errors import Failure
 from .core.tasking import runner, task
 
@@ -32,17 +32,6 @@ On your own checkout (vLLM's default base is the upstream's published image of y
   {w} run --repo ~/vllm --sync --restart "vllm serve" -- vllm serve facebook/opt-125m
   {w} nightly --precompiled                         # your own base, when you have no published one
   {w} wheel ~/vllm && {w} smoke; {w} batch commits.jsonl --upstream ~/vllm"""
-
-
-def prefix_of(value: object) -> str:
-    """demo.prefix: the first part of every image name the demo makes (`--clean` removes all under it), so it must
-    be a plain local name, never a registry's."""
-    prefix = validate.repository(str(value).strip("/"), "demo.prefix")
-    if validate.registry_host(f"{prefix}/x"):
-        raise Failure(
-            f"demo.prefix '{prefix}' names a registry; the demo's images stay local: use a plain name like forkdev-demo"
-        )
-    return prefix
 
 
 def word() -> str:
@@ -64,9 +53,8 @@ def demo(c, keep=False, clean=False, dry_run=False, json=False, quiet=False):
     run = runner(c, dry_run, quiet)
     if keep and clean:
         raise Failure("--keep and --clean contradict each other; pass one of them")
-    cfg = c.config.demo
-    settings = config.load(c)
-    prefix = prefix_of(cfg.prefix)
+    settings = config.load(c)  # demo.prefix, demo.os_image and demo.file_bytes checked there
+    prefix = settings.demo.prefix
     layout = demoing.Layout(store.demo(settings.cache_dir()))
     home = layout.home
     if home.is_symlink() or (home.exists() and not home.is_dir()):  # nothing is written through it, or into it
@@ -80,7 +68,7 @@ def demo(c, keep=False, clean=False, dry_run=False, json=False, quiet=False):
             _clean(settings, run, layout, prefix, json)
             return
         try:
-            _demo(settings, cfg, run, layout, prefix, keep, json, quiet)
+            _demo(settings, run, layout, prefix, keep, json, quiet)
         except KeyboardInterrupt:  # the steps got the Ctrl-C too, and stop as they do
             again = f"the next '{word()} demo' removes what this run left, '{word()} demo --clean' all of it"
             raise Failure(f"interrupted; {again}", code=130) from None
@@ -107,7 +95,7 @@ def _clean(settings: config.Settings, run, layout, prefix: str, json: bool) -> N
         ui.result(summary if removed else "nothing of the demo's here")
 
 
-def _demo(settings: config.Settings, cfg, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> None:
+def _demo(settings: config.Settings, run, layout, prefix: str, keep: bool, json: bool, quiet: bool) -> None:
     from .core import demoing, tour
     from .core.proc import Runner
 
@@ -118,8 +106,7 @@ def _demo(settings: config.Settings, cfg, run, layout, prefix: str, keep: bool, 
     profile = settings.target
     engine = settings.engine(run)
     per_run = tuple(r.replace("{target}", profile.name) for r in PER_RUN)
-    os_image = validate.image_ref(cfg.os_image or f"{prefix}/debian:bookworm", "demo.os_image")
-    file_bytes = _file_bytes(cfg.file_bytes)
+    os_image, file_bytes = settings.demo.os_image, settings.demo.file_bytes
     ui.info(f"demo on {engine.kind}: sandbox in {layout.home}, images under {prefix}/")
     removed = demoing.leftovers(engine, run, layout, prefix, per_run)
     if removed:
@@ -134,7 +121,7 @@ def _demo(settings: config.Settings, cfg, run, layout, prefix: str, keep: bool, 
     try:
         with ui.log_to(log, console=False):
             isolation = not _can_build_wheels(logged)
-            made_image = _os_image(engine, logged, os_image, bool(cfg.os_image), layout)
+            made_image = _os_image(engine, logged, os_image, settings.demo.os_image_configured, layout)
             sb = demoing.ensure(logged, layout, os_image, file_bytes)
             demoing.checkout(logged, layout)
     except Failure as exc:
@@ -189,16 +176,6 @@ def _os_image(engine, run, ref: str, given: bool, layout) -> bool:
     if engine.inspect_image(run, ref) is None and not engine.pull(run, ref):
         raise Failure(f"demo.os_image '{ref}' is not here and cannot be pulled; pull it, or unset demo.os_image")
     return False
-
-
-def _file_bytes(value: object) -> int:
-    try:
-        size = int(value)  # type: ignore[call-overload]
-    except (TypeError, ValueError):
-        size = -1
-    if size < 0:
-        raise Failure(f"demo.file_bytes '{value}' is not a size in bytes; set 0 for the real tree's sizes")
-    return size
 
 
 def _can_build_wheels(run) -> bool:

@@ -47,31 +47,18 @@ def fork_sync(
     quiet=False,
 ):
     """Merge upstream into the fork; protected paths keep the fork's version; no work is ever lost."""
-    cfg = c.config.fork_sync
     run = runner(c, dry_run, quiet)
+    settings = config.load(c, None, upstream)  # fork_sync.protect and the form of fork_sync.strategies checked there
+    cfg = settings.fork_sync
     pattern = "pass a path or glob of the repository"
-    if not isinstance(cfg.protect, (list, tuple)):  # a string would protect each of its characters ("." = all)
-        raise Failure(
-            f"config fork_sync.protect is {type(cfg.protect).__name__} {cfg.protect!r:.60}, not a list; write it as "
-            "a list of paths, e.g. [extras/, .github/workflows/fork-sync.yml]"
-        )
-    try:
-        configured = dict(cfg.strategies)
-    except (TypeError, ValueError):
-        raise Failure(
-            f"config fork_sync.strategies is {type(cfg.strategies).__name__}, not a mapping; write PATH_OR_GLOB: "
-            "ours|theirs|union entries, e.g. {.gitignore: union}"
-        ) from None
     from .core.sync import Request, parse_strategies, sync  # the machinery, loaded when the task runs (cli.py)
 
     strategies = {}
-    for source, items in (("config fork_sync.strategies", configured), ("--strategy", list(strategy or []))):
+    for source, items in (("config fork_sync.strategies", cfg.strategies), ("--strategy", list(strategy or []))):
         for path, how in parse_strategies(items).items():
             strategies[validate.plain(path, f"{source} path", pattern)] = how
-    protected = [validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect]
-    protected += [validate.plain(p, "--protect", pattern) for p in protect or []]
+    protected = [*cfg.protect, *(validate.plain(p, "--protect", pattern) for p in protect or [])]
     checkout = validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout")
-    settings = config.load(c, None, upstream)
     request = Request(
         repo=checkout,
         upstream=settings.upstream if upstream else default_upstream(settings, checkout, run),

@@ -23,13 +23,13 @@ from .core.tasking import runner, setting, task
 # The machinery (core.overlaying, paths, overlaydir, lock) is imported when the task runs: see cli.py.
 
 
-def resolve_dest(c, cache: Path, repo: Repo, flag: str | None) -> Path:
+def resolve_dest(settings: config.Settings, repo: Repo, flag: str | None) -> Path:
     """The overlay directory: --dest, else config overlay.dest, else one in the cache (overlay_dir's rules)."""
     from .core.overlaydir import overlay_dir
 
-    value = setting(flag, c.config.overlay.dest, "--dest", "overlay.dest", optional=True)
+    value = setting(flag, settings.overlay.dest, "--dest", "overlay.dest", optional=True)
     return overlay_dir(
-        value or str(store.overlay(cache, repo.path)),
+        value or str(store.overlay(settings.cache_dir(), repo.path)),
         "--dest" if flag else "overlay.dest" if value else "the overlay directory",
         checkout=repo.path,
         home=Path(os.path.expanduser("~")),
@@ -55,15 +55,15 @@ def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=Fals
 
     run = runner(c, dry_run, quiet)
     with os_errors("make the overlay"):
-        setting(None, c.config.cache_dir, "", "cache_dir")  # where the tool keeps what it makes
         settings = config.load(c)
-        r = Repo.open(setting(repo, c.config.overlay.repo, "--repo", "overlay.repo"), run)
-        given = setting(definitions, c.config.overlay.definitions, "--definitions", "overlay.definitions")
+        setting(None, settings.cache_configured, "", "cache_dir")  # where the tool keeps what it makes
+        r = Repo.open(setting(repo, settings.overlay.repo, "--repo", "overlay.repo"), run)
+        given = setting(definitions, settings.overlay.definitions, "--definitions", "overlay.definitions")
         defs_path = checkout_path(r.path, given, "--definitions" if definitions else "overlay.definitions")
         if not defs_path.is_file():
             raise Failure(f"no overlay definitions at '{shown(defs_path)}'; create it or pass --definitions FILE")
         defs = parse(defs_path.read_bytes(), given)
-        dest_dir = resolve_dest(c, settings.cache_dir(), r, dest)
+        dest_dir = resolve_dest(settings, r, dest)
         files = build(r.path, defs, dest_dir, settings.secret_paths)
         for rel in sorted(files):
             ui.info(f"  {shown(rel)}")

@@ -24,7 +24,7 @@ from .core.tasking import runner, setting, task
 # The machinery (core.patching, paths, overlaydir) is imported when the task runs: see cli.py.
 
 
-def resolve_into(c, cache: Path, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path, bool]:
+def resolve_into(settings: config.Settings, repo: Repo, into: str, what: str, run: Runner) -> tuple[Path, bool]:
     """(directory, overlay?) for --into: worktree (default), overlay, checkout, or a directory."""
     from .core import ui
     from .core.overlaydir import overlay_dir
@@ -33,9 +33,9 @@ def resolve_into(c, cache: Path, repo: Repo, into: str, what: str, run: Runner) 
     if into == "checkout":
         return repo.path, False
     if into == "overlay":  # the overlay directory's own rules: one that invoke overlay made
-        value = setting(None, c.config.overlay.dest, "", "overlay.dest", optional=True)
+        value = setting(None, settings.overlay.dest, "", "overlay.dest", optional=True)
         path = overlay_dir(
-            value or str(store.overlay(cache, repo.path)),
+            value or str(store.overlay(settings.cache_dir(), repo.path)),
             "overlay.dest" if value else "the overlay directory",
             checkout=repo.path,
             home=Path(os.path.expanduser("~")),
@@ -49,7 +49,7 @@ def resolve_into(c, cache: Path, repo: Repo, into: str, what: str, run: Runner) 
     if into == "worktree":
         # Ours, in the cache: removed and made again. --force re-adds it where a run left it registered but gone;
         # no `worktree prune`, which would forget the user's own worktrees on a disk not mounted now.
-        path = store.worktree(cache, repo.path).absolute()
+        path = store.worktree(settings.cache_dir(), repo.path).absolute()
         if path.exists():
             repo.git("worktree", "remove", "--force", "--", str(path), mutates=True, check=False)
         repo.git("worktree", "add", "--quiet", "--force", "--detach", "--", str(path), "HEAD", mutates=True)
@@ -80,13 +80,14 @@ def patches(c, repo=None, registry=None, into=None, check=False, reverse=False, 
 
     run = runner(c, check or dry_run, quiet)  # --check is `git apply`'s word; --dry-run every task's
     with os_errors("apply the patches"):
-        setting(None, c.config.cache_dir, "", "cache_dir")  # where the tool keeps what it makes
-        cache = config.load(c).cache_dir()
-        r = Repo.open(setting(repo, c.config.patches.repo, "--repo", "patches.repo"), run)
-        given = setting(registry, c.config.patches.registry, "--registry", "patches.registry")
+        settings = config.load(c)
+        setting(None, settings.cache_configured, "", "cache_dir")  # where the tool keeps what it makes
+        settings.cache_dir()  # made first, as before: the worktree of HEAD goes there
+        r = Repo.open(setting(repo, settings.patches.repo, "--repo", "patches.repo"), run)
+        given = setting(registry, settings.patches.registry, "--registry", "patches.registry")
         found = load(checkout_path(r.path, given, "--registry" if registry else "patches.registry"))
-        where = setting(into, c.config.patches.into, "--into", "patches.into")
-        target, in_overlay = resolve_into(c, cache, r, where, "--into" if into else "patches.into", run)
+        where = setting(into, settings.patches.into, "--into", "patches.into")
+        target, in_overlay = resolve_into(settings, r, where, "--into" if into else "patches.into", run)
         chosen = [p for p in found if not (in_overlay and p.skip_in_overlay)]
         if in_overlay and (
             marker := next((p.name for p in chosen if MARKER in {q.split("/")[0] for q in p.paths}), None)

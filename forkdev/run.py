@@ -95,7 +95,7 @@ def run(
         env=tuple(env or ()),
         ports=tuple(launch.parse_ports(port)),
         mount_source=mount_source,
-        overlay=resolve_dest(c, settings.cache_dir(), checkout, None) if overlay else None,
+        overlay=resolve_dest(settings, checkout, None) if overlay else None,
         command=tuple(command),
         interactive=not sync and _tty(),
         detach=sync,

@@ -61,8 +61,8 @@ def smoke(
     from .core import owners
 
     run = runner(c, dry_run, quiet)
-    cfg = c.config.smoke
     settings = config.load(c, target)
+    cfg = settings.smoke
     wheels = _wheels(wheel, settings.wheel.out)
     profile = settings.target if target else None
     if commit is not None:
@@ -99,7 +99,7 @@ def smoke(
             # Stopping the client leaves its container running (python3 as PID 1 ignores SIGTERM): the lifecycle
             # removes it on every path.
             with ctr.running(run, engine, own, name) if image else contextlib.nullcontext() as box:
-                res = smoke_run(argv, stream=True, check=False, timeout=float(cfg.timeout))
+                res = smoke_run(argv, stream=True, check=False, timeout=cfg.timeout)
                 if box is not None:
                     box.ended(res.returncode)
             found = _report(report / "results.jsonl")

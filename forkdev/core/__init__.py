@@ -59,7 +59,8 @@ The demo
 
 Values and files
     config      target profiles, every default, and load(): the Settings value a task runs with, resolved and
-                validated once (target, upstream, cache, engine, registry, image naming, secrets, container)
+                validated once (target, upstream, cache, engine, registry, image naming, secrets, container,
+                and a section per task: dev, nightly, batch, wheel, overlay, patches, smoke, demo, cron, fork_sync)
     tasking     the task decorator, shared flags, --X/--no-X, the words after --
     validate    values before they reach a command line
     dataset     batch datasets and blacklists

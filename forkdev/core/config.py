@@ -2,8 +2,11 @@
 
 The collection hands DEFAULTS to invoke, so `invoke.yaml`, `INVOKE_*` variables and flags can override any key.
 A task calls `load(c, ...)` once: the settings every task shares (target, upstream, cache, engine, registry,
-image naming, secrets, container), resolved and validated in this one place, as a frozen `Settings` value;
-shared layers take such plain values, never the context.
+image naming, secrets, container) and one section per task (dev, nightly, batch, wheel, overlay, patches, smoke,
+demo, cron, fork_sync), resolved and validated in this one place, as a frozen `Settings` value; a task reads that
+and its flags, never `c.config`, and shared layers take such plain values, never the context. A value a flag
+overrides is kept as configured and checked with the flag (tasking.setting), so a good flag wins over a bad value;
+what needs a heavy module to check (fork_sync's strategies: core.sync) is checked by its task.
 A fork changes a profile from config: `targets: {vllm: {native: [...], build_args: {...}}}` is merged over the
 built-in profile of that name, and a new name defines a new target.
 """
@@ -12,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -510,15 +514,33 @@ class Nightly:
     log: Path  # where an unattended nightly writes its log
 
 
+def whole_number(
+    value: Any, name: str, low: int | None, high: int | None, unit: str, remedy: str, outside: str = ""
+) -> int:
+    """`value` as a whole number from `low` to `high` (None: no bound). Refused as "NAME 'VALUE' is not a
+    number{unit}; {remedy}", and one outside the range as "NAME N: {outside}" (the first again when "")."""
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is not None and (low is None or number >= low) and (high is None or number <= high):
+        return number
+    if number is None or not outside:
+        raise Failure(f"{name} '{value}' is not a number{unit}; {remedy}")
+    raise Failure(f"{name} {number}: {outside}")
+
+
 def keep_count(value: Any, name: str) -> int:
     """How many nightly-<sha> tags nightly.prune keeps: a whole number, at least 1."""
-    try:
-        count = int(value)
-    except (TypeError, ValueError):
-        raise Failure(f"{name} '{value}' is not a number; pass how many nightly tags to keep") from None
-    if count < 1:
-        raise Failure(f"{name} {count}: keep at least 1 (the newest nightly-<sha> backs 'nightly')")
-    return count
+    return whole_number(
+        value,
+        name,
+        1,
+        None,
+        "",
+        "pass how many nightly tags to keep",
+        "keep at least 1 (the newest nightly-<sha> backs 'nightly')",
+    )
 
 
 @dataclass(frozen=True)
@@ -532,13 +554,70 @@ class Batch:
 
 def batch_jobs(value: Any, name: str) -> int:
     """How many native states `invoke batch` builds at once: a whole number from 1 to 64."""
-    try:
-        jobs = int(value)
-    except (TypeError, ValueError):
-        raise Failure(f"{name} '{value}' is not a number; pass how many native states to build at once") from None
-    if not 1 <= jobs <= 64:
-        raise Failure(f"{name} {jobs}: pass a number from 1 to 64")
-    return jobs
+    return whole_number(
+        value, name, 1, 64, "", "pass how many native states to build at once", "pass a number from 1 to 64"
+    )
+
+
+@dataclass(frozen=True)
+class Overlay:
+    """Where `invoke overlay` reads and writes (config `overlay:`): each value as configured, since its flag wins
+    over it; whichever is used is checked then (tasking.setting), so a good flag overrides a bad value."""
+
+    repo: str
+    definitions: str  # relative to the repo
+    dest: str  # "" = a directory under the cache
+
+
+@dataclass(frozen=True)
+class Patches:
+    """What `invoke patches` applies and where (config `patches:`); as configured, checked as `Overlay`'s."""
+
+    repo: str
+    registry: str  # relative to the repo
+    into: str  # worktree | overlay | checkout | a directory
+
+
+@dataclass(frozen=True)
+class Smoke:
+    """How `invoke smoke` makes each fresh environment (config `smoke:`)."""
+
+    installer: str  # auto | uv | pip, as configured: --installer wins, and the one used is checked
+    python: str  # "" = the interpreter running forkdev; --python wins
+    no_index: bool
+    timeout: float  # seconds for one wheel's environment, install and checks
+
+
+@dataclass(frozen=True)
+class Demo:
+    """Where `invoke demo` puts its images and what its sandbox starts from (config `demo:`)."""
+
+    prefix: str  # a plain local name: every image the demo makes is under it
+    os_image: str  # what the sandbox's Dockerfile starts FROM (<prefix>/debian:bookworm when not configured)
+    os_image_configured: bool  # whether that is the user's image (never built here) rather than the demo's own
+    file_bytes: int  # cap on each file of the vLLM-shaped tree; 0 = the real sizes
+
+
+@dataclass(frozen=True)
+class Cron:
+    """The crontab entry `invoke cron.install` writes (config `cron:`)."""
+
+    schedule: str  # as configured: --schedule wins, and the one used is checked
+    user: str  # whose crontab ("" = the current user's); --user wins
+    args: tuple[str, ...]  # cron.args split into words: what the entry passes to `invoke nightly`
+
+
+@dataclass(frozen=True)
+class ForkSync:
+    """How `invoke fork-sync` merges (config `fork_sync:`). The strategies stay as configured: core.sync parses
+    them, with --strategy, when the task runs (importing it here would cost every task's start)."""
+
+    repo: str  # as configured: --repo wins, and the one used is checked
+    into: str  # "" = the current branch; --into wins
+    protect: tuple[str, ...]  # checked paths of the repository
+    strategies: Mapping[str, Any]  # PATH_OR_GLOB: ours | theirs | union
+    push: bool
+    autostash: bool
 
 
 @dataclass(frozen=True)
@@ -550,6 +629,8 @@ class Settings:
     branch: str  # upstream.branch
     remote: str  # upstream.remote: the fork's remote fork-sync fetches from when it has one
     cache: Path  # the cache root (created by `cache_dir`, never by a dry run)
+    # cache_dir as configured: a task that hands paths in the cache to git checks it first (tasking.setting)
+    cache_configured: str
     registry: Policy
     secret_paths: secrets.Paths  # what no image, wheel or sync ever carries
     secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
@@ -559,6 +640,12 @@ class Settings:
     batch: Batch
     dev: Dev
     wheel: Wheel
+    overlay: Overlay
+    patches: Patches
+    smoke: Smoke
+    demo: Demo
+    cron: Cron
+    fork_sync: ForkSync
     engine_name: str
     engine_network: str
     engine_client: str
@@ -584,12 +671,7 @@ def mapping(value: Any, key: str) -> dict[str, Any]:
 def _wheel(cfg: Any, cache: Path) -> Wheel:
     if not isinstance(cfg.cmake_args or [], (list, tuple)):
         raise Failure("config wheel.cmake_args is not a list of -DNAME=VALUE options; fix it in invoke.yaml")
-    try:
-        jobs = int(cfg.jobs or 0)
-    except (TypeError, ValueError):
-        raise Failure(
-            f"config wheel.jobs '{cfg.jobs}' is not a number of compile jobs; fix it in invoke.yaml"
-        ) from None
+    jobs = whole_number(cfg.jobs or 0, "config wheel.jobs", None, None, " of compile jobs", "fix it in invoke.yaml")
     return Wheel(
         out=cfg.out,
         native=bool(cfg.native),
@@ -612,21 +694,96 @@ def _dev_native(cfg: Any) -> dict[str, Any]:
     mode = str(cfg.native)
     if mode not in NATIVE_MODES:
         raise Failure(f"config dev.native is '{mode}'; set it to refuse (the default) or build")
-    try:
-        jobs = int(cfg.native_jobs or 0)
-        if jobs < 0:
-            raise ValueError(jobs)
-    except (TypeError, ValueError):
-        raise Failure(
-            f"config dev.native_jobs '{cfg.native_jobs}' is not a number of compile jobs (0: every CPU); fix it in "
-            "invoke.yaml"
-        ) from None
+    jobs = whole_number(
+        cfg.native_jobs or 0,
+        "config dev.native_jobs",
+        0,
+        None,
+        " of compile jobs (0: every CPU)",
+        "fix it in invoke.yaml",
+    )
     image = str(cfg.native_image or "")
     return {
         "native": mode == "build",
         "native_image": validate.image_ref(image, "dev.native_image") if image else "",
         "native_jobs": jobs,
     }
+
+
+def _smoke(cfg: Any) -> Smoke:
+    try:
+        timeout = float(cfg.timeout)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config smoke.timeout '{cfg.timeout}' is not a number of seconds; fix it in invoke.yaml"
+        ) from None
+    return Smoke(installer=cfg.installer, python=cfg.python, no_index=bool(cfg.no_index), timeout=timeout)
+
+
+def demo_prefix(value: object) -> str:
+    """demo.prefix: the first part of every image name the demo makes (`--clean` removes all under it), so it must
+    be a plain local name, never a registry's."""
+    prefix = validate.repository(str(value).strip("/"), "demo.prefix")
+    if validate.registry_host(f"{prefix}/x"):
+        raise Failure(
+            f"demo.prefix '{prefix}' names a registry; the demo's images stay local: use a plain name like forkdev-demo"
+        )
+    return prefix
+
+
+def demo_file_bytes(value: object) -> int:
+    try:
+        size = int(value)  # type: ignore[call-overload]
+    except (TypeError, ValueError):
+        size = -1
+    if size < 0:
+        raise Failure(f"demo.file_bytes '{value}' is not a size in bytes; set 0 for the real tree's sizes")
+    return size
+
+
+def _demo(cfg: Any) -> Demo:
+    prefix = demo_prefix(cfg.prefix)
+    return Demo(
+        prefix=prefix,
+        os_image=validate.image_ref(cfg.os_image or f"{prefix}/debian:bookworm", "demo.os_image"),
+        os_image_configured=bool(cfg.os_image),
+        file_bytes=demo_file_bytes(cfg.file_bytes),
+    )
+
+
+def _cron(cfg: Any) -> Cron:
+    raw = cfg.args
+    if not isinstance(raw, str):
+        raise Failure(f"cron.args must be text, not {type(raw).__name__}; write the nightly's flags, e.g. '--full'")
+    try:
+        args = shlex.split(raw)
+    except ValueError as exc:
+        raise Failure(f"cron.args '{raw}' cannot be split into words ({exc}); close its quotes") from None
+    return Cron(schedule=cfg.schedule, user=cfg.user, args=tuple(args))
+
+
+def _fork_sync(cfg: Any) -> ForkSync:
+    pattern = "pass a path or glob of the repository"
+    if not isinstance(cfg.protect, (list, tuple)):  # a string would protect each of its characters ("." = all)
+        raise Failure(
+            f"config fork_sync.protect is {type(cfg.protect).__name__} {cfg.protect!r:.60}, not a list; write it as "
+            "a list of paths, e.g. [extras/, .github/workflows/fork-sync.yml]"
+        )
+    try:
+        strategies = dict(cfg.strategies)
+    except (TypeError, ValueError):
+        raise Failure(
+            f"config fork_sync.strategies is {type(cfg.strategies).__name__}, not a mapping; write PATH_OR_GLOB: "
+            "ours|theirs|union entries, e.g. {.gitignore: union}"
+        ) from None
+    return ForkSync(
+        repo=cfg.repo,
+        into=cfg.into or "",
+        protect=tuple(validate.plain(p, "config fork_sync.protect", pattern) for p in cfg.protect),
+        strategies=strategies,
+        push=bool(cfg.push),
+        autostash=bool(cfg.autostash),
+    )
 
 
 def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
@@ -641,6 +798,7 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
         branch=c.config.upstream.branch,
         remote=c.config.upstream.remote,
         cache=cache,
+        cache_configured=c.config.cache_dir,
         registry=registry_policy(c),
         secret_paths=secret_paths(c),
         secret_values=tuple(secret_values(c)),
@@ -677,6 +835,14 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
             push=bool(c.config.batch.push),
             jobs=batch_jobs(c.config.batch.jobs, "config batch.jobs"),
         ),
+        overlay=Overlay(
+            repo=c.config.overlay.repo, definitions=c.config.overlay.definitions, dest=c.config.overlay.dest
+        ),
+        patches=Patches(repo=c.config.patches.repo, registry=c.config.patches.registry, into=c.config.patches.into),
+        smoke=_smoke(c.config.smoke),
+        demo=_demo(c.config.demo),
+        cron=_cron(c.config.cron),
+        fork_sync=_fork_sync(c.config.fork_sync),
         engine_name=c.config.engine.name,
         engine_network=c.config.engine.network,
         engine_client=c.config.engine.get("client") or "",

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from forkdev.core import demoing, tour
+from forkdev.core.config import demo_prefix as prefix_of
 from forkdev.core.errors import Failure
-from forkdev.demo import prefix_of
 
 
 def test_a_step_is_shown_as_typed_paths_under_home_shortened_scripts_as_a_placeholder():

@@ -188,6 +188,128 @@ def test_the_batch_settings_are_checked_once_with_the_rest(batch, words):
         config.load(_context(batch=batch), "sglang")
 
 
+def test_the_flag_sections_keep_their_values_as_configured_for_the_flag_to_win_over():
+    """overlay:, patches:, cron.schedule/user, smoke.installer/python and fork_sync.repo/into each have a flag that
+    wins: a value there is checked only when it is the one used (tasking.setting), so load keeps it as it is."""
+    from forkdev.core import config
+
+    settings = config.load(
+        _context(
+            overlay={"dest": "-x", "repo": ["a"]},
+            patches={"into": "", "registry": "-r"},
+            cron={"schedule": "nonsense", "user": "-u"},
+            smoke={"installer": "npm", "python": "-p"},
+            fork_sync={"repo": "-f", "into": None},
+        )
+    )
+    assert settings.overlay == config.Overlay(repo=["a"], definitions="extras/overlay.txt", dest="-x")
+    assert settings.patches == config.Patches(repo=".", registry="-r", into="")
+    assert (settings.cron.schedule, settings.cron.user) == ("nonsense", "-u")
+    assert (settings.smoke.installer, settings.smoke.python) == ("npm", "-p")
+    assert (settings.fork_sync.repo, settings.fork_sync.into) == ("-f", "")
+    assert config.load(_context(cache_dir="-cache")).cache_configured == "-cache"
+
+
+@pytest.mark.parametrize(
+    ("smoke", "words"),
+    [({"timeout": "soon"}, r"^config smoke.timeout 'soon' is not a number of seconds; fix it in invoke.yaml$")],
+)
+def test_the_smoke_settings_are_checked_once_with_the_rest(smoke, words):
+    from forkdev.core import config
+
+    settings = config.load(_context(smoke={"no_index": 1, "timeout": "90"}))
+    assert settings.smoke == config.Smoke(installer="auto", python="", no_index=True, timeout=90.0)
+    with pytest.raises(Failure, match=words):
+        config.load(_context(smoke=smoke))
+
+
+@pytest.mark.parametrize(
+    ("demo", "words"),
+    [
+        ({"prefix": "docker.io/someone"}, r"^demo.prefix 'docker.io/someone' names a registry"),
+        ({"prefix": "-rm"}, r"^demo.prefix '-rm'"),
+        ({"os_image": "-x"}, r"^demo.os_image '-x'"),
+        ({"file_bytes": -5}, r"^demo.file_bytes '-5' is not a size in bytes; set 0 for the real tree's sizes$"),
+        ({"file_bytes": "big"}, r"^demo.file_bytes 'big' is not a size in bytes"),
+    ],
+)
+def test_the_demo_settings_are_checked_once_with_the_rest(demo, words):
+    from forkdev.core import config
+
+    assert config.load(_context()).demo == config.Demo(
+        prefix="forkdev-demo", os_image="forkdev-demo/debian:bookworm", os_image_configured=False, file_bytes=0
+    )
+    settings = config.load(_context(demo={"prefix": "mine/demo/", "os_image": "debian:12", "file_bytes": "2048"}))
+    assert settings.demo == config.Demo(
+        prefix="mine/demo", os_image="debian:12", os_image_configured=True, file_bytes=2048
+    )
+    with pytest.raises(Failure, match=words):
+        config.load(_context(demo=demo))
+
+
+@pytest.mark.parametrize(
+    ("cron", "words"),
+    [
+        ({"args": ["--full"]}, r"^cron.args must be text, not list; write the nightly's flags, e.g. '--full'$"),
+        ({"args": "--ref 'open"}, r"^cron.args '--ref 'open' cannot be split into words \(.*\); close its quotes$"),
+    ],
+)
+def test_the_cron_settings_are_checked_once_with_the_rest(cron, words):
+    from forkdev.core import config
+
+    settings = config.load(_context(cron={"args": "--full --ref 'my branch'", "user": "builder"}))
+    assert settings.cron == config.Cron(schedule="0 2 * * *", user="builder", args=("--full", "--ref", "my branch"))
+    with pytest.raises(Failure, match=words):
+        config.load(_context(cron=cron))
+
+
+@pytest.mark.parametrize(
+    ("fork_sync", "words"),
+    [
+        ({"protect": "extras/"}, r"^config fork_sync.protect is str 'extras/', not a list; write it as a list"),
+        ({"protect": None}, r"^config fork_sync.protect is NoneType None, not a list"),
+        ({"protect": ["-x"]}, r"^config fork_sync.protect '-x' starts with '-'.*; pass a path or glob of the repo"),
+    ],
+)
+def test_the_fork_sync_settings_are_checked_once_with_the_rest(fork_sync, words):
+    """The strategies (merged over the default by invoke) stay as configured: core.sync parses them when fork-sync
+    runs, as importing it here would cost every task's start. (One that is no mapping invoke itself refuses to merge
+    over the default.)"""
+    from forkdev.core import config
+
+    settings = config.load(_context(fork_sync={"protect": ("extras/",), "strategies": {"a": "any"}, "push": 1}))
+    assert settings.fork_sync == config.ForkSync(
+        repo=".",
+        into="",
+        protect=("extras/",),
+        strategies={".gitignore": "union", "a": "any"},
+        push=True,
+        autostash=False,
+    )
+    with pytest.raises(Failure, match=words):
+        config.load(_context(fork_sync=fork_sync))
+
+
+@pytest.mark.parametrize(
+    ("value", "low", "high", "words"),
+    [
+        ("x", 1, None, r"^n 'x' is not a number of things; fix it$"),
+        (None, 1, None, r"^n 'None' is not a number of things; fix it$"),
+        (0, 1, 5, r"^n 0: from 1 to 5$"),
+        ("6", 1, 5, r"^n 6: from 1 to 5$"),
+    ],
+)
+def test_one_whole_number_check_serves_every_count_in_config(value, low, high, words):
+    from forkdev.core import config
+
+    assert config.whole_number("3", "n", 1, 5, " of things", "fix it", "from 1 to 5") == 3
+    assert config.whole_number(-7, "n", None, None, "", "fix it") == -7
+    with pytest.raises(Failure, match=r"^n '-1' is not a number \(0: all\); fix it$"):
+        config.whole_number(-1, "n", 0, None, " (0: all)", "fix it")  # no `outside`: the first sentence again
+    with pytest.raises(Failure, match=words):
+        config.whole_number(value, "n", low, high, " of things", "fix it", "from 1 to 5")
+
+
 def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_forces(tmp_path):
     from forkdev.core import config, secrets
     from forkdev.core.gitrepo import Repo
