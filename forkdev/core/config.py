@@ -671,7 +671,9 @@ def mapping(value: Any, key: str) -> dict[str, Any]:
 def _wheel(cfg: Any, cache: Path) -> Wheel:
     if not isinstance(cfg.cmake_args or [], (list, tuple)):
         raise Failure("config wheel.cmake_args is not a list of -DNAME=VALUE options; fix it in invoke.yaml")
-    jobs = whole_number(cfg.jobs or 0, "config wheel.jobs", None, None, " of compile jobs", "fix it in invoke.yaml")
+    jobs = whole_number(
+        cfg.jobs or 0, "config wheel.jobs", 0, MAX_JOBS, " of compile jobs", "fix it in invoke.yaml", JOBS_RANGE
+    )
     return Wheel(
         out=cfg.out,
         native=bool(cfg.native),
@@ -698,9 +700,10 @@ def _dev_native(cfg: Any) -> dict[str, Any]:
         cfg.native_jobs or 0,
         "config dev.native_jobs",
         0,
-        None,
+        MAX_JOBS,
         " of compile jobs (0: every CPU)",
         "fix it in invoke.yaml",
+        JOBS_RANGE,
     )
     image = str(cfg.native_image or "")
     return {
@@ -708,6 +711,10 @@ def _dev_native(cfg: Any) -> dict[str, Any]:
         "native_image": validate.image_ref(image, "dev.native_image") if image else "",
         "native_jobs": jobs,
     }
+
+
+MAX_JOBS = 1024  # compile jobs: ninja starts as many at once as it is told, a billion of them too
+JOBS_RANGE = f"set 0 (every CPU) up to {MAX_JOBS} in invoke.yaml"
 
 
 def _smoke(cfg: Any) -> Smoke:

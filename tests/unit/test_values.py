@@ -138,14 +138,21 @@ def test_settings_are_resolved_once_from_config_sections_as_invoke_holds_them():
         config.mapping(["CC=gcc"], "wheel.env")  # invoke itself refuses to merge one over a mapping default
     with pytest.raises(Failure, match=r"^config wheel.jobs 'many' is not a number of compile jobs"):
         config.load(_context(wheel={"jobs": "many"}))
+    for jobs in (-1, 1025):
+        with pytest.raises(
+            Failure, match=rf"^config wheel.jobs {jobs}: set 0 \(every CPU\) up to 1024 in invoke.yaml$"
+        ):
+            config.load(_context(wheel={"jobs": jobs}))
+    assert config.load(_context(wheel={"jobs": 1024})).wheel.jobs == 1024
 
 
 @pytest.mark.parametrize(
     ("dev", "words"),
     [
         ({"native": "yes"}, r"^config dev.native is 'yes'; set it to refuse \(the default\) or build$"),
-        ({"native_jobs": -3}, r"^config dev.native_jobs '-3' is not a number of compile jobs \(0: every CPU\)"),
+        ({"native_jobs": -3}, r"^config dev.native_jobs -3: set 0 \(every CPU\) up to 1024 in invoke.yaml$"),
         ({"native_jobs": "many"}, r"^config dev.native_jobs 'many' is not a number"),
+        ({"native_jobs": 10**9}, r"^config dev.native_jobs 1000000000: set 0 \(every CPU\) up to 1024 in invoke.yaml$"),
         ({"native_image": "-x"}, r"^dev.native_image '-x' starts with '-'"),
     ],
 )
