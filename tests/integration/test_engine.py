@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
+import sys
+import time
 
 import pytest
 import support
@@ -172,3 +175,37 @@ def test_a_pinned_api_version_is_asked_for_as_the_client_would(docker, monkeypat
     monkeypatch.setenv("DOCKER_API_VERSION", "1.99")
     with pytest.raises(Failure, match="client version 1.99 is too new"):
         found.inspect_image(Runner(echo=False), os_image)
+
+
+def test_a_probe_container_goes_with_its_script_even_when_forkdev_is_killed(engine):
+    """Engine.python's `run --rm` probes are not claimed for a later sweep (core/owners), and need not be: the
+    engine removes each itself (docker's daemon, podman's conmon) when its script ends, even when the process that
+    started it, and its client with it, were killed -9."""
+    image = f"forkdev-test/probe-kill:{os.getpid()}"
+    support.sh(engine.exe, "tag", support.ensure_os_image(engine), image)
+    script = (
+        "import sys; from forkdev.core.engine import Engine; from forkdev.core.proc import Runner; "
+        "e = Engine.detect(Runner(echo=False), sys.argv[1], 'host'); "
+        "e.python(Runner(echo=False), sys.argv[2], 'import time; time.sleep(3); print(1)', failure='{why}')"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, engine.kind, image], start_new_session=True)
+    ident = support.inspect(engine, image)["Id"]  # podman's ancestor filter knows a local name only as localhost/...
+
+    def listed() -> list[str]:
+        return support.sh(engine.exe, "ps", "--all", "--filter", f"ancestor={ident}", "--format", "{{.ID}}").split()
+
+    try:
+        deadline = time.monotonic() + 60
+        while not listed():
+            assert proc.poll() is None and time.monotonic() < deadline, "the probe's container never started"
+            time.sleep(0.2)
+        os.killpg(proc.pid, signal.SIGKILL)  # the probe and its engine client, as the OOM killer ends them
+        proc.wait()
+        deadline = time.monotonic() + 30
+        while listed() and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert listed() == [], "the probe's container stayed after its script ended"
+    finally:
+        for left in listed():
+            subprocess.run([engine.exe, "rm", "--force", left], capture_output=True)
+        subprocess.run([engine.exe, "rmi", image], capture_output=True)
