@@ -147,21 +147,20 @@ class Engine:
             data = _json(body.decode("utf-8", "replace")) if status == 200 else None
             if isinstance(data, dict):
                 return data
-            raise Failure(
-                f"'{self.kind} image inspect {ref}' failed ({_api_error(status, body)}); check that "
-                f"'{self.exe} version' answers for both client and engine"
-            )
-        res = run(self.cmd("image", "inspect", "--", ref), mutates=False, check=False)
-        if not res.ok:
+            reason = _api_error(status, body)
+        else:
+            res = run(self.cmd("image", "inspect", "--", ref), mutates=False, check=False)
+            if res.ok:
+                data = _json(res.out)
+                return data[0] if data else None
             # docker: "No such image: REF" (20.10's client) or "no such image" (newer); podman: "image not known"
             if re.search(r"no such image|image not known", res.err, re.I):
                 return None
-            raise Failure(
-                f"'{self.kind} image inspect {ref}' failed ({res.reason}); check that '{self.exe} version' answers "
-                "for both client and engine"
-            )
-        data = _json(res.out)
-        return data[0] if data else None
+            reason = res.reason
+        raise Failure(
+            f"'{self.kind} image inspect {ref}' failed ({reason}); check that '{self.exe} version' answers for both "
+            "client and engine"
+        )
 
     def history(self, run: Runner, image: dict[str, Any]) -> list[dict[str, Any]]:
         """The image's history as OCI config entries (created, created_by, comment, empty_layer), oldest first."""
