@@ -8,6 +8,7 @@ version, an image's inspect and a load are asked there (`socket`), each echoed a
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import ipaddress
@@ -404,7 +405,11 @@ def _exchange(
             sock.settimeout(timeout)
             sock.connect(path)
             sock.sendall(head.encode() + b"\r\n")
-            sock.sendall(body)  # apart: a layer of compiled files is hundreds of MB, not to be copied again
+            # the body apart (a layer of compiled files is hundreds of MB, not to be copied again); a daemon that
+            # refuses it from the head answers and closes before it is all sent: its answer is still to be read
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                if body:
+                    sock.sendall(body)
             data, length = b"", None
             while length is None or len(data) < length:
                 if deadline is not None:
@@ -412,7 +417,10 @@ def _exchange(
                     if left <= 0:
                         return None
                     sock.settimeout(left)
-                chunk = sock.recv(65536)
+                try:
+                    chunk = sock.recv(65536)
+                except ConnectionResetError:  # its end closed with our request unread: what it said is all
+                    chunk = b""
                 if not chunk:
                     break
                 data += chunk
@@ -422,7 +430,7 @@ def _exchange(
         return None
     top, _, rest = data.partition(b"\r\n\r\n")
     status = re.match(rb"HTTP/1\.[01] (\d{3}) ", top)
-    if not status or b"chunked" in top.lower():
+    if not status or b"chunked" in top.lower() or (length is not None and len(data) < length):
         return None
     return int(status.group(1)), rest
 

@@ -136,7 +136,7 @@ def test_image_inspect_and_load_are_asked_on_the_socket_as_the_client_would_ask_
         assert json.loads(support.sh(docker.exe, "image", "inspect", "--", tag))[0]["Id"] == client["Id"]
     finally:
         subprocess.run([docker.exe, "rmi", tag], capture_output=True)
-    assert run.ran == [], "the client program was started"
+    assert run.ran == [], f"the client program was started: {run.ran}"
     echoed = capsys.readouterr().err
     sock = "/var/run/docker.sock"
     assert f"+ docker image inspect -- {os_image}   [GET /images/{os_image}/json on {sock}]\n" in echoed
@@ -149,6 +149,22 @@ def test_an_archive_the_daemon_refuses_is_a_failed_load_with_its_reason(docker, 
     assert found.socket
     refused = found.load(Runner(echo=False), b"not a tar archive" * 100)
     assert not refused.ok and refused.reason and "HTTP" not in refused.reason, refused.reason
+
+
+def test_a_daemon_that_answers_before_it_has_read_the_archive_is_heard(docker, tmp_path):
+    """A daemon may refuse a load from its head alone and close the connection while the archive is still on its
+    way: its answer is what the load says, not a broken pipe that sends the client program to ask again."""
+    said = b'{"message":"archive refused from its head"}'
+    answer = b"HTTP/1.0 400 Bad Request\r\nContent-Type: application/json\r\n\r\n" + said
+    path = tmp_path / "d.sock"
+    server = support.serve_unix(path, lambda conn: conn.sendall(answer))
+    run = Asked()
+    try:
+        refused = Engine("docker", docker.exe, "", "20.10", "host", str(path)).load(run, b"\0" * (16 << 20))
+    finally:
+        server.close()
+    assert run.ran == [], f"the client program was started: {run.ran}"
+    assert not refused.ok and refused.reason == "archive refused from its head", refused.reason
 
 
 def test_a_dry_run_echoes_the_load_and_sends_nothing(docker, monkeypatch, tmp_path, capsys):
