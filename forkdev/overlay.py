@@ -29,7 +29,7 @@ def resolve_dest(settings: config.Settings, repo: Repo, flag: str | None) -> Pat
 
     value = setting(flag, settings.overlay.dest, "--dest", "overlay.dest", optional=True)
     return overlay_dir(
-        value or str(store.overlay(settings.cache_dir(), repo.path)),
+        value or str(store.overlay(settings.cache, repo.path)),
         "--dest" if flag else "overlay.dest" if value else "the overlay directory",
         checkout=repo.path,
         home=Path(os.path.expanduser("~")),
@@ -56,7 +56,6 @@ def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=Fals
     run = runner(c, dry_run, quiet)
     with os_errors("make the overlay"):
         settings = config.load(c)
-        setting(None, settings.cache_configured, "", "cache_dir")  # where the tool keeps what it makes
         r = Repo.open(setting(repo, settings.overlay.repo, "--repo", "overlay.repo"), run)
         given = setting(definitions, settings.overlay.definitions, "--definitions", "overlay.definitions")
         defs_path = checkout_path(r.path, given, "--definitions" if definitions else "overlay.definitions")

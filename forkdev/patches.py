@@ -35,7 +35,7 @@ def resolve_into(settings: config.Settings, repo: Repo, into: str, what: str, ru
     if into == "overlay":  # the overlay directory's own rules: one that invoke overlay made
         value = setting(None, settings.overlay.dest, "", "overlay.dest", optional=True)
         path = overlay_dir(
-            value or str(store.overlay(settings.cache_dir(), repo.path)),
+            value or str(store.overlay(settings.cache, repo.path)),
             "overlay.dest" if value else "the overlay directory",
             checkout=repo.path,
             home=Path(os.path.expanduser("~")),
@@ -81,8 +81,6 @@ def patches(c, repo=None, registry=None, into=None, check=False, reverse=False, 
     run = runner(c, check or dry_run, quiet)  # --check is `git apply`'s word; --dry-run every task's
     with os_errors("apply the patches"):
         settings = config.load(c)
-        setting(None, settings.cache_configured, "", "cache_dir")  # where the tool keeps what it makes
-        settings.cache_dir()  # made first, as before: the worktree of HEAD goes there
         r = Repo.open(setting(repo, settings.patches.repo, "--repo", "patches.repo"), run)
         given = setting(registry, settings.patches.registry, "--registry", "patches.registry")
         found = load(checkout_path(r.path, given, "--registry" if registry else "patches.registry"))

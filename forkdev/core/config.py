@@ -628,9 +628,7 @@ class Settings:
     upstream: str  # the one upstream (url or path): --upstream, else upstream.url, else the target's
     branch: str  # upstream.branch
     remote: str  # upstream.remote: the fork's remote fork-sync fetches from when it has one
-    cache: Path  # the cache root (created by `cache_dir`, never by a dry run)
-    # cache_dir as configured: a task that hands paths in the cache to git checks it first (tasking.setting)
-    cache_configured: str
+    cache: Path  # the cache root (created by `cache_dir`, never by a dry run); checked as a plain path
     registry: Policy
     secret_paths: secrets.Paths  # what no image, wheel or sync ever carries
     secret_values: tuple[secrets.Known, ...]  # container.env's secret-looking values, masked everywhere
@@ -793,19 +791,26 @@ def _fork_sync(cfg: Any) -> ForkSync:
     )
 
 
+def _cache(value: Any) -> Path:
+    """The cache root as configured, checked once for every task: its paths are handed to git and the engine (a
+    leading '-' would be an option), written into cron's line (a line break would start another) and never
+    empty (the current directory)."""
+    named = "cache_dir (INVOKE_CACHE_DIR)" if os.environ.get("INVOKE_CACHE_DIR") == value else "config cache_dir"
+    return Path(os.path.expanduser(validate.plain(value, named, "set it to a directory path")))
+
+
 def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
     """The settings of this run: --target over config `target`, --upstream over `upstream.url` over the
     target's own; each value checked here, and named as the user set it when it is wrong."""
     profile = of(c, target)
     cfg = c.config.container
-    cache = Path(os.path.expanduser(c.config.cache_dir))
+    cache = _cache(c.config.cache_dir)
     return Settings(
         target=profile,
         upstream=upstream(c, profile, upstream_flag),
         branch=c.config.upstream.branch,
         remote=c.config.upstream.remote,
         cache=cache,
-        cache_configured=c.config.cache_dir,
         registry=registry_policy(c),
         secret_paths=secret_paths(c),
         secret_values=tuple(secret_values(c)),

@@ -104,7 +104,7 @@ def mount(host: str, inside: str, *, read_only: bool, kind: str, selinux: bool) 
     on) or ',' and '"' (quoted as CSV fields, which both engines read)."""
     for path in (host, inside):
         if any(ch in path for ch in "\0\n\r"):
-            raise Failure(f"cannot mount {path!r}: the path holds a NUL or a line break; rename it")
+            raise Failure(f"cannot mount {path!r}: the path holds a line break or NUL; rename it")
     if selinux and kind == "docker":
         # docker's --mount cannot relabel for SELinux; only --volume's ',z' can, and it splits paths on ':'.
         for path in (host, inside):

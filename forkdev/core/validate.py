@@ -33,7 +33,7 @@ def plain(value: object, what: str, remedy: str = "") -> str:
     if value.startswith("-"):
         raise Failure(f"{what} '{shown}' starts with '-', which a command would take as an option{_then(remedy)}")
     if any(ch in value for ch in "\0\n\r"):
-        raise Failure(f"{what} '{shown}' holds a NUL or a line break{_then(remedy)}")
+        raise Failure(f"{what} '{shown}' holds a line break or NUL{_then(remedy)}")
     return _utf8(value, f"{what} '{shown}'", remedy)
 
 

@@ -525,6 +525,24 @@ def test_check_reports_and_changes_nothing_and_overlay_skips(invoke, repo, tmp_p
     assert again.code == 0, "what patches wrote into the overlay is the tool's: the next overlay replaces it"
 
 
+def test_a_dry_run_makes_no_cache_either(invoke, repo, tmp_path):
+    """--check / --dry-run change nothing, the cache included: neither task makes the cache directory (or the
+    worktree of HEAD in it) to report what it would do."""
+    reg = registry(repo, [{"name": "max", "diff": "1.diff"}], {"1.diff": diff_of(repo, "vllm/config.py", "MAX = 5\n")})
+    cache = tmp_path / "fresh-cache"
+    env = {"INVOKE_CACHE_DIR": str(cache)}
+    for into in ("worktree", "overlay"):
+        res = patches(invoke, repo, reg, "--check", "--into", into, env=env)
+        assert res.code == 0 if into == "worktree" else "run 'invoke overlay' first" in res.last_error, res.err
+        assert not cache.exists(), f"patches --check --into {into} made the cache"
+    defs = repo.parent / "overlay.txt"
+    defs.write_text("vllm/config.py\n")
+    res = invoke("overlay", "--repo", str(repo), "--definitions", str(defs), "--dry-run", env=env)
+    assert res.code == 0 and "would write 1 files" in res.err, res.err
+    assert not cache.exists(), "overlay --dry-run made the cache"
+    assert git(repo, "worktree", "list", "--porcelain").count("worktree ") == 1
+
+
 def test_a_file_patches_create_in_the_overlay_is_the_tools_to_replace(invoke, repo, tmp_path):
     (repo / "vllm/new.py").write_text("NEW = 1\n")
     git(repo, "add", "-N", "vllm/new.py")

@@ -133,7 +133,7 @@ def test_a_mount_is_one_field_per_value_whatever_the_path_holds(kind, selinux, p
     ("kind", "selinux", "path", "words"),
     [
         ("docker", True, "/home/me/vllm:v2", "cannot mount '/home/me/vllm:v2' with docker on SELinux"),
-        ("podman", False, "/a\nb", "cannot mount '/a\\nb': the path holds a NUL or a line break"),
+        ("podman", False, "/a\nb", "cannot mount '/a\\nb': the path holds a line break or NUL"),
     ],
 )
 def test_a_path_no_mount_can_hold_is_named(kind, selinux, path, words):

@@ -147,7 +147,7 @@ def test_staging_of_a_dead_run_is_swept_and_a_live_ones_is_not(place):
         ("-x", "", "--dest '-x' starts with '-'"),
         (None, "-x", "overlay.dest '-x' starts with '-'"),
         (None, ["a"], "overlay.dest must be text, not list"),
-        (None, "a\0b", r"overlay.dest 'a\\x00b' holds a NUL"),
+        (None, "a\0b", r"overlay.dest 'a\\x00b' holds a line break or NUL"),
     ],
 )
 def test_a_flag_or_config_value_is_text_that_no_command_takes_for_an_option(flag, configured, words):

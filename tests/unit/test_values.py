@@ -214,7 +214,25 @@ def test_the_flag_sections_keep_their_values_as_configured_for_the_flag_to_win_o
     assert (settings.cron.schedule, settings.cron.user) == ("nonsense", "-u")
     assert (settings.smoke.installer, settings.smoke.python) == ("npm", "-p")
     assert (settings.fork_sync.repo, settings.fork_sync.into) == ("-f", "")
-    assert config.load(_context(cache_dir="-cache")).cache_configured == "-cache"
+
+
+@pytest.mark.parametrize(
+    ("cache", "words"),
+    [
+        ("-cache", r"^config cache_dir '-cache' starts with '-', which a command would take as an option; set it to"),
+        ("", r"^config cache_dir is empty; set it to a directory path$"),
+        ("/tmp/c\n* * * * * x", r"^config cache_dir '/tmp/c\\n\* \* \* \* \* x' holds a line break or NUL; set it"),
+        (["/a"], r"^config cache_dir must be text, not list"),
+    ],
+)
+def test_the_cache_dir_is_checked_once_for_every_task(cache, words):
+    """Every task hands paths under the cache to git or the engine, and cron writes it into its line: a value no
+    command line can carry is refused by load, before any task runs."""
+    from forkdev.core import config
+
+    with pytest.raises(Failure, match=words):
+        config.load(_context(cache_dir=cache))
+    assert config.load(_context(cache_dir="~/c")).cache == Path.home() / "c"
 
 
 @pytest.mark.parametrize(
