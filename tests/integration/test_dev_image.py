@@ -369,13 +369,22 @@ def test_native_changes_are_refused_unless_forced(world, fork, tool):
 
 def test_dry_run_shows_the_plan_and_changes_nothing(engine, world, fork, tool):
     (fork / EDIT).write_text("ENVS = 'dry'\n")
-    images = lambda: set(support.sh(engine.exe, "images", "-a", "-q", "--no-trunc").split())  # noqa: E731
+    # Images of this fork's commit (unique to this session: the engine is shared with whoever else runs), which
+    # any image the run made would be.
+    revision = support.git(fork, "rev-parse", "HEAD")
+    mine = f"label=org.opencontainers.image.revision={revision}"
+    images = lambda: set(support.sh(engine.exe, "images", "-a", "-q", "--no-trunc", "--filter", mine).split())  # noqa: E731
     before = images()
     res = tool("dev", str(fork), "--base", world.editable, "--dry-run", "--json")
     assert res.code == 0, res.err
-    assert res.json["dry_run"] is True and res.json["image_id"] is None
+    assert res.json["dry_run"] is True and res.json["image_id"] is None and res.json["revision"] == revision
     assert "/opt/vllm-source/vllm/envs.py" in res.err and "[dry-run: not run]" in res.err
     assert images() == before
+    absent = subprocess.run([engine.exe, "image", "inspect", "--", res.json["image"]], capture_output=True)
+    assert absent.returncode != 0, f"{res.json['image']} was made"
+    made = tool("dev", str(fork), "--base", world.editable, "--json")  # and the same run for real is seen so
+    assert made.code == 0 and made.json["image"] == res.json["image"], made.err
+    assert images() == before | {made.json["image_id"]}
 
 
 def test_push_sends_exactly_the_tags_asked_for_to_a_real_registry(engine, world, fork, tool, registry):
