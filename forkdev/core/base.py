@@ -82,6 +82,8 @@ class Facts:
 
 @dataclass(frozen=True)
 class Base:
+    """A base image as the thin images use it: its reference, id, the upstream commit inside and its config."""
+
     ref: str
     id: str  # sha256:<hex>
     revision: str

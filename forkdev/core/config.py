@@ -32,6 +32,8 @@ from .validate import repository as valid_repository
 
 @dataclass(frozen=True)
 class Target:
+    """A target profile: the upstream, where its package lives, and how its images and native code are built."""
+
     name: str
     upstream: str
     package: str  # import name

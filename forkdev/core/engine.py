@@ -31,6 +31,8 @@ HOST_ENV: dict[Kind, str] = {"docker": "DOCKER_HOST", "podman": "CONTAINER_HOST"
 
 @dataclass(frozen=True)
 class Engine:
+    """The container engine of this run, probed once: its kind, program, versions and quirks in one place."""
+
     kind: Kind
     exe: str
     client_version: str

@@ -18,6 +18,8 @@ from .proc import Runner
 
 @dataclass(frozen=True)
 class Change:
+    """One changed path of a checkout against a commit (a status letter, as git gives it)."""
+
     status: str  # "A", "M", "D", "T" (type change)
     path: str
     untracked: bool = False
@@ -38,6 +40,8 @@ def with_untracked(diff: list[Change], untracked: list[str]) -> list[Change]:
 
 @dataclass(frozen=True)
 class Repo:
+    """A git checkout, asked through the run's one process seam."""
+
     path: Path
     run: Runner
 

@@ -38,6 +38,8 @@ MANIFEST_MEDIA = "application/vnd.oci.image.manifest.v1+json"
 
 @dataclass(frozen=True)
 class Layer:
+    """One uncompressed layer tar; its diff_id is what an image config names it by."""
+
     tar: bytes = field(repr=False)
 
     @property

@@ -33,6 +33,8 @@ from .errors import Failure
 
 @dataclass(frozen=True)
 class Result:
+    """What a command did: its argv, exit status and output (dry: not run)."""
+
     argv: tuple[str, ...]
     returncode: int
     stdout: bytes
@@ -90,6 +92,8 @@ class TimedOut(Failure):
 
 @dataclass(frozen=True)
 class Runner:
+    """The one process seam: echoes every command, honours the dry run, and runs it."""
+
     dry_run: bool = False
     echo: bool = True
     shielded: bool = False  # children in their own session: a Ctrl-C to our process group does not reach them

@@ -39,6 +39,8 @@ RETRIED = {408, 429, 500, 502, 503, 504}
 
 @dataclass(frozen=True)
 class Policy:
+    """How long and how often a registry is asked, and which hosts are spoken to without TLS."""
+
     timeout: float = 300.0  # seconds, all attempts of one call together
     retries: int = 3
     insecure: tuple[str, ...] = ()
@@ -46,6 +48,8 @@ class Policy:
 
 @dataclass(frozen=True)
 class Ref:
+    """An image reference split as a registry sees it: host, repository path and tag."""
+
     host: str  # as written in the reference ("docker.io" when none)
     repository: str  # path inside the registry, e.g. library/debian
     tag: str
@@ -66,6 +70,8 @@ class Ref:
 
 @dataclass
 class Registry:
+    """One registry host, asked over its HTTP API within the policy (its token kept for the run)."""
+
     host: str
     policy: Policy = field(default_factory=Policy)
     run: Runner = field(default_factory=Runner)

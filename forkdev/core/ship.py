@@ -32,6 +32,8 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class Request:
+    """What one thin image is made of: a checkout or commit, its target and bases, and where it goes."""
+
     repo: Repo
     ref: str | None  # None: the working tree
     target: Target

@@ -31,6 +31,8 @@ PROOF_FORMAT = 2
 
 @dataclass(frozen=True)
 class Entry:
+    """One file of the layer: its path in the repository and in the image, mode and bytes."""
+
     path: str  # in the repository
     image_path: str
     mode: int  # 0o100644, 0o100755 or 0o120000 (symlink)
@@ -43,6 +45,8 @@ class Entry:
 
 @dataclass(frozen=True)
 class Plan:
+    """What a checkout's thin layer holds against its base: files, deletions, and the hash of uncommitted work."""
+
     revision: str
     dirty: bool
     entries: list[Entry]
