@@ -194,18 +194,19 @@ def upstream(tmp_path_factory) -> tuple[Path, str, str]:
 def world(engine, upstream) -> World:
     up, first, later = upstream
     entry = '["python3", "-m", "vllm.entrypoints.openai.api_server"]'
-    bare = support.build_base(engine, up, first, "forkdev-test/vllm-base:bare", compile_bytecode=True)
-    editable = support.derive_image(engine, bare, "forkdev-test/vllm-base:editable", f"ENTRYPOINT {entry}")
+    bare = support.build_base(engine, up, first, support.own("forkdev-test/vllm-base:bare"), compile_bytecode=True)
+    editable = support.derive_image(engine, bare, support.own("forkdev-test/vllm-base:editable"), f"ENTRYPOINT {entry}")
     user = support.derive_image(
         engine,
         bare,
-        "forkdev-test/vllm-base:user",
+        support.own("forkdev-test/vllm-base:user"),
         "RUN useradd --uid 1000 --create-home vllm && chown -R vllm /opt/vllm-source",
         "USER vllm",
         "WORKDIR /opt/vllm-source",
         f"ENTRYPOINT {entry}",
     )
-    site = support.build_base(engine, up, first, "forkdev-test/vllm-base:site", kind="site", entrypoint=entry)
+    site_tag = support.own("forkdev-test/vllm-base:site")
+    site = support.build_base(engine, up, first, site_tag, kind="site", entrypoint=entry)
     return World(up, first, later, bare, editable, user, site)
 
 

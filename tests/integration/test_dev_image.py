@@ -422,7 +422,8 @@ def test_build_makes_the_thin_image_of_an_upstream_commit(engine, world, tool):
 def test_verify_catches_files_and_run_config_changed_after_the_fact(engine, world, fork, tool):
     (fork / EDIT).write_text("ENVS = 'honest'\n")
     image = tool("dev", str(fork), "--base", world.editable, "--json").json["image"]
-    name = f"forkdev-test-tamper-{engine.kind}"
+    name = f"forkdev-test-tamper-{engine.kind}-{support.SESSION}"
+    tampered = support.own("forkdev-test/tampered:1")
     support.sh(
         engine.exe,
         "run",
@@ -437,17 +438,17 @@ def test_verify_catches_files_and_run_config_changed_after_the_fact(engine, worl
         "echo tampered >> /opt/vllm-source/vllm/envs.py",
     )
     try:
-        support.sh(engine.exe, "commit", "--change", 'ENTRYPOINT ["sh"]', name, "forkdev-test/tampered:1")
+        support.sh(engine.exe, "commit", "--change", 'ENTRYPOINT ["sh"]', name, tampered)
     finally:
         support.sh(engine.exe, "rm", "-f", name)
-    res = tool("verify", "forkdev-test/tampered:1")
+    res = tool("verify", tampered)
     assert res.code != 0
     assert "/opt/vllm-source/vllm/envs.py differs" in res.err
     assert "Entrypoint is ['sh'], the base's is" in res.err
 
     def run_config_problems(name: str, line: str) -> list[str]:
         """What verify says of the thin image with one more line of run config, built by the engine itself."""
-        derived = support.derive_image(engine, image, f"forkdev-test/tampered:{name}", line)
+        derived = support.derive_image(engine, image, support.own(f"forkdev-test/tampered:{name}"), line)
         res = tool("verify", derived)
         problems = [p for p in res.err.splitlines() if "the base's is" in p]
         assert (res.code != 0) == bool(problems), res.err
@@ -541,19 +542,16 @@ def test_without_base_dev_starts_from_the_nightly_that_nightly_repository_names(
 
 def test_a_base_only_the_other_engine_has_is_named_with_the_command_that_moves_it(engine, world, fork, invoke):
     other = "podman" if engine.kind == "docker" else "docker"
-    ref = f"forkdev-test/only-{engine.kind}:1"
+    ref = support.own(f"forkdev-test/only-{engine.kind}:1")
     support.derive_image(engine, world.editable, ref, "LABEL only=here")
     res = invoke("dev", str(fork), "--base", ref, env={"INVOKE_ENGINE_NAME": other})
     assert_one_line_error(res, f"'{ref}' is in {engine.kind}'s image store", f"{engine.kind} save {ref} | {other} load")
 
 
 def test_a_base_without_a_revision_label(engine, world, fork, tool):
-    support.build_base(engine, world.upstream, world.first, "forkdev-test/vllm-base:unlabelled", label="")
-    assert_one_line_error(
-        tool("dev", str(fork), "--base", "forkdev-test/vllm-base:unlabelled"),
-        "forkdev-test/vllm-base:unlabelled",
-        "revision label",
-    )
+    tag = support.own("forkdev-test/vllm-base:unlabelled")
+    base = support.build_base(engine, world.upstream, world.first, tag, label="")
+    assert_one_line_error(tool("dev", str(fork), "--base", base), base, "revision label")
 
 
 def test_a_base_commit_missing_from_the_checkout(engine, world, tmp_path, tool):
@@ -563,9 +561,8 @@ def test_a_base_commit_missing_from_the_checkout(engine, world, tmp_path, tool):
     support.sh("git", "clone", "-q", world.upstream, unseen_repo)
     (unseen_repo / "vllm" / "unseen.py").write_text("UNSEEN = 1\n")
     unseen = support.commit_all(unseen_repo, "a commit the clone lacks")
-    base = support.derive_image(
-        engine, world.editable, "forkdev-test/vllm-base:unseen", f'LABEL org.opencontainers.image.revision="{unseen}"'
-    )
+    label = f'LABEL org.opencontainers.image.revision="{unseen}"'
+    base = support.derive_image(engine, world.editable, support.own("forkdev-test/vllm-base:unseen"), label)
     res = tool("dev", str(old), "--base", base, env={"INVOKE_UPSTREAM_URL": str(unseen_repo)})
     assert_one_line_error(res, unseen[:12], f"git -C {old} fetch {unseen_repo} {unseen}")
 
@@ -596,10 +593,10 @@ def test_one_state_is_one_image_id_on_both_engines_whichever_filled_the_base_cac
     and the same thin image id from either engine, in either order, through one shared cache."""
     docker, podman = both_engines
     up, first, _ = upstream
-    tag = "forkdev-test/vllm-base:both-engines"
+    tag = support.own("forkdev-test/vllm-base:both-engines")
     made: list[tuple[object, str]] = []
     try:
-        bare = support.build_base(docker, up, first, "forkdev-test/vllm-base:both-engines-bare")
+        bare = support.build_base(docker, up, first, support.own("forkdev-test/vllm-base:both-engines-bare"))
         made.append((docker, bare))
         support.derive_image(
             docker, bare, tag, "ENV FORKDEV_X=1", "RUN mkdir -p /opt/empty", "WORKDIR /opt", 'CMD ["python3"]'

@@ -52,7 +52,7 @@ def native(engine, wheel_image, cache_dir, tmp_path_factory) -> Native:
         "FROM base AS build\nRUN exit 1\n"
     )
     commit = support.commit_all(up, "upstream: its Dockerfile, whose base stage is the build environment")
-    tag = f"forkdev-test/vllm-native-base:{engine.kind}"
+    tag = support.own(f"forkdev-test/vllm-native-base:{engine.kind}")
     # Compiled with the compiler cache the tasks use: their first build of this tree costs cache hits only.
     support.build_native_base(engine, wheel_image, up, commit, tag, store.native_ccache(cache_dir, "vllm"))
     return Native(up, commit, tag, wheel_image, value(engine, tag), value(engine, tag, MOE_VALUE))
@@ -307,7 +307,7 @@ def test_mlc_llms_cmake_build_compiles_a_cpp_edit_into_the_library_its_package_l
     up = tmp_path / "mlc-upstream"
     commit = support.make_cmake_package(up)
     base = support.build_native_base(
-        engine, wheel_image, up, commit, f"forkdev-test/mlc-native-base:{engine.kind}",
+        engine, wheel_image, up, commit, support.own(f"forkdev-test/mlc-native-base:{engine.kind}"),
         store.native_ccache(cache_dir, "mlc-llm"), command=config.TARGETS["mlc-llm"].native_build,
         source="/opt/mlc-source", python="python",
     )  # fmt: skip

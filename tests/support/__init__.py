@@ -31,6 +31,17 @@ ROOT = Path(__file__).resolve().parents[2]
 DATA = Path(__file__).resolve().parents[1] / "data"  # copied from shared/data: facts about real vLLM commits
 CACHE = Path(os.path.expanduser(os.environ.get("FORKDEV_TEST_CACHE", "~/.cache/forkdev-tests")))
 OS_IMAGE = "forkdev-test/debian:bookworm"
+
+# This test session's own mark on the images it builds from its own repositories: sessions on one machine share
+# the engines, and a base tagged by a name another session builds too would move under the tests using it.
+SESSION = os.urandom(3).hex()
+
+
+def own(ref: str) -> str:
+    """`ref` as this session's own tag: forkdev-test/NAME:TAG-SESSION (still swept with forkdev-test/)."""
+    return f"{ref}-{SESSION}"
+
+
 SITE = sandbox.SITE
 
 
