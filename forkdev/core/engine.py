@@ -409,8 +409,8 @@ def _exchange(
             sock.sendall(head.encode() + b"\r\n")
             # the body apart (a layer of compiled files is hundreds of MB, not to be copied again); a daemon that
             # refuses it from the head answers and closes before it is all sent: its answer is still to be read
-            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
-                if body:
+            if body:
+                with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                     sock.sendall(body)
             data, length = b"", None
             while length is None or len(data) < length:
