@@ -185,7 +185,7 @@ def apply(place: Place, move: Move) -> None:
                 # index, whose stat data is fresh
                 repo.git("read-tree", "-i", "-m", move.index, move.index_after, mutates=True)
                 scratch_index = {"GIT_INDEX_FILE": str(place.scratch / "move.index")}
-                repo.git("read-tree", "-m", "-u", move.tree, move.tree_after, env=scratch_index, mutates=True)
+                checkout(repo, move.tree, move.tree_after, env=scratch_index)
                 repo.git("update-index", "-q", "--refresh", mutates=True)
             ref = f"refs/heads/{move.branch}"
             repo.git("update-ref", "-m", "fork-sync: merge upstream", ref, move.new, move.before, mutates=True)
@@ -201,7 +201,17 @@ def _direct(place: Place, move: Move) -> bool:
     two-step move decides, on the scratch index's fresh stat data. Stopped inside, the files are partly written
     and the index is not: recovery brings each path back or forward, as after a stop inside the two-step move
     (a file this move adds is never ignored, so a capture sees it)."""
-    return place.repo.git("read-tree", "-m", "-u", move.before, move.new, mutates=True, check=False).ok
+    return checkout(place.repo, move.before, move.new, check=False).ok
+
+
+def checkout(repo: Repo, old: str, new: str, env: dict[str, str] | None = None, check: bool = True):
+    """The working tree (and the index in `env`, or the real one) from tree `old` to `new`: `read-tree -m -u`,
+    which refuses to overwrite a file that differs from the index, and writes files on one worker per core, as
+    `checkout.workers=0` asks (git's default is one: a merge of a few weeks of vLLM rewrites ~1,500 files, and
+    spends most of its time there). A `checkout.workers` the user set is theirs and is kept."""
+    own = repo.git("config", "--get", "checkout.workers", check=False).returncode == 0
+    workers = () if own else ("-c", "checkout.workers=0")
+    return repo.git(*workers, "read-tree", "-m", "-u", old, new, env=env, mutates=True, check=check)
 
 
 def _undo(place: Place, move: Move, exc: Failure) -> None:
@@ -337,7 +347,7 @@ def settle(place: Place, move: Move, forward: bool) -> tuple[str, list[str]]:
         if found[1] != target[1]:
             _refuse_ignored_in_the_way(place, found[1], target[1])
             scratch_index = {"GIT_INDEX_FILE": str(place.scratch / "settle.index")}  # matches the tree as found
-            repo.git("read-tree", "-m", "-u", found[1], target[1], env=scratch_index, mutates=True)
+            checkout(repo, found[1], target[1], env=scratch_index)
 
     # Forward the index moves first, back the tree does: so whenever the tree holds a file the merge added, the
     # index knows it, and a capture after a stop in between sees it (even one that .gitignore matches).

@@ -3,7 +3,9 @@ unstaged split, modes, untracked and ignored files), or the sync is refused and 
 
 from __future__ import annotations
 
+import json
 import os
+from pathlib import Path
 
 import pytest
 from support import commit_all, git
@@ -106,11 +108,48 @@ def _moves(err: str) -> list[str]:
     """How the checkout moved, from the echo of the move step: its read-tree and update-index calls, without the
     commits."""
     step = err[err.index("» move ") :].splitlines()
+    calls = [_git_words(line) for line in step if line.startswith("+ git ")]
+    return [" ".join(w for w in words if len(w) != 40) for words in calls if words[0] in ("read-tree", "update-index")]
+
+
+def _git_words(line: str) -> list[str]:
+    """An echoed `+ git -C PATH [-c KEY=VALUE ...] SUBCOMMAND ...` from its subcommand on."""
+    words = line.split()[2:]
+    while words[0] in ("-C", "-c"):
+        words = words[2:]
+    return words
+
+
+def _checkouts(trace: Path) -> list[tuple[list[str], int]]:
+    """Each `read-tree -u` git ran, from its trace2 events: (its argv, how many checkout workers it started)."""
+    events = [json.loads(line) for line in trace.read_text().splitlines()]
+    found = {e["sid"]: e["argv"] for e in events if e["event"] == "start" and "read-tree" in e["argv"]}
     return [
-        " ".join(w for w in line.split()[4:] if len(w) != 40)
-        for line in step
-        if line.startswith("+ git ") and line.split()[4] in ("read-tree", "update-index")
+        (argv, sum(e["event"] == "child_start" and "checkout--worker" in e["argv"] for e in events if e["sid"] == sid))
+        for sid, argv in found.items()
+        if "-u" in argv
     ]
+
+
+def test_the_checkout_writes_on_one_worker_per_core_unless_the_user_chose_a_number(invoke, repos, tmp_path):
+    """git checks out on one worker unless told otherwise, and a merge of a few weeks of vLLM rewrites ~1,500
+    files: fork-sync asks for one per core (checkout.workers=0). A checkout.workers the user set is kept."""
+    up, _, fork = repos
+    for run, chosen in enumerate((None, "1")):
+        if chosen:
+            git(fork, "config", "checkout.workers", chosen)
+        write(up, {f"vllm/many/{run}-{i}.py": f"N = {i}\n" for i in range(120)})  # over git's threshold, 100
+        commit_all(up, f"upstream adds 120 files ({run})")
+        trace = tmp_path / f"trace{run}.json"
+        res = invoke("fork-sync", "--repo", str(fork), env={**ENV, "GIT_TRACE2_EVENT": str(trace)})
+        assert res.code == 0, res.err
+        assert (fork / f"vllm/many/{run}-119.py").read_text() == "N = 119\n"
+        ((argv, workers),) = _checkouts(trace)
+        if chosen:
+            assert "checkout.workers=0" not in argv and workers == 0, (argv, workers)
+        else:
+            assert "checkout.workers=0" in argv, argv
+            assert (workers > 1) == ((os.cpu_count() or 1) > 1), (argv, workers)  # one core: git writes alone
 
 
 def test_a_clean_checkout_moves_as_git_merge_does_in_one_read_tree_with_fresh_stat_data(invoke, repos):
