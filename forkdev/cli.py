@@ -8,6 +8,8 @@ the task, where it runs: `invoke dev`, whose whole budget is a few tenths of a s
 
 from __future__ import annotations
 
+import atexit
+import gc
 import os
 import select
 import sys
@@ -34,6 +36,12 @@ from . import (
 )
 from .core import config
 from .core.errors import Failure
+
+# At exit the interpreter runs a full collection over every object invoke, the task and its imports made before
+# it frees them: 20-30 ms of every task (measured with strace, from the last line to exit_group), on a dev loop
+# whose whole budget is a few tenths of a second. Frozen, they are freed without it. Whatever must be closed or
+# removed (files, child processes, the owners' claims, temporary folders) is by then, by the code that made it.
+atexit.register(gc.freeze)
 
 
 def namespace() -> Collection:
