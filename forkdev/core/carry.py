@@ -17,9 +17,11 @@ stash, the staged/unstaged split was always lost, and a pop that conflicted left
 A journal found by the next run is settled first (`recover`): the branch still at the old tip -> roll back (the
 working tree to W, the index to I), at the new commit -> finish. Whatever mix of before and after a stop left,
 each path is brought to its goal; a path holding neither (edited after the stop) is left as it is, and then
-everything is also kept under refs/forkdev/rescue/<time>/. Going forward the index moves before the working
-tree, going back after it: so whenever the tree holds a file the merge added, the index knows it (even one that
-.gitignore matches), and a capture after a stop in between sees it. journal.py holds the state on disk.
+everything is also kept under refs/forkdev/rescue/<time>/. A file the move rewrites that is missing or
+cut short is the stopped checkout's (git removes a file before it writes it again): it is brought to its goal.
+Going forward the index moves before the working tree, going back after it: so whenever the tree holds a file
+the merge added, the index knows it (even one that .gitignore matches), and a capture after a stop in between
+sees it. journal.py holds the state on disk.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from pathlib import Path
 
 from . import ui
 from .errors import Failure
-from .gitrepo import Repo, z_paths
+from .gitrepo import Repo
 from .journal import SNAPSHOTS, SYNC_REFS, Move, Place, read_journal, remove_journal, write_journal
 
 RESCUE_REFS = "refs/forkdev/rescue"
@@ -325,7 +327,7 @@ def settle(place: Place, move: Move, forward: bool) -> tuple[str, list[str]]:
     goal, other = (end, start) if forward else (start, end)
     found = _capture(place, place.scratch / "settle.index")  # (index, working tree) as they are now
     trees = repo.out("rev-parse", *(f"{c}^{{tree}}" for c in (*goal, *other))).split()
-    odd = [_neither(repo, found[i], trees[i], trees[2 + i]) for i in (0, 1)]
+    odd = [_neither(repo, found[i], trees[i], trees[2 + i], in_transit=i == 1) for i in (0, 1)]
     rescue = ""
     if odd[0] or odd[1]:
         tip = repo.out("rev-parse", "HEAD")
@@ -357,16 +359,45 @@ def settle(place: Place, move: Move, forward: bool) -> tuple[str, list[str]]:
     return rescue, sorted(set(odd[0]) | set(odd[1]))
 
 
-def _neither(repo: Repo, found: str, goal: str, other: str) -> list[str]:
-    """The paths where `found` holds neither the goal's content nor the other side's."""
+def _neither(repo: Repo, found: str, goal: str, other: str, in_transit: bool = False) -> list[str]:
+    """The paths where `found` holds neither the goal's content nor the other side's. With `in_transit` (the
+    working tree), a file the move writes (the two sides differ there) that is missing, or holds only the first
+    bytes of a side, is not one of them: git removes each file it rewrites before it writes it again (on several
+    workers, checkout.workers, it removes them all first), so a stop in between leaves files missing, empty or
+    cut short. That is the checkout's doing, not the user's, and they are brought to the goal."""
     if found in (goal, other):
         return []
 
-    def changed(a: str) -> set[str]:
-        raw = repo.git("diff-tree", "-r", "-z", "--no-renames", "--name-only", a, found).stdout
-        return set(z_paths(raw))
+    def changed(a: str, b: str) -> dict[str, tuple[str, str, str]]:
+        """path -> (A, D, M or T; its blob in a; in b), from diff-tree's raw lines (":mode mode a b S", path)."""
+        fields = repo.git("diff-tree", "-r", "-z", "--no-renames", a, b).stdout.split(b"\0")
+        rows = zip(fields[0::2], fields[1::2], strict=False)  # the last field is empty
+        return {p.decode("utf-8", "surrogateescape"): _raw(head) for head, p in rows}
 
-    return sorted(changed(goal) & changed(other))
+    from_goal, from_other = changed(goal, found), changed(other, found)
+    odd = from_goal.keys() & from_other.keys()
+    if in_transit and odd:
+        written = changed(goal, other)
+        odd -= {p for p in odd if p in written and _cut_short(repo, from_goal[p][2], written[p][1:])}
+    return sorted(odd)
+
+
+def _raw(head: bytes) -> tuple[str, str, str]:
+    _, _, a, b, status = head.decode().lstrip(":").split(" ")
+    return status, a, b
+
+
+def _cut_short(repo: Repo, found: str, sides: tuple[str, str]) -> bool:
+    """Whether the blob `found` is missing (all zeros) or the first bytes of a side's (one that holds the path)."""
+    if not found.strip("0"):
+        return True
+
+    def blob(oid: str) -> bytes | None:  # None: no file's (a submodule's commit)
+        res = repo.git("cat-file", "blob", oid, check=False)
+        return res.stdout if res.ok else None
+
+    part = blob(found)
+    return part is not None and any(side.strip("0") and (blob(side) or b"").startswith(part) for side in sides)
 
 
 def _overlay(place: Place, goal: str, found: str, paths: list[str], name: str) -> str:

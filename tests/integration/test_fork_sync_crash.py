@@ -4,7 +4,9 @@ settles what a killed one left."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -320,3 +322,90 @@ def test_an_interrupted_sync_whose_branch_moved_since_is_neither_undone_nor_fini
     assert (
         not (fork / ".git/forkdev/fork-sync.journal").exists() and git(fork, "for-each-ref", "refs/forkdev/sync/") == ""
     )
+
+
+def _stalled_checkout_workers(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """(an environment, a marker): git's own exec path, but a checkout worker writes the marker and sleeps instead
+    of writing files. git starts its workers after it has removed every file they are to write."""
+    real = Path(subprocess.run(["git", "--exec-path"], capture_output=True, text=True, check=True).stdout.strip())
+    hooked, marker = tmp_path / "exec-path", tmp_path / "workers-started"
+    hooked.mkdir()
+    for entry in real.iterdir():
+        if entry.name != "git":
+            (hooked / entry.name).symlink_to(entry)
+    (hooked / "git").write_text(
+        "#!/bin/sh\n"
+        f'if [ "$1" = checkout--worker ]; then : > {shlex.quote(str(marker))}; exec sleep 600; fi\n'
+        f'exec {shlex.quote(str(real / "git"))} "$@"\n'
+    )
+    (hooked / "git").chmod(0o755)
+    return {"GIT_EXEC_PATH": str(hooked)}, marker
+
+
+def _kill_everything_in(folder: Path) -> None:
+    """SIGKILL to every process whose working directory is `folder` (git runs there, and its workers)."""
+    for proc in Path("/proc").iterdir():
+        with contextlib.suppress(OSError):
+            if proc.name.isdigit() and Path(os.readlink(proc / "cwd")) == folder:
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+def test_a_kill_inside_a_checkout_on_several_workers_is_settled_by_the_next_run(invoke, repos, tmp_path, cache_dir):
+    """A checkout on several workers (checkout.workers) removes every file it rewrites before its workers write
+    them: a kill then leaves hundreds missing. They are the checkout's, not deletions of the user's: the next run
+    rolls them back, merges, and the user's work is as it was, with nothing left aside."""
+    up, _, fork = repos
+    write(up, {f"vllm/gen{i}.py": f"G = {i}\n" for i in range(300)})
+    commit_all(up, "upstream: many files")
+    assert sync(invoke, fork).code == 0
+    write(up, {f"vllm/gen{i}.py": f"G = {i} + 1\n" for i in range(300)})
+    commit_all(up, "upstream: every one of them changes")
+    write(fork, {"README.md": "my notes\n", "wip.txt": "untracked\n"})
+    git(fork, "config", "checkout.workers", "2")  # the user's choice, so one core suffices here too
+    stall, marker = _stalled_checkout_workers(tmp_path)
+    killed = subprocess.Popen(
+        support.invoke_argv("fork-sync", "--repo", str(fork), "--autostash"),
+        env={**os.environ, **ENV, **stall, "INVOKE_CACHE_DIR": str(cache_dir)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    try:
+        wait_for(marker, killed, seconds=60)
+    finally:
+        os.killpg(killed.pid, signal.SIGKILL)
+        _kill_everything_in(fork.resolve())  # git itself runs in its own session
+        killed.communicate(timeout=60)
+    missing = [i for i in range(300) if not (fork / f"vllm/gen{i}.py").exists()]
+    assert len(missing) > 100, "the stop came after git removed the files its workers were to write"
+    res = sync(invoke, fork, "--autostash", "--json")
+    assert res.code == 0, res.err
+    assert res.json["recovered"] == "rolled back" and res.json["rescue"] == "", res.err
+    assert all((fork / f"vllm/gen{i}.py").read_text() == f"G = {i} + 1\n" for i in range(300))
+    assert (fork / "README.md").read_text() == "my notes\n" and (fork / "wip.txt").read_text() == "untracked\n"
+    assert git(fork, "diff", "--name-only") == "README.md" and git(fork, "diff", "--cached") == ""
+    assert git(fork, "ls-files", "--others", "--exclude-standard") == "wip.txt"
+
+
+def test_files_a_stopped_checkout_left_missing_or_cut_short_are_its_own_but_an_edit_is_the_users(
+    invoke, repos, wrapped, tmp_path
+):
+    """What a checkout stopped while writing leaves in a file it writes: nothing, or the first bytes of one side
+    (the branch has not moved yet: this is rolled back). Both are settled as the checkout's; a file with other
+    bytes is an edit, left as it is and kept aside."""
+    up, _, fork = repos
+    write(up, {"vllm/long.py": "L = 'upstream'\n" * 50, "vllm/b.py": "B = 'upstream'\n"})
+    commit_all(up, "upstream: files the merge rewrites")
+    *_, pristine, calls = worked_and_counted(up, fork, wrapped, tmp_path)
+    interrupted(wrapped, pristine, fork, tmp_path / "first.log", calls, "before")
+    (fork / "vllm/a.py").unlink()  # removed, not yet written again
+    (fork / "vllm/long.py").write_text(("L = 'upstream'\n" * 50)[:100])  # added by the merge, cut short
+    (fork / "vllm/b.py").write_text("")  # added too: made, not yet written
+    (fork / "extras/mine.txt").write_text("edited after the kill\n")
+    res = sync(invoke, fork, "--autostash", "--json")
+    assert res.code == 0, res.err
+    assert "extras/mine.txt changed after the interruption and were left as they are" in res.err
+    assert (fork / "extras/mine.txt").read_text() == "edited after the kill\n"
+    assert (fork / "vllm/a.py").read_text() == "A = 2\n"
+    assert (fork / "vllm/long.py").read_text() == "L = 'upstream'\n" * 50
+    assert (fork / "vllm/b.py").read_text() == "B = 'upstream'\n"
