@@ -188,7 +188,7 @@ def test_a_targets_workspaces_beyond_the_newest_two_are_removed_but_never_one_in
         [
             sys.executable,
             "-c",
-            "import sys; from filelock import FileLock; l = FileLock(sys.argv[1]); l.acquire(); "
+            "import fcntl, sys; f = open(sys.argv[1], 'a'); fcntl.flock(f, fcntl.LOCK_EX); "
             "print('held', flush=True); sys.stdin.read()",
             str(target / names[4] / "lock"),
         ],

@@ -35,7 +35,6 @@ MACHINERY = [
     "forkdev.core.tour",
     "forkdev.core.sandbox",
     "forkdev.core.nativebuild",  # dev --native
-    "filelock",
     "uuid",  # imports platform
 ]
 
