@@ -17,7 +17,7 @@ stash, the staged/unstaged split was always lost, and a pop that conflicted left
 A journal found by the next run is settled first (`recover`): the branch still at the old tip -> roll back (the
 working tree to W, the index to I), at the new commit -> finish. Whatever mix of before and after a stop left,
 each path is brought to its goal; a path holding neither (edited after the stop) is left as it is, and then
-everything is also kept under refs/forkdev/rescue/<time>/. A file the move rewrites that is missing or
+everything is also kept under refs/forkdev/rescue/<time>/. A file the move writes that is missing, empty or
 cut short is the stopped checkout's (git removes a file before it writes it again): it is brought to its goal.
 Going forward the index moves before the working tree, going back after it: so whenever the tree holds a file
 the merge added, the index knows it (even one that .gitignore matches), and a capture after a stop in between
@@ -40,6 +40,7 @@ from . import ui
 from .errors import Failure
 from .gitrepo import Repo
 from .journal import SNAPSHOTS, SYNC_REFS, Move, Place, read_journal, remove_journal, write_journal
+from .proc import Result
 
 RESCUE_REFS = "refs/forkdev/rescue"
 # The snapshot commits are private (never on a branch, never pushed), so they need no identity of the user's.
@@ -206,7 +207,7 @@ def _direct(place: Place, move: Move) -> bool:
     return checkout(place.repo, move.before, move.new, check=False).ok
 
 
-def checkout(repo: Repo, old: str, new: str, env: dict[str, str] | None = None, check: bool = True):
+def checkout(repo: Repo, old: str, new: str, env: dict[str, str] | None = None, check: bool = True) -> Result:
     """The working tree (and the index in `env`, or the real one) from tree `old` to `new`: `read-tree -m -u`,
     which refuses to overwrite a file that differs from the index, and writes files on one worker per core, as
     `checkout.workers=0` asks (git's default is one: a merge of a few weeks of vLLM rewrites ~1,500 files, and

@@ -37,6 +37,10 @@ def exclusive(path: Path, what: str) -> Iterator[None]:
             except OSError:
                 holder = "?"
             raise Failure(f"another {what} is running (pid {holder}, lock {path}); wait for it to finish") from None
+        except OSError as exc:  # a file system without flock (some network mounts)
+            raise Failure(
+                f"the lock {path} cannot be taken ({exc.strerror}): its file system has no flock; use a local disk"
+            ) from None
         try:
             tmp = pidfile.with_name(f"{pidfile.name}.{os.getpid()}")
             tmp.write_text(f"{os.getpid()}\n")
