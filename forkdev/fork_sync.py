@@ -58,12 +58,15 @@ def fork_sync(
         for path, how in parse_strategies(items).items():
             strategies[validate.plain(path, f"{source} path", pattern)] = how
     protected = [*cfg.protect, *(validate.plain(p, "--protect", pattern) for p in protect or [])]
-    checkout = validate.plain(repo or cfg.repo, _named("--repo", repo), "pass the path of the fork's checkout")
+    remedy = "pass the path of the fork's checkout"
+    checkout = validate.plain(repo or cfg.repo, _named("--repo", repo, cfg.repo), remedy)
     request = Request(
         repo=checkout,
         upstream=settings.upstream if upstream else default_upstream(settings, checkout, run),
-        branch=validate.git_ref(branch or settings.branch, _named("--branch", branch, "upstream.branch")),
-        into=validate.git_ref(into or cfg.into, _named("--into", into)) if into or cfg.into else "",
+        branch=validate.git_ref(
+            branch or settings.branch, _named("--branch", branch, settings.branch, "upstream.branch")
+        ),
+        into=validate.git_ref(into or cfg.into, _named("--into", into, cfg.into)) if into or cfg.into else "",
         protect=tuple(protected),
         strategies=strategies,
         push=toggle("push", push, no_push, cfg.push),
@@ -100,13 +103,14 @@ def fork_sync(
 
 def default_upstream(settings: config.Settings, checkout: str, run: Runner) -> str:
     """The fork's remote `upstream.remote` when it has one, else upstream.url, else the target's upstream URL."""
-    remote = validate.plain(settings.remote, "config upstream.remote", "name a remote of the fork")
+    named = config.named("upstream.remote", settings.remote)
+    remote = validate.plain(settings.remote, named, "name a remote of the fork")
     has = run(["git", "-C", checkout, "config", "--get", f"remote.{remote}.url"], mutates=False, check=False)
     if has.ok:
         return remote
     return settings.upstream
 
 
-def _named(flag: str, given: object, key: str = "") -> str:
-    """How an error names a value: by its flag when it came from one, else by its config key."""
-    return flag if given else f"config {key or 'fork_sync.' + flag.removeprefix('--')}"
+def _named(flag: str, given: object, configured: object, key: str = "") -> str:
+    """How an error names a value: by its flag when it came from one, else as config.named names its key."""
+    return flag if given else config.named(key or "fork_sync." + flag.removeprefix("--"), configured)

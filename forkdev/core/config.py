@@ -379,7 +379,7 @@ def upstream(c: Any, profile: Target, flag: str | None = None) -> str:
     if flag:
         return validate.source(flag, "--upstream")
     configured = c.config.upstream.url
-    return validate.source(configured, "config upstream.url") if configured else profile.upstream
+    return validate.source(configured, named("upstream.url", configured)) if configured else profile.upstream
 
 
 def image_repository(value: object, profile: Target, what: str) -> str:
@@ -671,9 +671,8 @@ def mapping(value: Any, key: str) -> dict[str, Any]:
 def _wheel(cfg: Any, cache: Path) -> Wheel:
     if not isinstance(cfg.cmake_args or [], (list, tuple)):
         raise Failure("config wheel.cmake_args is not a list of -DNAME=VALUE options; fix it in invoke.yaml")
-    jobs = whole_number(
-        cfg.jobs or 0, "config wheel.jobs", 0, MAX_JOBS, " of compile jobs", "fix it in invoke.yaml", JOBS_RANGE
-    )
+    name = named("wheel.jobs", cfg.jobs)
+    jobs = whole_number(cfg.jobs or 0, name, 0, MAX_JOBS, " of compile jobs", "fix it in invoke.yaml", JOBS_RANGE)
     return Wheel(
         out=cfg.out,
         native=bool(cfg.native),
@@ -695,10 +694,10 @@ def _wheel(cfg: Any, cache: Path) -> Wheel:
 def _dev_native(cfg: Any) -> dict[str, Any]:
     mode = str(cfg.native)
     if mode not in NATIVE_MODES:
-        raise Failure(f"config dev.native is '{mode}'; set it to refuse (the default) or build")
+        raise Failure(f"{named('dev.native', mode)} is '{mode}'; set it to refuse (the default) or build")
     jobs = whole_number(
         cfg.native_jobs or 0,
-        "config dev.native_jobs",
+        named("dev.native_jobs", cfg.native_jobs),
         0,
         MAX_JOBS,
         " of compile jobs (0: every CPU)",
@@ -722,7 +721,7 @@ def _smoke(cfg: Any) -> Smoke:
         timeout = float(cfg.timeout)
     except (TypeError, ValueError):
         raise Failure(
-            f"config smoke.timeout '{cfg.timeout}' is not a number of seconds; fix it in invoke.yaml"
+            f"{named('smoke.timeout', cfg.timeout)} '{cfg.timeout}' is not a number of seconds; fix it in invoke.yaml"
         ) from None
     return Smoke(installer=cfg.installer, python=cfg.python, no_index=bool(cfg.no_index), timeout=timeout)
 
@@ -793,12 +792,23 @@ def _fork_sync(cfg: Any) -> ForkSync:
     )
 
 
+def variable(key: str) -> str:
+    """The INVOKE_* variable invoke reads config `key` from (its own mapping: the dotted path, dots as _)."""
+    return "INVOKE_" + key.replace(".", "_").upper()
+
+
+def named(key: str, value: object) -> str:
+    """How a message names config `key` holding `value`: by its INVOKE_* variable when that is where the value
+    came from (the environment is over invoke.yaml; cron's entry and CI set them), else as `config KEY`."""
+    raw = os.environ.get(variable(key))
+    return f"{key} ({variable(key)})" if raw is not None and raw == str(value) else f"config {key}"
+
+
 def _cache(value: Any) -> Path:
     """The cache root as configured, checked once for every task: its paths are handed to git and the engine (a
     leading '-' would be an option), written into cron's line (a line break would start another) and never
     empty (the current directory)."""
-    named = "cache_dir (INVOKE_CACHE_DIR)" if os.environ.get("INVOKE_CACHE_DIR") == value else "config cache_dir"
-    return Path(os.path.expanduser(validate.plain(value, named, "set it to a directory path")))
+    return Path(os.path.expanduser(validate.plain(value, named("cache_dir", value), "set it to a directory path")))
 
 
 def load(c: Any, target: str | None = None, upstream_flag: str | None = None) -> Settings:
@@ -841,13 +851,13 @@ def load(c: Any, target: str | None = None, upstream_flag: str | None = None) ->
         nightly=Nightly(
             repository=nightly_repository(c, profile),
             push=bool(c.config.nightly.push),
-            keep=keep_count(c.config.nightly.keep, "config nightly.keep"),
+            keep=keep_count(c.config.nightly.keep, named("nightly.keep", c.config.nightly.keep)),
             log=nightly_log(c, cache, profile.name),
         ),
         batch=Batch(
             repository=image_repository(c.config.batch.repository, profile, "batch.repository"),
             push=bool(c.config.batch.push),
-            jobs=batch_jobs(c.config.batch.jobs, "config batch.jobs"),
+            jobs=batch_jobs(c.config.batch.jobs, named("batch.jobs", c.config.batch.jobs)),
         ),
         overlay=Overlay(
             repo=c.config.overlay.repo, definitions=c.config.overlay.definitions, dest=c.config.overlay.dest
@@ -874,7 +884,7 @@ def environment_problem(environ: Mapping[str, str], defaults: Mapping[str, Any])
             old, new = f"INVOKE_RUN_{key.upper()}", f"INVOKE_CONTAINER_{key.upper()}"
             return f"{old} is set, but run.{key} is now container.{key}; set {new} instead and unset {old}"
     for path, default in _leaves(defaults, ()):
-        name = "INVOKE_" + "_".join(path).upper()  # invoke's own mapping of a key to its variable
+        name = variable(".".join(path))
         if name not in environ or isinstance(default, str) or default is None:
             continue
         raw, key = environ[name], ".".join(path)

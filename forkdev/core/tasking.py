@@ -67,4 +67,4 @@ def setting(flag: Any, configured: Any, flag_name: str, key: str, optional: bool
         return validate.plain(flag, flag_name, "pass a path")
     if optional and configured in (None, ""):
         return None
-    return validate.plain(configured, key, f"set {key} to a path")
+    return validate.plain(configured, config.named(key, configured), f"set {key} to a path")

@@ -332,7 +332,7 @@ def test_mlc_llms_cmake_build_compiles_a_cpp_edit_into_the_library_its_package_l
     [
         (["--native", "--force"], {}, ["--native and --force contradict"]),
         (["--native", "--ref", "HEAD"], {}, ["--native builds the working tree", "--ref HEAD"]),
-        ([], {"INVOKE_DEV_NATIVE": "sometimes"}, ["config dev.native is 'sometimes'", "refuse", "build"]),
+        ([], {"INVOKE_DEV_NATIVE": "sometimes"}, ["dev.native (INVOKE_DEV_NATIVE) is 'sometimes'", "refuse", "build"]),
         (["--native", "--target", "sglang"], {}, ["target sglang says nothing of how", "native_build"]),
     ],
 )

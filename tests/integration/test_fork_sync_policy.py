@@ -309,11 +309,11 @@ def test_the_remote_tracking_ref_follows_a_successful_sync_of_a_named_remote(inv
     ("args", "env", "named"),
     [
         (["--upstream=--upload-pack=touch {marker}"], {}, "--upstream"),
-        ([], {"INVOKE_UPSTREAM_REMOTE": "--upload-pack=touch {marker}"}, "config upstream.remote"),
+        ([], {"INVOKE_UPSTREAM_REMOTE": "--upload-pack=touch {marker}"}, "upstream.remote (INVOKE_UPSTREAM_REMOTE)"),
         (
             [],
             {"INVOKE_UPSTREAM_URL": "--upload-pack=touch {marker}", "INVOKE_UPSTREAM_REMOTE": "no"},
-            "config upstream.url",
+            "upstream.url (INVOKE_UPSTREAM_URL)",
         ),
         (["--branch=--upload-pack=touch {marker}"], {}, "--branch"),
         (["--into=--upload-pack=touch {marker}"], {}, "--into"),

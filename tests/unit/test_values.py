@@ -357,3 +357,31 @@ def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_for
     )
     assert req.bases == ("me/vllm:native-abc",) and req.explicit_base and req.ref == "a" * 40
     assert not req.push and not req.force and req.tags == () and req.primary == "me/vllm:" + "a" * 40
+
+
+@pytest.mark.parametrize(
+    ("overrides", "variable", "raw", "words"),
+    [
+        ({"cache_dir": "-c"}, "INVOKE_CACHE_DIR", "-c", r"^cache_dir \(INVOKE_CACHE_DIR\) '-c' starts with '-'"),
+        ({"upstream": {"url": "-c"}}, "INVOKE_UPSTREAM_URL", "-c", r"^upstream.url \(INVOKE_UPSTREAM_URL\) '-c' "),
+        ({"dev": {"native": "often"}}, "INVOKE_DEV_NATIVE", "often", r"^dev.native \(INVOKE_DEV_NATIVE\) is 'often'"),
+        ({"dev": {"native_jobs": 5000}}, "INVOKE_DEV_NATIVE_JOBS", "5000", r"^dev.native_jobs \(INVOKE_DEV_NATIV"),
+        ({"wheel": {"jobs": 5000}}, "INVOKE_WHEEL_JOBS", "5000", r"^wheel.jobs \(INVOKE_WHEEL_JOBS\) 5000: set 0"),
+        ({"batch": {"jobs": 99}}, "INVOKE_BATCH_JOBS", "99", r"^batch.jobs \(INVOKE_BATCH_JOBS\) 99: pass a number"),
+        ({"nightly": {"keep": 0}}, "INVOKE_NIGHTLY_KEEP", "0", r"^nightly.keep \(INVOKE_NIGHTLY_KEEP\) 0: keep"),
+        ({"smoke": {"timeout": "soon"}}, "INVOKE_SMOKE_TIMEOUT", "soon", r"^smoke.timeout \(INVOKE_SMOKE_TIMEOUT\) "),
+    ],
+)
+def test_a_bad_value_is_named_by_the_invoke_variable_it_came_from_else_as_config(
+    monkeypatch, overrides, variable, raw, words
+):
+    """cron's entry, CI and a shell's export set INVOKE_* variables, which are over invoke.yaml: a value one of them
+    holds is named by it, so the user knows where to fix it. The same value from invoke.yaml is `config KEY`."""
+    from forkdev.core import config
+
+    monkeypatch.setenv(variable, raw)
+    with pytest.raises(Failure, match=words):
+        config.load(_context(**overrides))
+    monkeypatch.delenv(variable)
+    with pytest.raises(Failure, match=r"^config [a-z_.]+ "):
+        config.load(_context(**overrides))
