@@ -53,15 +53,21 @@ SNAPSHOT_IDENT = {
 
 
 # ---- planning, in objects only -------------------------------------------------------------------------------------
-def plan(place: Place, branch: str, before: str, new: str) -> tuple[Move | None, list[str]]:
-    """The move of `branch` from `before` to `new` carrying the index and the working tree, or (None, the paths
-    where the user's work and `new` conflict). Writes objects and scratch files only. The work is captured here
-    even when `git status` found the checkout clean a moment before: an edit or a deletion made while the fetch
-    ran is work too (read-tree takes a missing file for an unchanged one, and would write upstream's back), and
-    `git status` does not always refresh the index (GIT_OPTIONAL_LOCKS=0, a busy index.lock)."""
+def capture(place: Place) -> tuple[str, str]:
+    """The user's work, for `plan`: (tree of the index, tree of the working tree), the latter staged in the
+    scratch index the move checks out with. Writes objects and scratch files only. It is taken once the fetch is
+    done, even when `git status` found the checkout clean: an edit or a deletion made while the fetch ran is work
+    too (read-tree takes a missing file for an unchanged one, and would write upstream's back), and `git status`
+    does not always refresh the index (GIT_OPTIONAL_LOCKS=0, a busy index.lock)."""
+    return _capture(place, place.scratch / "move.index")
+
+
+def plan(place: Place, branch: str, before: str, new: str, work: tuple[str, str]) -> tuple[Move | None, list[str]]:
+    """The move of `branch` from `before` to `new` carrying the index and the working tree as `capture` found
+    them, or (None, the paths where the user's work and `new` conflict). Writes objects only."""
     repo = place.repo
     base_tree, new_tree = repo.out("rev-parse", f"{before}^{{tree}}", f"{new}^{{tree}}").split()
-    index_tree, tree_tree = _capture(place, place.scratch / "move.index")
+    index_tree, tree_tree = work
     snaps: dict[str, str] = {}
     conflicts: list[str] = []
     for name, tree, what in (("index", index_tree, "the index"), ("tree", tree_tree, "the working tree")):

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import carry, journal, lock, ui
+from . import carry, journal, lock, proc, ui
 from .errors import Failure
 from .gitrepo import Repo, z_paths
 from .proc import Runner
@@ -317,6 +317,70 @@ def sync(run: Runner, req: Request) -> Outcome:
 def _sync(run: Runner, place: journal.Place, req: Request) -> Outcome:
     repo = place.repo
     s = Merge(repo, run)
+
+    def fetch() -> str:
+        with ui.step(f"fetch {req.upstream} {req.branch}"):
+            return s.fetch(req.upstream, req.branch)
+
+    # The fetch (objects and our private ref only) runs while the checkout is looked at: that is most of a run's
+    # fixed cost before the merge. A refusal is said once the fetch has ended, as `git pull` says it.
+    (target, before, checked_out), theirs = proc.concurrently(lambda: _where(s, place, req), fetch)
+    out = Outcome(str(repo.path), branch=target, before=before, upstream=theirs, after=before)
+    if repo.git("merge-base", "--is-ancestor", "--end-of-options", theirs, before, check=False).ok:
+        out.up_to_date = True
+        ui.ok(f"'{target}' already contains upstream {req.branch} ({theirs[:12]})")
+    else:
+
+        def merge() -> str | None:
+            ident = s.identity(run.dry_run)
+            with ui.step("merge (objects only)"):
+                message = f"Merge upstream {req.branch} ({theirs[:12]}) into {target}"
+                return s.merge(before, theirs, list(req.protect), req.strategies, out, message, place.scratch, ident)
+
+        def capture() -> tuple[str, str] | Failure | None:  # a failure counts only if the branch is to move
+            try:
+                return carry.capture(place) if checked_out else None
+            except Failure as exc:
+                return exc
+
+        # The user's work does not depend on the merge: it is captured while the merge is computed.
+        new, work = proc.concurrently(merge, capture)
+        for path in out.restored:
+            ui.info(f"  kept the fork's {path}")
+        for path, strategy in out.resolved.items():
+            ui.info(f"  resolved {path} with '{strategy}'")
+        if new is None:
+            for path in out.conflicts:
+                ui.warn(f"conflict: {path}")
+            return out
+        out.after = new
+        move = None
+        if checked_out:
+            with ui.step("carry the index and the working tree (objects only)"):
+                if isinstance(work, Failure):
+                    raise work
+                move, out.work_conflicts = carry.plan(place, target, before, new, work)
+            if move is None:
+                return out
+        if not run.dry_run:
+            with ui.step(f"move {target} to {new[:12]}"):
+                if move is not None:
+                    carry.apply(place, move)
+                else:
+                    _move_branch(repo, target, before, new)
+            if move is not None and move.carries_work:
+                ui.info("  your work is on top, staged and unstaged as it was")
+    out.tracking = _track(repo, req.upstream, req.branch, theirs)
+    if req.push:
+        out.pushed = _push(repo, run, target)
+    return out
+
+
+def _where(s: Merge, place: journal.Place, req: Request) -> tuple[str, str, bool]:
+    """(the branch to merge into, its commit, whether it is checked out here), or a Failure saying why the sync
+    cannot go on: a detached HEAD, no such branch, an operation in progress, uncommitted changes (without
+    --autostash), or the branch checked out in another worktree."""
+    repo = place.repo
     current = s.current_branch()
     target = req.into or current
     if not target:
@@ -338,45 +402,7 @@ def _sync(run: Runner, place: journal.Place, req: Request) -> Outcome:
         elsewhere = s.worktree_of(target)
         if elsewhere:
             raise Failure(f"branch '{target}' is checked out in '{elsewhere}'; run fork-sync there (--repo)")
-
-    with ui.step(f"fetch {req.upstream} {req.branch}"):
-        theirs = s.fetch(req.upstream, req.branch)
-    out = Outcome(str(repo.path), branch=target, before=before, upstream=theirs, after=before)
-    if repo.git("merge-base", "--is-ancestor", "--end-of-options", theirs, before, check=False).ok:
-        out.up_to_date = True
-        ui.ok(f"'{target}' already contains upstream {req.branch} ({theirs[:12]})")
-    else:
-        ident = s.identity(run.dry_run)
-        with ui.step("merge (objects only)"):
-            message = f"Merge upstream {req.branch} ({theirs[:12]}) into {target}"
-            new = s.merge(before, theirs, list(req.protect), req.strategies, out, message, place.scratch, ident)
-        for path in out.restored:
-            ui.info(f"  kept the fork's {path}")
-        for path, strategy in out.resolved.items():
-            ui.info(f"  resolved {path} with '{strategy}'")
-        if new is None:
-            for path in out.conflicts:
-                ui.warn(f"conflict: {path}")
-            return out
-        out.after = new
-        move = None
-        if checked_out:
-            with ui.step("carry the index and the working tree (objects only)"):
-                move, out.work_conflicts = carry.plan(place, target, before, new)
-            if move is None:
-                return out
-        if not run.dry_run:
-            with ui.step(f"move {target} to {new[:12]}"):
-                if move is not None:
-                    carry.apply(place, move)
-                else:
-                    _move_branch(repo, target, before, new)
-            if move is not None and move.carries_work:
-                ui.info("  your work is on top, staged and unstaged as it was")
-    out.tracking = _track(repo, req.upstream, req.branch, theirs)
-    if req.push:
-        out.pushed = _push(repo, run, target)
-    return out
+    return target, before, checked_out
 
 
 def _move_branch(repo: Repo, branch: str, before: str, new: str) -> None:

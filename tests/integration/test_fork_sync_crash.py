@@ -61,13 +61,7 @@ def test_sigint_at_any_moment_loses_nothing(repos):
 def test_a_second_run_while_one_holds_the_repository_is_refused_naming_its_pid(invoke, repos, wrapped, tmp_path):
     _, _, fork = repos
     log = tmp_path / "first.log"
-    first = wrapped(fork, log, wait_at=1_000)  # a dry count first: where is the fetch?
-    assert first.wait(60) == 0, first.communicate()[1]
-    fetch_at = next(i for i, line in enumerate(log.read_text().splitlines(), 1) if " fetch " in f" {line} ")
-    log.unlink()
-    git(fork, "reset", "-q", "--keep", "HEAD~1")  # the test's own repository: back to before the merge
-
-    first = wrapped(fork, log, wait_at=fetch_at)  # holds the lock, waiting in front of its fetch
+    first = wrapped(fork, log, wait_before="fetch")  # holds the lock, waiting in front of its fetch
     try:
         wait_for(log.with_name(log.name + ".waiting"), first)
         state = snapshot(fork)
@@ -95,19 +89,14 @@ def test_a_second_run_while_one_holds_the_repository_is_refused_naming_its_pid(i
 def test_an_edit_made_while_a_clean_checkout_syncs_is_never_overwritten(
     invoke, repos, wrapped, tmp_path, path, edit, code
 ):
-    """Work made after `git status` found the checkout clean (here while the fetch runs) is work too: an edit or a
-    deletion of a file the merge changes makes the sync refuse, and nothing is changed (git's read-tree alone
-    would take the missing file for an unchanged one and write upstream's back); one elsewhere stays on top of
-    the merge, unstaged."""
+    """Work made after `git status` found the checkout clean (here once the fetch is done, in front of the merge)
+    is work too: an edit or a deletion of a file the merge changes makes the sync refuse, and nothing is changed
+    (git's read-tree alone would take the missing file for an unchanged one and write upstream's back); one
+    elsewhere stays on top of the merge, unstaged."""
     _, _, fork = repos
-    log = tmp_path / "dry.log"
-    dry = wrapped(fork, log, wait_at=1_000)
-    assert dry.wait(60) == 0, dry.communicate()[1]
-    fetch_at = next(i for i, line in enumerate(log.read_text().splitlines(), 1) if " fetch " in f" {line} ")
-    git(fork, "reset", "-q", "--keep", "HEAD~1")  # the test's own repository: back to before the merge
     before = git(fork, "rev-parse", "HEAD")
     log = tmp_path / "run.log"
-    run = wrapped(fork, log, wait_at=fetch_at)
+    run = wrapped(fork, log, wait_before="merge-base")
     try:
         wait_for(log.with_name(log.name + ".waiting"), run)
         write(fork, {path: edit})

@@ -162,11 +162,15 @@ def no_identity(tmp_path: Path) -> dict[str, str]:
 # forkdev finds git through PATH, so this script sits in front of the real one. It counts the calls made by the
 # invoke process itself (FORKDEV_TEST_PID, its parent), logging each. At call KILL_AT it kills that process with
 # SIGKILL and runs nothing; at call KILL_AFTER it runs git, then kills it (the process never sees the result);
-# at call WAIT_AT it waits for LOG.go before running git. Anything else runs the real git.
+# before a call of the git command WAIT_BEFORE (fetch, say) it waits for LOG.go. Anything else runs the real git.
+# Calls may come from two threads at once (the fetch runs beside the checks), so a lock makes each count one.
 GIT_WRAPPER = r"""#!/bin/sh
 if [ "$PPID" = "${FORKDEV_TEST_PID:-none}" ]; then
+    exec 9>> "$FORKDEV_TEST_LOG.lock"
+    flock 9
     echo "$*" >> "$FORKDEV_TEST_LOG"
     n=$(($(wc -l < "$FORKDEV_TEST_LOG")))
+    exec 9>&-
     if [ "$n" = "${FORKDEV_TEST_KILL_AT:-0}" ]; then
         kill -9 "$PPID"
         exit 137
@@ -176,7 +180,8 @@ if [ "$PPID" = "${FORKDEV_TEST_PID:-none}" ]; then
         kill -9 "$PPID"
         exit 137
     fi
-    if [ "$n" = "${FORKDEV_TEST_WAIT_AT:-0}" ]; then
+    case " $* " in *" ${FORKDEV_TEST_WAIT_BEFORE:-(none)} "*) wait=1 ;; *) wait=0 ;; esac
+    if [ "$wait" = 1 ]; then
         : > "$FORKDEV_TEST_LOG.waiting"
         i=0
         while [ ! -e "$FORKDEV_TEST_LOG.go" ] && [ "$i" -lt 600 ]; do sleep 0.05; i=$((i + 1)); done
@@ -188,8 +193,8 @@ exec "$FORKDEV_TEST_GIT" "$@"
 
 @pytest.fixture
 def wrapped(tmp_path, cache_dir):
-    """spawn(fork, log, *args, kill_at=, kill_after=, wait_at=): `invoke fork-sync` behind the counting git, not
-    waited for."""
+    """spawn(fork, log, *args, kill_at=, kill_after=, wait_before=): `invoke fork-sync` behind the counting git,
+    not waited for."""
     bin_dir = tmp_path / "wrapped-bin"
     bin_dir.mkdir()
     (bin_dir / "git").write_text(GIT_WRAPPER)
@@ -197,7 +202,7 @@ def wrapped(tmp_path, cache_dir):
     real = shutil.which("git")
 
     def spawn(
-        fork: Path, log: Path, *args: str, kill_at: int = 0, kill_after: int = 0, wait_at: int = 0
+        fork: Path, log: Path, *args: str, kill_at: int = 0, kill_after: int = 0, wait_before: str = ""
     ) -> subprocess.Popen:
         env = {
             **os.environ,
@@ -208,7 +213,7 @@ def wrapped(tmp_path, cache_dir):
             "FORKDEV_TEST_LOG": str(log),
             "FORKDEV_TEST_KILL_AT": str(kill_at),
             "FORKDEV_TEST_KILL_AFTER": str(kill_after),
-            "FORKDEV_TEST_WAIT_AT": str(wait_at),
+            "FORKDEV_TEST_WAIT_BEFORE": wait_before,
         }
         env.pop("GITHUB_ACTIONS", None)
         argv = support.invoke_argv("fork-sync", "--repo", str(fork), *args)
