@@ -801,7 +801,20 @@ def named(key: str, value: object) -> str:
     """How a message names config `key` holding `value`: by its INVOKE_* variable when that is where the value
     came from (the environment is over invoke.yaml; cron's entry and CI set them), else as `config KEY`."""
     raw = os.environ.get(variable(key))
-    return f"{key} ({variable(key)})" if raw is not None and raw == str(value) else f"config {key}"
+    return f"{key} ({variable(key)})" if raw is not None and _read_as(raw, value) else f"config {key}"
+
+
+def _read_as(raw: str, value: object) -> bool:
+    """Whether invoke reads the variable's text `raw` as `value` (it casts to the type of the key's default, which
+    a value from the environment has: 099 is 99, any text but 0 and "" is True)."""
+    if isinstance(value, bool):
+        return (raw not in ("0", "")) == value
+    if isinstance(value, str):
+        return raw == value
+    try:
+        return type(value)(raw) == value
+    except (TypeError, ValueError):
+        return False
 
 
 def _cache(value: Any) -> Path:

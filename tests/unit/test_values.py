@@ -368,6 +368,7 @@ def test_a_layer_on_a_known_image_tries_no_other_base_and_neither_pushes_nor_for
         ({"dev": {"native_jobs": 5000}}, "INVOKE_DEV_NATIVE_JOBS", "5000", r"^dev.native_jobs \(INVOKE_DEV_NATIV"),
         ({"wheel": {"jobs": 5000}}, "INVOKE_WHEEL_JOBS", "5000", r"^wheel.jobs \(INVOKE_WHEEL_JOBS\) 5000: set 0"),
         ({"batch": {"jobs": 99}}, "INVOKE_BATCH_JOBS", "99", r"^batch.jobs \(INVOKE_BATCH_JOBS\) 99: pass a number"),
+        ({"batch": {"jobs": 99}}, "INVOKE_BATCH_JOBS", "099", r"^batch.jobs \(INVOKE_BATCH_JOBS\) 99: pass a numb"),
         ({"nightly": {"keep": 0}}, "INVOKE_NIGHTLY_KEEP", "0", r"^nightly.keep \(INVOKE_NIGHTLY_KEEP\) 0: keep"),
         ({"smoke": {"timeout": "soon"}}, "INVOKE_SMOKE_TIMEOUT", "soon", r"^smoke.timeout \(INVOKE_SMOKE_TIMEOUT\) "),
     ],
