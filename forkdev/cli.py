@@ -9,12 +9,15 @@ the task, where it runs: `invoke dev`, whose whole budget is a few tenths of a s
 from __future__ import annotations
 
 import atexit
+import functools
 import gc
 import os
 import select
 import sys
+from typing import Any
 
 from invoke import Collection, Program
+from invoke.parser import Parser, ParserContext
 
 from . import (
     __version__,
@@ -57,7 +60,33 @@ def namespace() -> Collection:
     ns.add_collection(cron.cron)
     ns.add_collection(wheel.wheel)
     ns.configure(config.DEFAULTS)
+    for name in ns.task_names:
+        _answer_help(ns, name)
     return ns
+
+
+def _answer_help(ns: Collection, name: str) -> None:
+    """invoke's parser hands `--help` (or `-h`) after a task that takes a positional argument to that argument:
+    `invoke dev --help` ran dev on a checkout named '--help', which was refused. Such a task prints what
+    `invoke --help TASK` prints instead."""
+    task = ns[name]
+    if not task.positional or hasattr(task.body, "answers_help"):  # (namespace() may be built more than once)
+        return
+    body = task.body
+
+    @functools.wraps(body)
+    def answering(c: Any, *args: Any, **kwargs: Any) -> Any:
+        given = [*args, *(kwargs.get(p) for p in task.positional)]
+        if not any(value in ("-h", "--help") for value in given):
+            return body(c, *args, **kwargs)
+        program = Program(namespace=ns, binary="forkdev" if "program" in globals() else "inv[oke]")
+        program.collection = ns
+        program.parser = Parser([ParserContext(name, args=task.get_arguments())])
+        program.print_task_help(name)
+        return None
+
+    answering.answers_help = True  # type: ignore[attr-defined]
+    task.body = answering
 
 
 def check_environment() -> None:

@@ -5,8 +5,12 @@ where they run (forkdev/cli.py)."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
+
+import pytest
+import support
 
 MACHINERY = [
     "forkdev.core.batching",  # batch
@@ -58,3 +62,18 @@ def test_a_dev_run_without_native_loads_no_native_build_machinery():
     spec, loaded = json.loads(res.stdout)
     assert spec is None and "forkdev.core.config" in loaded, "the probe asked about a refused native build"
     assert sorted(set(loaded) & set(MACHINERY)) == []
+
+
+@pytest.mark.parametrize("asked", ["dev --help", "build -h", "batch --help", "verify --help", "wheel --help"])
+def test_help_after_a_task_with_a_positional_argument_is_its_help_not_that_argument(asked, tmp_path):
+    """invoke's parser gives `--help` after such a task to its positional argument; the task prints its help, as
+    `invoke --help TASK` does, and touches nothing (no cache made)."""
+    name, flag = asked.split()
+    env = {**os.environ, "INVOKE_CACHE_DIR": str(tmp_path / "cache")}
+    res = subprocess.run(support.invoke_argv(name, flag), capture_output=True, text=True, env=env)
+    assert res.returncode == 0, res.stderr
+    assert res.stderr == "" and "starts with '-'" not in res.stdout
+    qualified = "wheel.build" if name == "wheel" else name
+    expected = subprocess.run(support.invoke_argv("--help", qualified), capture_output=True, text=True, env=env)
+    assert res.stdout == expected.stdout and f"Usage: inv[oke] [--core-opts] {qualified} [--options]" in res.stdout
+    assert not (tmp_path / "cache").exists()
