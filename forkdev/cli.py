@@ -82,7 +82,10 @@ def _answer_help(ns: Collection, name: str) -> None:
         program = Program(namespace=ns, binary="forkdev" if "program" in globals() else "inv[oke]")
         program.collection = ns
         program.parser = Parser([ParserContext(name, args=task.get_arguments())])
-        program.print_task_help(name)
+        try:
+            program.print_task_help(name)
+        except BrokenPipeError:  # `invoke dev --help | head`
+            _end_if_reader_left()
         return None
 
     answering.answers_help = True  # type: ignore[attr-defined]
@@ -108,11 +111,18 @@ class Forkdev(Program):
         try:
             super().run(argv, exit)
         except BrokenPipeError:
-            if not exit or not _reader_left(sys.stdout.fileno()):
+            if not exit:
                 raise
-            # The reader of our stdout left (`forkdev --list | head`): stop quietly, as a shell tool does.
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail too
-            sys.exit(141)
+            _end_if_reader_left()
+
+
+def _end_if_reader_left() -> None:
+    """After a BrokenPipeError: when the reader of our stdout left (`forkdev --list | head`), stop quietly, as a
+    shell tool does (exit 141); else raise it again."""
+    if not _reader_left(sys.stdout.fileno()):
+        raise  # noqa: PLE0704 - called only from an except block
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the final flush must not fail too
+    sys.exit(141)
 
 
 def _reader_left(fd: int) -> bool:

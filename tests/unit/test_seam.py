@@ -261,13 +261,19 @@ def test_every_task_that_takes_a_checkout_names_it_repo():
     assert found["dev"]["repo"] is True and found["wheel.build"]["repo"] is True
 
 
-def test_a_reader_that_leaves_early_gets_no_traceback():
-    """`forkdev --list | head`: the pipe closes under the program, which stops quietly with SIGPIPE's status."""
+@pytest.mark.parametrize(
+    "argv",
+    [[sys.executable, "-m", "forkdev", "--list"], support.invoke_argv("dev", "--help")],
+    ids=["forkdev --list", "invoke dev --help"],
+)
+def test_a_reader_that_leaves_early_gets_no_traceback(argv):
+    """`forkdev --list | head`: the pipe closes under the program, which stops quietly with SIGPIPE's status. A
+    task's help asked after it (`invoke dev --help`, which invoke hands to the task) stops the same way."""
     read_end, write_end = os.pipe()
     os.close(read_end)  # the reader has already left: the first write fails
     try:
         res = subprocess.run(
-            [sys.executable, "-m", "forkdev", "--list"],
+            argv,
             stdout=write_end,
             stderr=subprocess.PIPE,
             text=True,
