@@ -318,13 +318,11 @@ def _sync(run: Runner, place: journal.Place, req: Request) -> Outcome:
     repo = place.repo
     s = Merge(repo, run)
 
-    def fetch() -> str:
-        with ui.step(f"fetch {req.upstream} {req.branch}"):
-            return s.fetch(req.upstream, req.branch)
-
-    # The fetch (objects and our private ref only) runs while the checkout is looked at: that is most of a run's
-    # fixed cost before the merge. A refusal is said once the fetch has ended, as `git pull` says it.
-    (target, before, checked_out), theirs = proc.concurrently(lambda: _where(s, place, req), fetch)
+    # Looked at before the fetch, not beside it (25 ms sooner): a refusal (uncommitted changes, say) comes at once,
+    # not after a network fetch, and stopping a fetch halfway would leave its temporary pack behind.
+    target, before, checked_out = _where(s, place, req)
+    with ui.step(f"fetch {req.upstream} {req.branch}"):
+        theirs = s.fetch(req.upstream, req.branch)
     out = Outcome(str(repo.path), branch=target, before=before, upstream=theirs, after=before)
     if repo.git("merge-base", "--is-ancestor", "--end-of-options", theirs, before, check=False).ok:
         out.up_to_date = True

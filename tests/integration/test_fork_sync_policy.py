@@ -178,6 +178,7 @@ def test_a_dirty_tree_is_refused_and_autostash_keeps_every_byte(invoke, repos, k
     refused = sync(invoke, fork)
     assert refused.code != 0 and name in refused.last_error and "--autostash" in refused.last_error
     assert snapshot(fork) == state
+    assert git(fork, "for-each-ref", "refs/forkdev/") == "", "said before the fetch, which a network can make long"
 
     if kind == "staged":  # upstream changed the same file: refused before anything moves, the work in place
         res = sync(invoke, fork, "--autostash")

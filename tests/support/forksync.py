@@ -163,7 +163,7 @@ def no_identity(tmp_path: Path) -> dict[str, str]:
 # invoke process itself (FORKDEV_TEST_PID, its parent), logging each. At call KILL_AT it kills that process with
 # SIGKILL and runs nothing; at call KILL_AFTER it runs git, then kills it (the process never sees the result);
 # before a call of the git command WAIT_BEFORE (fetch, say) it waits for LOG.go. Anything else runs the real git.
-# Calls may come from two threads at once (the fetch runs beside the checks), so a lock makes each count one.
+# Calls may come from two threads at once (the work is captured beside the merge), so a lock counts each once.
 GIT_WRAPPER = r"""#!/bin/sh
 if [ "$PPID" = "${FORKDEV_TEST_PID:-none}" ]; then
     exec 9>> "$FORKDEV_TEST_LOG.lock"
