@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -102,6 +103,30 @@ def test_a_stale_index_lock_is_one_line_naming_it_and_the_remedy(invoke, repos):
     lock.unlink()
     assert sync(invoke, fork, "--autostash").code == 0
     assert (fork / "README.md").read_text() == "my notes\n"
+
+
+def test_an_index_with_unresolved_conflicts_is_one_line_and_nothing_moves(invoke, repos):
+    """A conflict left in the index with no operation in progress (a `git stash pop` that conflicted leaves one):
+    the work cannot be saved as a tree, so --autostash cannot carry it; said in one line with the remedy, and the
+    branch, the index and the files stay as they were."""
+    _, _, fork = repos
+    git(fork, "checkout", "-q", "-b", "side")
+    write(fork, {"README.md": "side\n"})
+    commit_all(fork, "side")
+    git(fork, "checkout", "-q", "main")
+    write(fork, {"README.md": "main\n"})
+    commit_all(fork, "main edit")
+    env = {**os.environ, **ENV}
+    conflicted = subprocess.run(["git", "-C", str(fork), "merge", "-q", "side"], capture_output=True, env=env)
+    assert conflicted.returncode == 1 and "README.md" in git(fork, "diff", "--name-only", "--diff-filter=U")
+    for name in ("MERGE_HEAD", "MERGE_MSG", "MERGE_MODE"):
+        (fork / ".git" / name).unlink(missing_ok=True)  # what a conflicted `git stash pop` leaves: no MERGE_HEAD
+    state = snapshot(fork)
+    res = sync(invoke, fork, "--autostash")
+    assert res.code == 1 and "Traceback" not in res.err
+    assert res.last_error.startswith(f"error: the index of '{fork}' cannot be saved (")
+    assert res.last_error.endswith("resolve its conflicts (git status) and run fork-sync again; nothing was changed")
+    assert snapshot(fork) == state
 
 
 def _moves(err: str) -> list[str]:
