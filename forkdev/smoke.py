@@ -74,21 +74,22 @@ def smoke(
     if image and index:
         raise Failure("--index with --image: the smoke container has no network; drop --index, or smoke on the host")
     engine = settings.engine(run) if image else None
+    cache = settings.cache_dir(create=not run.dry_run)
     if image:
         validate.image_ref(image, "IMAGE")
         if engine.inspect_image(run, image) is None:
             raise Failure(f"no image '{image}' here; build or pull it first (the wheel image: 'invoke wheel.image')")
-        owners.sweep(engine, run, settings.cache_dir())  # what a smoke killed with -9 left running
+        owners.sweep(engine, run, cache)  # what a smoke killed with -9 left running
     results = []
     for path in wheels:
         expected = _vouched(path, commit)
         argv_extra = _probe_args(profile, expected, not online or bool(image))
-        log = store.log(settings.cache_dir(), "smoke", path.name)
+        log = store.log(cache, "smoke", path.name)
         with scratch("smoke") as tmp, ui.log_to(None if run.dry_run else log), ui.step(f"smoke {path.name}"):
             report = tmp / "report"
             report.mkdir()
             if image:
-                own = owners.claim(settings.cache_dir(), engine, run)  # a later smoke removes it once we are gone
+                own = owners.claim(cache, engine, run)  # a later smoke removes it once we are gone
                 name, labels = own.container("wheel-smoke")
                 report.chmod(0o777)  # the image's own user writes the report
                 argv = _in_image(engine, image, path, report, argv_extra, name, labels)

@@ -30,7 +30,7 @@ def last_dev_image(cache: Path, repo: Repo) -> str | None:
 def pick_image(settings: config.Settings, repo: Repo, image: str | None) -> str:
     if image:
         return validate.image_ref(image, "--image")
-    return last_dev_image(settings.cache_dir(), repo) or f"{settings.nightly.repository}:nightly"
+    return last_dev_image(settings.cache, repo) or f"{settings.nightly.repository}:nightly"
 
 
 def check_ports(ports: list[int]) -> None:
@@ -86,7 +86,7 @@ def prepare(settings: config.Settings, run: Runner, repo: Repo, ask: Ask) -> tup
     check_ports(ports)
     engine = settings.engine(run)
     network = validate.network(cfg.network or engine.network, "container.network" if cfg.network else "engine.network")
-    cache = settings.cache_dir()
+    cache = settings.cache_dir(create=not run.dry_run)
     owners.sweep(engine, run, cache)
     info = engine.inspect_image(run, image_ref)
     if info is None:
@@ -133,6 +133,8 @@ def prepare(settings: config.Settings, run: Runner, repo: Repo, ask: Ask) -> tup
         labels=labels,
     )
     # A path no mount can hold fails here, before the private files are written.
-    ctr.argv(engine.exe, dataclasses.replace(spec, private=own.folder / name), engine.kind)
-    spec = dataclasses.replace(spec, private=ctr.prepare_private(own.private(name), envfiles.script(variables)))
+    spec = dataclasses.replace(spec, private=own.folder / name)
+    ctr.argv(engine.exe, spec, engine.kind)
+    if not run.dry_run:  # a dry run shows where they would be, and writes no secret anywhere
+        spec = dataclasses.replace(spec, private=ctr.prepare_private(own.private(name), envfiles.script(variables)))
     return engine, spec, own

@@ -86,6 +86,15 @@ class Claim:
         self._engine, self._run = engine, run
         self._started: set[str] = set()  # names of the owned containers it may still have
 
+    @classmethod
+    def planned(cls, cache: Path, engine: Engine, run: Runner) -> Claim:
+        """What a dry run shows: the names and paths a claim gives, with nothing made (no folder, no lock)."""
+        self = cls.__new__(cls)
+        self.folder = store.owners(cache.resolve()) / f"{os.getpid()}-dry-run"
+        self.lock, self._fd = self.folder / LOCK, None
+        self._engine, self._run, self._started = engine, run, set()
+        return self
+
     def container(self, purpose: str, *, keep: bool = False) -> tuple[str, dict[str, str]]:
         """A fresh container name (forkdev-<purpose>-<pid>-<random>: pids repeat across PID namespaces) and its
         labels; owned unless `keep`, which no sweep may remove."""
@@ -134,7 +143,10 @@ _claims_lock = threading.Lock()
 
 
 def claim(cache: Path, engine: Engine, run: Runner) -> Claim:
-    """This process's claim under `cache`, made on first use and released when the process exits."""
+    """This process's claim under `cache`, made on first use and released when the process exits (under a dry
+    run, one that makes nothing)."""
+    if run.dry_run:
+        return Claim.planned(cache, engine, run)
     key = cache.resolve()
     with _claims_lock:
         if key not in _claims:
@@ -164,7 +176,11 @@ def _listed(engine: Engine, run: Runner, lock: Path, timeout: float | None = Non
 @contextlib.contextmanager
 def unheld(cache: Path) -> Iterator[list[Path]]:
     """The claim folders under `cache` whose owner is gone, their locks held by us for the block (so no other
-    sweep works on them meanwhile). A folder whose lock another process holds is not among them."""
+    sweep works on them meanwhile). A folder whose lock another process holds is not among them. Where no claim
+    was ever made there is nothing to sweep, and nothing is made (a dry run looks, too)."""
+    if not store.owners(cache.resolve()).is_dir():
+        yield []
+        return
     owners = folder(cache)
     dead: list[Path] = []
     fds: list[int] = []

@@ -192,7 +192,7 @@ def test_a_dry_run_shows_the_steps_and_makes_nothing(invoke, tmp_path):
     assert res.code == 0, res.err
     assert res.json["dry_run"] is True and [s["name"] for s in res.json["steps"]] == STEPS[1:]
     assert res.json["steps"][1]["command"].startswith("invoke fork-sync --repo ")
-    assert not (tmp_path / "cache" / "demo").exists()
+    assert not (tmp_path / "cache").exists(), "not even the cache"
 
 
 @pytest.mark.parametrize(

@@ -76,6 +76,24 @@ def test_run_passes_secrets_explicit_variables_win_and_the_exit_code_comes_back(
     assert mine() == [], "no container left behind"
 
 
+@pytest.mark.parametrize("task", ["run", "shell"])
+def test_a_dry_run_shows_the_container_and_makes_nothing_not_even_the_cache(
+    engine, world, checkout, tool, task, tmp_path
+):
+    """Its `docker run` is echoed as not run, with the private folder a real run would mount; no container, no
+    claim or lock in the cache (not even the cache itself), so the secrets file a real run puts there is not
+    written."""
+    cache = tmp_path / "cache"
+    res = tool(task, "--repo", str(checkout), "--image", world.user, "--dry-run", env={"INVOKE_CACHE_DIR": str(cache)})
+    assert res.code == 0, res.err
+    echoed = next(line for line in res.err.splitlines() if f" run --name forkdev-{task}-" in line)
+    assert echoed.endswith("[dry-run: not run]") and f"source={cache}/run/owners/" in echoed
+    assert not cache.exists()
+    assert SECRET not in res.out + res.err
+    listed = support.sh(engine.exe, "ps", "-a", "--filter", f"label=dev.forkdev.run={task}", "--format", "{{.Labels}}")
+    assert str(cache) not in listed
+
+
 def test_the_start_up_scripts_own_state_cannot_be_set_from_outside(engine, world, checkout, tool, mine):
     """`into` and `mode` were the prologue's variables: `into` copied an overlay that is not there (exit 1),
     `mode=loop` restarted the command for ever."""

@@ -351,12 +351,12 @@ def test_an_out_that_is_the_checkout_a_file_or_an_escaping_symlink_is_refused(in
 
 
 def test_dry_run_shows_the_plan_and_writes_nothing(invoke, pkg, tmp_path):
-    out = tmp_path / "never"
-    res = native(invoke, str(pkg), "--out", str(out), "--dry-run", "--json")
+    out, cache = tmp_path / "never", tmp_path / "cache"
+    res = native(invoke, str(pkg), "--out", str(out), "--dry-run", "--json", env={"INVOKE_CACHE_DIR": str(cache)})
     assert res.code == 0, res.err
     assert res.json["dry_run"] is True and res.json["commit"] == support.git(pkg, "rev-parse", "HEAD")
     assert "entrypoint.sh build   [dry-run: not run]" in res.err
-    assert not out.exists()
+    assert not out.exists() and not cache.exists()
 
 
 def test_the_checkout_is_positional_or_repo_as_in_dev(invoke, pkg, tmp_path):
