@@ -87,7 +87,7 @@ def batch(
         denied = datasets.blacklist(datasets.read_text(listed, "blacklist"), str(listed))
     inputs = {"the dataset": path, **({"the blacklist": listed} if blacklist else {})}
     stdout_apart(inputs)  # `--emit bake >> DATASET`
-    cache = settings.cache_dir()
+    cache = settings.cache_dir(run)
     out = output_file(results or str(store.batch(cache, "results.json")), "--results", inputs)
     skipped = [r.commit for r in rows if datasets.blacklisted(r.commit, denied)]
     rows = [r for r in rows if not datasets.blacklisted(r.commit, denied)]

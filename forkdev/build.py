@@ -38,7 +38,7 @@ def build(
     validate.git_ref(sha, "SHA")
     settings = config.load(c, target, upstream)
     url = settings.upstream
-    path = store.mirror(settings.cache_dir(create=not run.dry_run), url)
+    path = store.mirror(settings.cache_dir(run), url)
     repo = mirror_unless_dry(path, url, run)
     commit = repo.rev(f"{sha}^{{commit}}") if repo is not None else None
     if commit is None and run.dry_run:  # the plan needs the commit's files, which only a fetch would bring

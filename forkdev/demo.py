@@ -55,7 +55,7 @@ def demo(c, keep=False, clean=False, dry_run=False, json=False, quiet=False):
         raise Failure("--keep and --clean contradict each other; pass one of them")
     settings = config.load(c)  # demo.prefix, demo.os_image and demo.file_bytes checked there
     prefix = settings.demo.prefix
-    layout = demoing.Layout(store.demo(settings.cache_dir(create=not run.dry_run)))
+    layout = demoing.Layout(store.demo(settings.cache_dir(run)))
     home = layout.home
     if home.is_symlink() or (home.exists() and not home.is_dir()):  # nothing is written through it, or into it
         if not clean:

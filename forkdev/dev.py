@@ -64,7 +64,7 @@ def thin_image(
         tags=tuple(tags or ()),
         push=toggle("push", push, no_push, settings.dev.push),
         force=toggle("force", force, no_force, settings.dev.force),
-        cache=settings.cache_dir(create=not run.dry_run),
+        cache=settings.cache_dir(run),
         registry=settings.registry,
         epoch=config.epoch(),
         secret_paths=settings.secret_paths,

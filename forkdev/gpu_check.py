@@ -41,7 +41,7 @@ def gpu_check(c, image=None, gpu="all", json=False, quiet=False):
     if image:
         ref = validate.image_ref(image, "--image")
         probe = "nvidia-smi -L" if not found.wsl else "ls /dev/dxg && ls /usr/lib/wsl/lib/libcuda.so*"
-        own = owners.claim(settings.cache_dir(), engine, proc)
+        own = owners.claim(settings.cache_dir(proc), engine, proc)
         name, labels = own.container("gpu-check")
         argv = engine.cmd("run", "--rm", "--name", name, *ctr.label_args(labels))
         argv += ["--network", "none", *gpu_args, "--entrypoint", "/bin/sh", "--", ref, "-c", probe]

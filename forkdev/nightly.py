@@ -67,7 +67,7 @@ def build(
         )
     from .core import nightlybuild  # the machinery, loaded when the task runs (cli.py)
 
-    cache = settings.cache_dir(create=not run.dry_run)
+    cache = settings.cache_dir(run)
     shaping, parallel = native.build_args(profile, settings.native.build_args, settings.native.cuda_arch, prebuilt)
     order = nightlybuild.Order(
         profile=profile,

@@ -69,6 +69,6 @@ def overlay(c, repo=None, definitions=None, dest=None, dry_run=False, quiet=Fals
         if run.dry_run:
             ui.ok(f"would write {len(files)} files from {len(defs)} definitions to {dest_dir}")
             return
-        with lock.exclusive(store.lock(settings.cache_dir(), f"overlay {dest_dir}"), f"overlay into {dest_dir}"):
+        with lock.exclusive(store.lock(settings.cache_dir(run), f"overlay {dest_dir}"), f"overlay into {dest_dir}"):
             write_tree(dest_dir, files)
     ui.ok(f"{len(files)} files from {len(defs)} definitions in {dest_dir}")

@@ -49,7 +49,7 @@ def resolve_into(settings: config.Settings, repo: Repo, into: str, what: str, ru
     if into == "worktree":
         # Ours, in the cache: removed and made again. --force re-adds it where a run left it registered but gone;
         # no `worktree prune`, which would forget the user's own worktrees on a disk not mounted now.
-        path = store.worktree(settings.cache_dir(), repo.path).absolute()
+        path = store.worktree(settings.cache_dir(run), repo.path).absolute()
         if path.exists():
             repo.git("worktree", "remove", "--force", "--", str(path), mutates=True, check=False)
         repo.git("worktree", "add", "--quiet", "--force", "--detach", "--", str(path), "HEAD", mutates=True)

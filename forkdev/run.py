@@ -150,7 +150,8 @@ def _live(
                 return None
             info = engine.inspect_image(proc, spec.image) or {}
             target = settings.target
-            where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, settings.cache_dir()).location
+            cache = settings.cache_dir(proc)
+            where = bases.facts(engine, proc, spec.image, Engine.image_id(info), target, cache).location
             live = _native_live(settings, proc, engine, spec, repo, native) if native is not None else None
             livesync.follow_logs(engine, proc, spec.name, stop)
             hidden = settings.secret_paths
@@ -175,7 +176,7 @@ def _native_live(settings: config.Settings, proc: Runner, engine: Engine, spec: 
     from .core import labels as L
     from .core import nativebuild
 
-    cache, target, hidden = settings.cache_dir(), settings.target, settings.secret_paths
+    cache, target, hidden = settings.cache_dir(proc), settings.target, settings.secret_paths
     image = bases.resolve(engine, proc, [spec.image], explicit=True, cache=cache, target=target)
     base_id = Engine.labels(image.image).get(L.BASE_ID)
     base = bases.resolve(engine, proc, [base_id], explicit=True, cache=cache, target=target) if base_id else image

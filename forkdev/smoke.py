@@ -74,7 +74,7 @@ def smoke(
     if image and index:
         raise Failure("--index with --image: the smoke container has no network; drop --index, or smoke on the host")
     engine = settings.engine(run) if image else None
-    cache = settings.cache_dir(create=not run.dry_run)
+    cache = settings.cache_dir(run)
     if image:
         validate.image_ref(image, "IMAGE")
         if engine.inspect_image(run, image) is None:

@@ -94,7 +94,7 @@ def build(
         # what they read. Appended to what the build's environment already holds (wheel.env, or the host's own).
         before = env.get("CMAKE_ARGS", os.environ.get("CMAKE_ARGS", "") if on_host else "")
         env["CMAKE_ARGS"] = cmake_env(before, cmake_args)
-    log = store.log(settings.cache_dir(create=not run.dry_run), "wheel", checkout.path.name)
+    log = store.log(settings.cache_dir(run), "wheel", checkout.path.name)
     plan = {
         "path": str(checkout.path),
         "target": profile.name,

@@ -654,8 +654,10 @@ class Settings:
         """The container engine the config names (or the one found), probed once for this task."""
         return Engine.detect(run, self.engine_name, self.engine_network, self.engine_client)
 
-    def cache_dir(self, create: bool = True) -> Path:
-        if create:
+    def cache_dir(self, run: Runner) -> Path:
+        """The cache root, made unless `run` is a dry run (which changes nothing, the cache included; what it only
+        reads there may then be missing). Every task asks for it here."""
+        if not run.dry_run:
             self.cache.mkdir(parents=True, exist_ok=True)
         return self.cache
 

@@ -86,7 +86,7 @@ def prepare(settings: config.Settings, run: Runner, repo: Repo, ask: Ask) -> tup
     check_ports(ports)
     engine = settings.engine(run)
     network = validate.network(cfg.network or engine.network, "container.network" if cfg.network else "engine.network")
-    cache = settings.cache_dir(create=not run.dry_run)
+    cache = settings.cache_dir(run)
     owners.sweep(engine, run, cache)
     info = engine.inspect_image(run, image_ref)
     if info is None:

@@ -142,8 +142,8 @@ def build_in_image(job: Job, ca: Path | None, isolated: bool) -> dict:
     own = None
     name, labels = "forkdev-wheel", {}
     if not run.dry_run:  # a dry run leaves nothing in the cache
-        owners.sweep(engine, run, settings.cache_dir())  # the build containers of a wheel run that was killed
-        own = owners.claim(settings.cache_dir(), engine, run)
+        owners.sweep(engine, run, settings.cache_dir(run))  # the build containers of a wheel run that was killed
+        own = owners.claim(settings.cache_dir(run), engine, run)
         name, labels = own.container("wheel")
     argv = builder.run_argv(
         engine,
